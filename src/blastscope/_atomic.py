@@ -1,0 +1,53 @@
+"""Atomic file writes: a file is either the old version or the complete new one, never half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from blastscope._problems import BlastscopeError
+
+__all__ = ["atomic_write", "atomic_save_torch", "refuse_overwrite"]
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success rename it over ``path``.
+
+    If the body raises (or the process is killed) ``path`` keeps its previous content.
+    ``mode`` is ``"w"`` (text, UTF-8 and ``newline=""`` unless given) or ``"wb"``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if "b" not in mode:
+        open_kwargs.setdefault("encoding", "utf-8")
+        open_kwargs.setdefault("newline", "")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_save_torch(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through :func:`atomic_write` (a killed run never leaves a corrupt checkpoint)."""
+    import torch
+
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def refuse_overwrite(path: str | Path, overwrite: bool, flag: str = "--overwrite") -> None:
+    """Raise :class:`BlastscopeError` if ``path`` exists and ``overwrite`` is false."""
+    if Path(path).exists() and not overwrite:
+        raise BlastscopeError(f"{path}: already exists and would be overwritten; pass {flag} to replace it")

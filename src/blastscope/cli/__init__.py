@@ -1,0 +1,1 @@
+"""Command-line interface: ``blastscope COMMAND [options]`` (see ``blastscope --help``)."""
