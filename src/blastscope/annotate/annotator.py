@@ -1,0 +1,282 @@
+"""Automatic Pascal VOC annotation of segmented single-cell images (the paper's Fig. 4 files).
+
+For every image of a manifest (or of a folder) the box of the cell is computed with
+:func:`blastscope.annotate.autobox.cell_box` and written as one VOC XML file, laid out under the
+output folder like the images are laid out under their common root (C-NMC has ``1.bmp`` in several
+folders, so a flat folder would collide). Existing XML files are kept unless ``overwrite=True``,
+so an interrupted run resumes where it stopped and boxes corrected by hand in LabelImg survive.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+from blastscope._problems import BlastscopeError, ProblemLog
+from blastscope.annotate.autobox import MIN_AREA, cell_box
+from blastscope.data.images import is_image_file, read_image
+from blastscope.data.manifest import new_manifest
+from blastscope.data.types import ImageAnnotation
+
+__all__ = ["AnnotateResult", "annotate", "annotate_manifest", "folder_rows", "folder_label", "xml_paths"]
+
+_CNMC_FOLDERS = {"all": "ALL", "hem": "HEM"}
+
+
+@dataclass
+class AnnotateResult:
+    """What :func:`annotate_manifest` did.
+
+    Attributes
+    ----------
+    manifest : DataFrame
+        The input manifest (all rows, same order) with ``annotation`` set to the XML of every
+        annotated or kept row, and ``width``/``height`` filled from the images that were read.
+    annotated : int
+        XML files written in this run.
+    kept : int
+        Existing XML files left untouched (``overwrite=False``).
+    no_cell : list of str
+        Images where no cell was found (no XML written).
+    failed : list of str
+        Images that could not be read or written (no XML written).
+    """
+
+    manifest: pd.DataFrame
+    annotated: int = 0
+    kept: int = 0
+    no_cell: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> int:
+        """Images that have an annotation after the run (written or kept)."""
+        return self.annotated + self.kept
+
+
+def folder_label(image: str | Path) -> str:
+    """Class name taken from an image's parent folder; C-NMC's ``all``/``hem`` become ``ALL``/``HEM``.
+
+    >>> folder_label("training_data/fold_0/all/UID_1_2_2_all.bmp")
+    'ALL'
+    >>> folder_label("cells/blast/a.png")
+    'blast'
+    """
+    name = Path(image).parent.name
+    return _CNMC_FOLDERS.get(name.lower(), name)
+
+
+def folder_rows(folder: str | Path, *, label: str | None = None) -> pd.DataFrame:
+    """A manifest of every image below ``folder`` (sorted), labelled ``label`` or by parent folder.
+
+    Parameters
+    ----------
+    folder : path
+        Folder searched recursively for BMP/PNG/JPEG/TIFF files (hidden files skipped).
+    label : str, optional
+        Class name for every image; default :func:`folder_label` of each image.
+
+    Returns
+    -------
+    DataFrame
+        Manifest rows with ``image`` (absolute), ``label`` and ``source`` = ``folder``; ``width`` and
+        ``height`` are filled by :func:`annotate_manifest` when it reads the images.
+
+    Raises
+    ------
+    BlastscopeError
+        When the folder does not exist or holds no image.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BlastscopeError(f"{folder}: folder not found; pass an image folder or a manifest CSV")
+    images = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    if not images:
+        raise BlastscopeError(f"{folder}: no images found (BMP, PNG, JPEG or TIFF); check the folder")
+    rows = [
+        {"image": str(p.resolve()), "label": label if label else folder_label(p), "source": "folder"} for p in images
+    ]
+    return new_manifest(rows)
+
+
+def xml_paths(images: Iterable[str], out_dir: str | Path) -> list[Path | None]:
+    """Where each image's XML goes: its path relative to the images' common folder, under ``out_dir``.
+
+    Empty image paths get ``None``.
+
+    >>> [p.as_posix() for p in xml_paths(["/d/a/1.bmp", "/d/b/1.bmp"], "/out")]
+    ['/out/a/1.xml', '/out/b/1.xml']
+    """
+    images = [os.path.abspath(p) if p else "" for p in images]
+    named = [os.path.dirname(p) for p in images if p]
+    if not named:
+        return [None for _ in images]
+    root = os.path.commonpath(named)
+    return [Path(out_dir) / Path(os.path.relpath(p, root)).with_suffix(".xml") if p else None for p in images]
+
+
+def _as_manifest(rows_or_manifest: pd.DataFrame | Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    if isinstance(rows_or_manifest, pd.DataFrame):
+        df = new_manifest(rows_or_manifest.to_dict("records"))
+        df.attrs.update(rows_or_manifest.attrs)
+    else:
+        df = new_manifest([dict(r) for r in rows_or_manifest])
+    if df.empty:
+        raise BlastscopeError("annotate: the manifest has no rows; import a dataset first ('blastscope import')")
+    df["image"] = [str(Path(p).resolve()) if p else p for p in df["image"]]
+    return df
+
+
+def _header_size(path: str) -> tuple[int, int]:
+    """``(width, height)`` from the image header (no decode), for rows whose XML is kept."""
+    try:
+        with Image.open(path) as im:
+            return int(im.width), int(im.height)
+    except (OSError, SyntaxError, ValueError) as e:  # includes missing and unidentified files
+        raise BlastscopeError(f"{path}: cannot read image ({e}); re-copy it from the source or remove it") from None
+
+
+def _problem_text(error: BlastscopeError, path: str) -> str:
+    """The message of an error about ``path`` without the leading ``path: `` (the log adds it)."""
+    text = str(error)
+    return text[len(path) + 2 :] if text.startswith(f"{path}: ") else text
+
+
+def annotate_manifest(
+    rows_or_manifest: pd.DataFrame | Iterable[Mapping[str, Any]],
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    log: ProblemLog | None = None,
+    progress: bool = True,
+    min_area: int = MIN_AREA,
+) -> AnnotateResult:
+    """Box every segmented single-cell image and write one Pascal VOC XML per image.
+
+    Parameters
+    ----------
+    rows_or_manifest : DataFrame or iterable of dict
+        Manifest (:func:`blastscope.data.manifest.read_manifest`) or rows with at least ``image``
+        and ``label``; the label becomes the VOC object ``name`` (``ALL``/``HEM`` for C-NMC).
+    out_dir : path
+        Output root; each XML mirrors its image's path relative to the images' common folder,
+        e.g. ``out_dir/training_data/fold_0/all/UID_1_2_2_all.xml``.
+    overwrite : bool
+        Recompute and replace existing XML files (default: keep them, count them as ``kept``).
+    log : ProblemLog, optional
+        Receives one line per image with no cell, no label, or that cannot be read (default: a
+        log printing to stderr). With ``log.strict`` the first problem raises.
+    progress : bool
+        Show a tqdm progress bar on stderr.
+    min_area : int
+        Fewest cell pixels that count as a cell (see :func:`~blastscope.annotate.autobox.cell_box`).
+
+    Returns
+    -------
+    AnnotateResult
+        The manifest with ``annotation`` filled, and the counts.
+    """
+    from blastscope.data.formats.voc import write_voc  # sibling module; imported when needed
+    from tqdm.auto import tqdm
+
+    log = ProblemLog() if log is None else log
+    df = _as_manifest(rows_or_manifest)
+    result = AnnotateResult(manifest=df)
+    targets = xml_paths(df["image"], out_dir)
+    claimed: dict[Path, str] = {}
+    bar = tqdm(list(zip(df.index, df["image"], df["label"], targets)), desc="annotate", unit="img",
+               disable=not progress, file=sys.stderr)
+    for idx, image, label, xml in bar:
+        if xml is None:
+            log.add(f"row {idx + 1}", "has no image path", "fill the manifest's image column or remove the row")
+            result.failed.append("")
+            continue
+        if xml in claimed:
+            log.add(image, f"its annotation would be {xml}, the same file as for {claimed[xml]}",
+                    "rename one of the two images")
+            result.failed.append(image)
+            continue
+        claimed[xml] = image
+        if xml.exists() and not overwrite:
+            try:
+                width, height = _header_size(image)
+            except BlastscopeError as e:
+                log.add(image, _problem_text(e, image), f"its annotation {xml} was kept")
+                result.failed.append(image)
+                continue
+            df.at[idx, "width"], df.at[idx, "height"] = str(width), str(height)
+            df.at[idx, "annotation"] = str(xml.resolve())
+            result.kept += 1
+            continue
+        if not label:
+            log.add(image, "has no label to name its box", "fill the manifest's label column or pass --label NAME")
+            result.failed.append(image)
+            continue
+        try:
+            pixels = read_image(image)
+        except BlastscopeError as e:
+            log.add(image, _problem_text(e, image))
+            result.failed.append(image)
+            continue
+        height, width = pixels.shape[:2]
+        df.at[idx, "width"], df.at[idx, "height"] = str(width), str(height)
+        box = cell_box(pixels, min_area=min_area)
+        if box is None:
+            log.add(image, f"no cell found (the image is black, or its foreground is under {min_area} pixels)",
+                    "check the image, or draw its box by hand in LabelImg")
+            result.no_cell.append(image)
+            continue
+        ann = ImageAnnotation(image=image, width=width, height=height, depth=pixels.shape[2], boxes=box[None],
+                              labels=[label])
+        try:
+            write_voc(ann, xml, database="Unknown", overwrite=overwrite)
+        except (BlastscopeError, OSError) as e:  # e.g. a file created meanwhile, a read-only folder
+            msg = _problem_text(e, str(xml)) if isinstance(e, BlastscopeError) else str(e)
+            log.add(image, f"cannot write {xml}: {msg}")
+            result.failed.append(image)
+            continue
+        df.at[idx, "annotation"] = str(xml.resolve())
+        result.annotated += 1
+    bar.close()
+    if result.kept and log.stream is not None:
+        print(f"kept {result.kept} existing annotations; pass --overwrite to recompute", file=log.stream)
+    return result
+
+
+def annotate(
+    rows_or_manifest: pd.DataFrame | Iterable[Mapping[str, Any]],
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    log: ProblemLog | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Box every image and write its VOC XML; return the manifest with ``annotation`` filled.
+
+    Same as :func:`annotate_manifest` but returns only the manifest. Rows whose image has no cell
+    or cannot be read keep their previous (usually empty) ``annotation``.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from pathlib import Path
+    >>> from PIL import Image
+    >>> d = Path(tempfile.mkdtemp()); (d / "ALL").mkdir()
+    >>> img = np.zeros((60, 80, 3), np.uint8); img[10:40, 20:50] = 150
+    >>> Image.fromarray(img).save(d / "ALL" / "a.png")
+    >>> df = annotate(folder_rows(d), d / "xml", progress=False)
+    >>> Path(df.loc[0, "annotation"]).name
+    'a.xml'
+    """
+    return annotate_manifest(rows_or_manifest, out_dir, overwrite=overwrite, log=log, progress=progress).manifest

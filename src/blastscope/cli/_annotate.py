@@ -1,0 +1,70 @@
+"""Write a Pascal VOC box for every segmented single-cell image (a cell on black, as in C-NMC).
+
+SRC is a manifest CSV (from 'blastscope import') or a folder of images. Each image gets one XML in
+the structure of the paper's Fig. 4 (LabelImg opens it), at the image's path relative to the
+images' common folder under --out, e.g. OUT/training_data/fold_0/all/UID_1_2_2_all.xml. The box's
+class is the manifest label; for a folder it is --label, else the image's parent folder name
+(all/hem become ALL/HEM). Existing XML files are kept unless --overwrite is given, so a stopped
+run resumes and hand-corrected boxes survive. Images where no cell is found are reported and get
+no XML. The manifest with the annotation column filled goes to OUT/manifest.csv.
+
+example:
+  blastscope annotate manifest.csv --out annotations
+  blastscope annotate C-NMC_Leukemia/training_data --out annotations
+  blastscope annotate my_blasts/ --out annotations --label ALL
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "automatic Pascal VOC boxes for segmented single-cell images (a cell on black)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", type=Path, metavar="SRC", help="manifest CSV or image folder")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the XML files and manifest.csv")
+    parser.add_argument("--label", metavar="NAME",
+                        help="class name for every image of a folder SRC (for a manifest: for rows without a label)")
+    parser.add_argument("--overwrite", action="store_true", help="recompute and replace existing XML files")
+    parser.add_argument("--strict", action="store_true", help="stop at the first problem instead of skipping the image")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _load_source(src: Path, label: str | None):
+    from blastscope._problems import BlastscopeError
+    from blastscope.annotate.annotator import folder_rows
+    from blastscope.data.manifest import read_manifest
+
+    if src.is_dir():
+        return folder_rows(src, label=label)
+    if src.suffix.lower() == ".csv":
+        df = read_manifest(src)
+        if label:
+            df["label"] = [v if v else label for v in df["label"]]
+        return df
+    if src.exists():
+        raise BlastscopeError(f"{src}: neither a folder nor a manifest CSV; pass an image folder or a .csv manifest")
+    raise BlastscopeError(f"{src}: not found; pass an image folder or a manifest CSV")
+
+
+def run(args: argparse.Namespace) -> int:
+    from blastscope._problems import ProblemLog
+    from blastscope.annotate.annotator import annotate_manifest
+    from blastscope.data.manifest import write_manifest
+
+    log = ProblemLog(strict=args.strict)
+    rows = _load_source(args.src, args.label)
+    result = annotate_manifest(rows, args.out, overwrite=args.overwrite, log=log, progress=not args.no_progress)
+    parts = [f"{result.annotated} annotated", f"{result.kept} kept", f"{len(result.no_cell)} with no cell"]
+    other = len(result.failed)
+    if other:
+        parts.append(f"{other} unreadable or unlabelled")
+    print(", ".join(parts))
+    log.finish(result.usable, "images")  # raises (exit 2) when no image has an annotation
+    manifest = write_manifest(result.manifest, args.out / "manifest.csv")
+    print(f"VOC XML files: {args.out}", file=sys.stdout)
+    print(f"manifest:      {manifest}")
+    return 0
