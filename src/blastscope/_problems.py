@@ -55,6 +55,9 @@ class ProblemLog:
         Where each problem line goes (default ``sys.stderr``); ``None`` keeps them silent.
     strict : bool
         When true the first problem raises :class:`BlastscopeError` instead of being skipped.
+    max_lines : int
+        Print at most this many problem lines (a dataset with thousands of bad files must not
+        flood the terminal); the rest are counted, kept in :attr:`problems` and mentioned once.
 
     Examples
     --------
@@ -66,6 +69,7 @@ class ProblemLog:
 
     stream: TextIO | None = field(default_factory=lambda: sys.stderr)
     strict: bool = False
+    max_lines: int = 25
     problems: list[Problem] = field(default_factory=list)
 
     def add(self, path: str | Path, message: str, fix: str = "") -> None:
@@ -73,8 +77,12 @@ class ProblemLog:
         if self.strict:
             raise BlastscopeError(f"{problem} (--strict stops at the first problem)")
         self.problems.append(problem)
-        if self.stream is not None:
+        if self.stream is None:
+            return
+        if len(self.problems) <= self.max_lines:
             print(f"skipped: {problem}", file=self.stream)
+        elif len(self.problems) == self.max_lines + 1:
+            print(f"skipped: ... more problems; only the first {self.max_lines} are printed", file=self.stream)
 
     def __len__(self) -> int:
         return len(self.problems)
