@@ -1,0 +1,162 @@
+"""Detect and classify cells in an image, a folder or glob of images, a video file or a camera.
+
+SOURCE is an image file, a folder (searched recursively for BMP/PNG/JPEG/TIFF), a quoted glob
+pattern ("smears/**/*.jpg"), a video file (anything OpenCV reads) or a camera index (0).
+
+Writes to --out DIR:
+  predictions.csv   source,frame,time_s,class,confidence,xmin,ymin,xmax,ymax,model
+                    one row per detected cell (boxes: xyxy, 0-based pixels of the original frame);
+                    a frame with no cell appears once with an empty class
+  summary.csv       one row per image / video: frames, cell counts per class, the call
+                    ("ALL" when >= --threshold of the cells are ALL, else the most frequent other
+                    class; "none" without cells; see --positive)
+  images/           annotated copy of each input image (relative paths mirrored)
+  <stem>_annotated.mp4   annotated video for a video or camera source (MJPG .avi if mp4v fails)
+
+Ctrl-C stops the run: every row written so far stays in a valid CSV and the command exits 130.
+An existing DIR/predictions.csv is not overwritten without --overwrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HELP = "detect ALL/HEM cells in images, folders, videos or a camera; write CSVs and annotated output"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="detector checkpoint (.pt) written by `blastscope train`")
+    parser.add_argument("source", help="image, folder, glob pattern, video file or camera index")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
+    parser.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    parser.add_argument("--imgsz", type=int, default=None,
+                        help="network input size, a multiple of 32 (default: the checkpoint's)")
+    parser.add_argument("--classifier", type=Path, default=None, metavar="CKPT",
+                        help="classifier checkpoint for two-stage prediction (classifies each detected cell)")
+    parser.add_argument("--every", type=int, default=1, metavar="N", help="use every N-th frame / image (default 1)")
+    parser.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames / images")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="inference back-end")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--batch", type=int, default=1, help="frames per network call (default 1)")
+    parser.add_argument("--positive", default="ALL", help="class that makes a positive call in summary.csv")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="fraction of --positive cells for a positive call (default 0.5)")
+    parser.add_argument("--no-draw", action="store_true", help="do not write annotated images / video")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in DIR")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from blastscope._problems import BlastscopeError
+
+    for name in ("every", "batch"):
+        if getattr(args, name) < 1:
+            raise BlastscopeError(f"--{name} {getattr(args, name)}: must be >= 1")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise BlastscopeError(f"--max-frames {args.max_frames}: must be >= 1")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise BlastscopeError(f"--threshold {args.threshold}: must be between 0 and 1")
+
+
+class _TqdmLines:
+    """A text stream for ProblemLog that prints whole lines through ``tqdm.write`` (above the bar)."""
+
+    def __init__(self) -> None:
+        self._buf = ""
+
+    def write(self, text: str) -> int:
+        from tqdm import tqdm
+
+        self._buf += text
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            tqdm.write(line, file=sys.stderr)
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from blastscope._atomic import refuse_overwrite
+    from blastscope._problems import ProblemLog
+    from blastscope.inference.predictor import Predictor
+    from blastscope.inference.sources import open_source
+    from blastscope.inference.writers import AnnotatedImageWriter, AnnotatedVideoWriter, CsvWriter, SummaryWriter
+
+    _check_args(args)
+    out: Path = args.out
+    pred_csv, summary_csv = out / "predictions.csv", out / "summary.csv"
+    refuse_overwrite(pred_csv, args.overwrite)
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, conf=args.conf, iou=args.iou, imgsz=args.imgsz,
+                                          device=args.device, backend=args.backend, classifier=args.classifier)
+    log = ProblemLog(stream=_TqdmLines())
+    source = open_source(args.source, every=args.every, max_frames=args.max_frames, log=log)
+
+    out.mkdir(parents=True, exist_ok=True)
+    writers: list = []
+    video_writer = None
+    image_writer = None
+    n_frames = 0
+    t0 = time.perf_counter()
+    interrupted = False
+    with source:
+        csv_writer = CsvWriter(pred_csv)
+        writers.append(csv_writer)
+        summary = SummaryWriter(summary_csv, predictor.output_classes, positive=args.positive,
+                                threshold=args.threshold)
+        writers.append(summary)
+        if not args.no_draw and source.kind in ("image", "folder"):
+            image_writer = AnnotatedImageWriter(out / "images", root=source.root)
+            writers.append(image_writer)
+        bar = None
+        try:
+            bar = tqdm(predictor.stream(source, batch=args.batch), total=source.length, unit="frame",
+                       disable=args.no_progress, dynamic_ncols=True, file=sys.stderr)
+            for result in bar:
+                csv_writer.write(result)
+                summary.write(result)
+                if image_writer is not None:
+                    image_writer.write(result)
+                elif not args.no_draw:
+                    if video_writer is None:
+                        h, w = result.image_size
+                        stem = Path(result.source).stem if source.kind == "video" else result.source.replace(":", "")
+                        fps = (source.fps or 25.0) / args.every
+                        video_writer = AnnotatedVideoWriter(out / f"{stem}_annotated.mp4", fps, (w, h))
+                        writers.append(video_writer)
+                    video_writer.write(result)
+                n_frames += 1
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            if bar is not None:
+                bar.close()
+            for writer in writers:
+                writer.close()
+
+    seconds = time.perf_counter() - t0
+    rate = n_frames / seconds if seconds > 0 else 0.0
+    lines = [f"{pred_csv} ({csv_writer.n_rows} rows, {n_frames} frames)", f"{summary_csv} ({summary.n_rows} rows)"]
+    if image_writer is not None and image_writer.written:
+        lines.append(f"{out / 'images'} ({len(image_writer.written)} annotated images)")
+    if video_writer is not None:
+        lines.append(f"{video_writer.path} ({video_writer.n_frames} frames)")
+    head = "interrupted; wrote" if interrupted else "wrote"
+    print(f"{head} ({n_frames} frames in {seconds:.1f} s, {rate:.1f} frames/s):", file=sys.stderr)
+    for line in lines:
+        print(f"  {line}", file=sys.stderr)
+    if interrupted:
+        return 130
+    if len(log):
+        log.finish(n_frames, "images")
+    elif n_frames == 0:
+        log.finish(0, "frames")
+    return 0

@@ -1,0 +1,103 @@
+"""Train a detector (or, later, a classifier) on a manifest; checkpoints and metrics go to a run folder.
+
+Settings: the packaged defaults (blastscope/configs/default.yaml), then --config FILE, then the
+flags below. The resolved settings are saved as RUN/config.yaml.
+
+Examples:
+  blastscope train --task detect --data data/manifest.csv --model yolov3-tiny --epochs 25 --imgsz 416 --out runs/yolo
+  blastscope train --data cells.csv --auto-boxes --no-augment --out runs/paper     # the paper's setting
+  blastscope train --resume runs/yolo                                                # after Ctrl-C or a crash
+
+The run folder holds metrics.csv (a row per epoch), epoch_NNN.pt, best.pt (best validation
+mAP@0.5, VOC), last.pt (for --resume), config.yaml and splits.csv (the train/val split used).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from blastscope._problems import BlastscopeError
+
+HELP = "train a detector on a manifest (checkpoints, metrics.csv, resume)"
+
+#: settings that may change when a run is resumed; the rest must stay as the run started
+RESUMABLE = ("epochs", "workers", "device", "patience")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # every default is None: only flags given on the command line override the config
+    a = parser.add_argument
+    a("--task", choices=["detect", "classify"], default=None, help="what to train (default: detect)")
+    a("--data", default=None, metavar="CSV", help="manifest CSV (from 'blastscope import' / 'annotate')")
+    a("--model", default=None, help="model name (default: yolov3-tiny)")
+    a("--epochs", type=int, default=None, help="epochs (default: 25)")
+    a("--imgsz", type=int, default=None, help="square input size in pixels, a multiple of 32 (default: 416)")
+    a("--batch", type=int, default=None, help="images per batch (default: 8)")
+    a("--out", default=None, metavar="DIR", help="run folder (default: runs/train)")
+    a("--config", default=None, metavar="YAML", help="settings file (keys of blastscope/configs/default.yaml)")
+    a("--seed", type=int, default=None, help="random seed; the same seed gives the same metrics on CPU (default: 0)")
+    a("--lr", type=float, default=None, help="peak learning rate (default: 0.01)")
+    a("--optimizer", choices=["sgd", "adamw"], default=None, help="optimizer (default: sgd)")
+    a("--weight-decay", type=float, default=None, help="weight decay (default: 0.0005)")
+    a("--workers", type=int, default=None, help="data-loading processes (default: 0)")
+    a("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
+    a("--val-fraction", type=float, default=None, help="val share carved from train when the manifest has no val rows (default: 0.1)")
+    a("--patience", type=int, default=None, help="stop after N epochs without improvement (default: 0, never)")
+    a("--freeze-backbone-epochs", type=int, default=None, metavar="N", help="train only neck and heads for the first N epochs")
+    a("--no-augment", dest="augment", action="store_const", const=False, default=None, help="no augmentation (the paper's setting)")
+    a("--auto-boxes", dest="auto_boxes", action="store_const", const=True, default=None, help="box single cells on black on the fly (C-NMC)")
+    a("--no-pretrained", dest="pretrained", action="store_const", const=False, default=None, help="start from random weights")
+    a("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last.pt")
+    a("--exist-ok", action="store_true", help="start a new run in an --out folder that holds checkpoints (deletes them)")
+    a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _resume_config(args: argparse.Namespace):
+    from blastscope.engine.config import load_config, merge_cli
+
+    run_dir = Path(args.resume)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise BlastscopeError(f"{run_dir}: not a run folder (no config.yaml); give the --out folder of an earlier 'blastscope train'")
+    if args.config:
+        raise BlastscopeError(f"--config {args.config}: a resumed run keeps its own {cfg_path}; drop --config")
+    config = load_config(cfg_path)
+    def differs(key: str, value) -> bool:
+        if key == "data":
+            return Path(value).resolve() != Path(config.data).resolve()
+        return value != getattr(config, key)
+
+    changed = [
+        k for k, v in vars(args).items()
+        if v is not None and hasattr(config, k) and k not in (*RESUMABLE, "out") and differs(k, v)
+    ]  # fmt: skip
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise BlastscopeError(
+            f"{run_dir}: {flags} cannot change when resuming (only {', '.join(RESUMABLE)} can); "
+            "drop them, or start a new run with --out"
+        )
+    config = merge_cli(config, {k: getattr(args, k) for k in RESUMABLE})
+    config.out = str(run_dir)
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    from blastscope.engine.config import load_config, merge_cli
+    from blastscope.engine.trainer import train
+
+    if args.resume:
+        config = _resume_config(args)
+    else:
+        config = merge_cli(load_config(args.config), args)
+    result = train(config, resume=bool(args.resume), exist_ok=args.exist_ok, progress=args.progress)
+    if result.best_epoch is not None:
+        row = result.best_row
+        keys = [result.best_metric] + [k for k in row if k not in ("epoch", "lr", "seconds", result.best_metric) and not k.startswith("train_")]
+        shown = ", ".join(f"{k} {row[k]:.4f}" for k in keys if k in row)
+        print(f"best epoch {result.best_epoch}: {shown} -> {result.run_dir / 'best.pt'}")
+    if result.interrupted:
+        return 130
+    print(f"done: {result.epochs_done} epochs in {result.run_dir} (metrics.csv, best.pt, last.pt)")
+    return 0

@@ -1,0 +1,901 @@
+"""Evaluate a checkpoint on one split of a manifest: detection AP, diagnostic metrics, per patient.
+
+:func:`evaluate_checkpoint` runs the model over the split's images and returns an
+:class:`EvaluationResult`; :func:`blastscope.engine.report.write_report` turns it into
+``metrics.json`` and ``report.html``. The metrics themselves are the pure functions of
+:mod:`blastscope.metrics`; this module runs models and decides which metrics apply.
+
+What is measured
+----------------
+Detector (``task == "detect"``)
+    Every image of the split is letterboxed to the checkpoint's input size (as in training) and
+    detected with a low confidence threshold (``conf``, default 0.001, so that AP sees the whole
+    precision/recall curve). Ground truth comes from the manifest's ``annotation`` column or, for
+    single cells on black with an image ``label`` and no annotation, from
+    :func:`blastscope.annotate.autobox.cell_box` (one box, labelled with the row's label).
+    Keys: ``map50_voc``, ``map50_voc07``, ``map50_coco``, ``map50_95_coco``, ``ap50_voc.<class>``
+    (and the VOC07 / COCO per-class APs). With ``min_score > 0`` the same keys are added again with
+    the suffix ``@min_score=<value>``: the ImageAI-style evaluation in which detections scoring below
+    ``min_score`` are dropped first (what the paper most likely reported).
+Image calls (when the rows carry image labels)
+    *Single-cell images* (every image has at most one ground-truth box, e.g. C-NMC): the call is the
+    class of the top-scoring detection. Its score (probability of ``positive``) is
+    ``s_pos / (s_pos + s_other)`` with ``s_pos`` the best score of a ``positive`` detection and
+    ``s_other`` the best score of any other class, so ``score >= 0.5`` exactly when the top
+    detection is ``positive`` (a tie counts as positive). An image without any detection is called
+    ``"none"`` with score 0 (a miss: it counts as a negative call).
+    *Multi-cell images* (smears): the cells are the detections scoring ``>= cell_conf``; the
+    image's score is the fraction of its cells called ``positive`` (0 without cells) and the image
+    is called ``positive`` when at least half of its cells are. Beside the model, the count-only
+    baseline scores each image by its number of cells (``count_baseline.<metric>``; its count
+    threshold is chosen on these data by Youden's J, see
+    :func:`blastscope.metrics.classification.count_baseline`).
+    Keys: ``accuracy``, ``sensitivity``, ``specificity``, ``precision``, ``npv``, ``f1``,
+    ``weighted_f1``, ``balanced_accuracy``, ``roc_auc`` with ``roc_auc_ci_low`` /
+    ``roc_auc_ci_high`` (percentile bootstrap, 1000 resamples, resampling *patients* when patient
+    ids are known), the counts ``tp``, ``fp``, ``tn``, ``fn``, and ``patient.<metric>``: images are
+    grouped by ``patient_id`` with :func:`~blastscope.metrics.classification.patient_level` and
+    ``patient_rule`` (``"mean"``: mean image score ``>= 0.5``; ``"majority"``: at least half of the
+    patient's images called positive).
+Two stages (``classifier=``)
+    The detector finds the cells; each cell (the top detection for single-cell images, every
+    detection ``>= cell_conf`` otherwise) is cut as a square around its box with a margin, resized
+    to the classifier's input size and classified. The cell's call is the classifier's arg-max, its
+    score the classifier's probability of ``positive``; images are then called as above.
+Classifier (``task == "classify"``)
+    Each image is classified whole, or, when the manifest has boxes, each annotated cell is
+    classified from its square crop. Single-cell data give image-level keys; with several cells per
+    image the cell-level metrics are ``cell.<metric>`` and images are called by the fraction rule.
+
+Numbers on synthetic data (manifest ``source`` = ``synthetic``) are numbers on synthetic data;
+the result says so (:attr:`EvaluationResult.synthetic`) and the report shows a banner.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from blastscope._problems import BlastscopeError, ProblemLog
+
+__all__ = [
+    "EvaluationResult",
+    "evaluate_checkpoint",
+    "detection_metrics",
+    "image_calls",
+    "diagnostic_summary",
+    "select_split",
+]
+
+#: detections kept per image (as many as the COCO evaluation looks at, and then some)
+MAX_DET = 300
+#: crop margin around a cell box, as a fraction of its longer side (as the two-stage predictor)
+CROP_MARGIN = 0.1
+#: how many of the most confident errors the report shows
+N_ERRORS = 12
+
+
+@dataclass
+class EvaluationResult:
+    """Everything :func:`evaluate_checkpoint` measured, as plain data for the report.
+
+    Attributes
+    ----------
+    checkpoint, manifest : str
+        Paths evaluated.
+    split : str
+    task : str
+        ``"detect"``, ``"detect+classify"`` (two stages) or ``"classify"``.
+    arch : str
+        Architecture of the checkpoint (``"yolov3-tiny"``; ``"+ mobilenet_v2"`` with two stages).
+    classes : list of str
+        The checkpoint's classes (the detector's for two stages).
+    cell_classes : list of str
+        Classes of the cell calls (the classifier's with two stages, else ``classes``).
+    positive : str
+        The class of interest (``ALL``).
+    metrics : dict of str to float
+        Flat, as written to ``metrics.json`` (see the module docstring for the keys).
+    predictions : DataFrame
+        One row per evaluated image: ``image``, ``patient_id``, ``label`` (true image label, may be
+        empty), ``pred_label``, ``score`` (probability of ``positive``; NaN when no call applies),
+        ``correct``, ``n_cells``, ``n_cells.<class>``, ``top_score``, ``n_gt``.
+    detections : list of dict
+        Per row of ``predictions``: ``boxes`` ``(N, 4)`` float32 xyxy pixels of the original image,
+        ``scores`` ``(N,)``, ``labels`` ``(N,)`` int (indices into ``classes``) and ``names``
+        (final class name of each box: the classifier's call for classified cells).
+    ground_truth : list of dict
+        Per row: ``boxes`` ``(M, 4)``, ``labels`` ``(M,)`` int, ``names``.
+    pr_curves : dict of str to dict
+        Per detector class: ``recall``, ``precision`` (VOC matching at ``iou_threshold`` 0.5)
+        and ``ap`` (VOC all-point).
+    roc : dict of str to dict
+        ``"model"`` (and ``"count baseline"``, ``"patient"``): ``fpr``, ``tpr``, ``auc``.
+    confusions : dict of str to dict
+        Title -> ``{"matrix": (L, L) int array (rows = true, columns = predicted), "labels": [...]}``:
+        the image calls (true label vs call), and for detectors the box-level matrix.
+    errors : list of dict
+        The most confident errors: ``index`` (row of ``predictions``), ``kind`` (``"false
+        positive"``, ``"missed cell"``, ``"misclassified"``), ``score``, ``text``, ``box`` (the
+        offending box or None).
+    split_counts : DataFrame
+        ``class``, ``images``, ``patients``, ``boxes`` of the split, with a ``total`` row.
+    run_dir : Path or None
+        The checkpoint's run folder when it holds a ``metrics.csv``.
+    epoch, best_epoch : int or None
+        Epoch of the checkpoint and the run's best epoch.
+    best_metric : str
+        Name of the metric that chose the best epoch.
+    synthetic : bool
+        The split's rows come from synthetic data.
+    notes : list of str
+        Rules and caveats for the reader (shown in the report).
+    settings : dict
+        The evaluation's arguments.
+    """
+
+    checkpoint: str
+    manifest: str
+    split: str
+    task: str
+    arch: str
+    classes: list[str]
+    cell_classes: list[str]
+    positive: str
+    metrics: dict[str, float]
+    predictions: pd.DataFrame
+    detections: list[dict] = field(repr=False, default_factory=list)
+    ground_truth: list[dict] = field(repr=False, default_factory=list)
+    pr_curves: dict[str, dict] = field(repr=False, default_factory=dict)
+    roc: dict[str, dict] = field(repr=False, default_factory=dict)
+    confusions: dict[str, dict] = field(repr=False, default_factory=dict)
+    errors: list[dict] = field(repr=False, default_factory=list)
+    split_counts: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
+    run_dir: Path | None = None
+    epoch: int | None = None
+    best_epoch: int | None = None
+    best_metric: str = ""
+    synthetic: bool = False
+    notes: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# pure plumbing: predictions + truth -> metrics (tested directly)
+
+
+def detection_metrics(
+    preds: Sequence[dict],
+    gts: Sequence[dict],
+    classes: Sequence[str],
+    *,
+    iou: float = 0.5,
+    min_score: float = 0.0,
+) -> tuple[dict[str, float], Any]:
+    """Detection AP of predictions against ground truth, as flat keys.
+
+    Parameters
+    ----------
+    preds : sequence of dict
+        Per image ``{"boxes": (N, 4) xyxy, "scores": (N,), "labels": (N,) int}``.
+    gts : sequence of dict
+        Per image ``{"boxes": (M, 4) xyxy, "labels": (M,) int}``, same order and pixels.
+    classes : sequence of str
+    iou : float
+        IoU threshold of the VOC APs (0.5 gives the ``map50_*`` keys).
+    min_score : float
+        When > 0, the ImageAI-style numbers (detections below it dropped) are added with the
+        suffix ``@min_score=<value>``.
+
+    Returns
+    -------
+    metrics : dict of str to float
+        ``map50_voc``, ``map50_voc07``, ``map50_coco``, ``map50_95_coco``, ``ap50_voc.<class>``,
+        ... (:meth:`blastscope.metrics.detection.DetectionResult.as_dict`), plus
+        ``n_gt.<class>`` and, with ``min_score``, the suffixed keys.
+    result : DetectionResult
+        The standard (no ``min_score``) result, with its precision/recall curves.
+
+    Examples
+    --------
+    >>> gt = [{"boxes": [[0, 0, 10, 10]], "labels": [0]}]
+    >>> m, _ = detection_metrics([dict(gt[0], scores=[1.0])], gt, ["cell"])
+    >>> m["map50_voc"], m["ap50_voc.cell"]
+    (1.0, 1.0)
+    """
+    from blastscope.metrics.detection import evaluate_detections
+
+    result = evaluate_detections(preds, gts, classes, iou_threshold=iou)
+    out = result.as_dict()
+    for c in result.classes:
+        out[f"n_gt.{c}"] = float(result.n_gt[c])
+    if min_score > 0:
+        out.update(evaluate_detections(preds, gts, classes, iou_threshold=iou, min_score=min_score).as_dict())
+    return out, result
+
+
+def image_calls(
+    cells: Sequence[dict],
+    *,
+    positive: str,
+    single_cell: bool,
+    cell_conf: float = 0.25,
+    negative: str = "not positive",
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The image-level call of each image from its cells (the rule of the module docstring).
+
+    Parameters
+    ----------
+    cells : sequence of dict
+        Per image ``{"names": list of str, "scores": (K,) detector score, "p_pos": (K,) or None}``:
+        the class name called for each cell, its detector score, and (with a classifier) its
+        probability of ``positive``. Without ``p_pos`` the detector's own classes are the calls.
+    positive : str
+        The class of interest.
+    single_cell : bool
+        Single-cell images (top-cell rule) or multi-cell images (fraction rule).
+    cell_conf : float
+        Multi-cell images: cells scoring below it are not cells (ignored).
+    negative : str
+        Name of a negative call of a multi-cell image (the other image label, e.g. ``HEM``).
+
+    Returns
+    -------
+    score : ndarray, shape (n,), float64
+        Probability-like score of ``positive`` in ``[0, 1]`` (``>= 0.5`` is a positive call).
+    pred : list of str
+        The call: a class name, or ``"none"`` for a single-cell image without any detection.
+    n_cells : ndarray, shape (n,), int64
+        Cells scoring ``>= cell_conf``.
+
+    Examples
+    --------
+    >>> s, p, n = image_calls([{"names": ["HEM", "ALL"], "scores": [0.9, 0.3], "p_pos": None}],
+    ...                       positive="ALL", single_cell=True)
+    >>> s.round(2).tolist(), p, n.tolist()
+    ([0.25], ['HEM'], [2])
+    """
+    score = np.zeros(len(cells), dtype=np.float64)
+    pred: list[str] = []
+    n_cells = np.zeros(len(cells), dtype=np.int64)
+    for i, c in enumerate(cells):
+        names = list(c["names"])
+        s = np.asarray(c["scores"], dtype=np.float64).reshape(-1)
+        p_pos = None if c.get("p_pos") is None else np.asarray(c["p_pos"], dtype=np.float64).reshape(-1)
+        keep = s >= cell_conf
+        n_cells[i] = int(keep.sum())
+        if single_cell:
+            if len(names) == 0:
+                score[i], call = 0.0, "none"
+            elif p_pos is not None:
+                top = int(np.argmax(s))
+                score[i], call = float(p_pos[top]), names[top]
+            else:
+                is_pos = np.array([n == positive for n in names])
+                s_pos = float(s[is_pos].max()) if is_pos.any() else 0.0
+                s_other = float(s[~is_pos].max()) if (~is_pos).any() else 0.0
+                total = s_pos + s_other
+                score[i] = s_pos / total if total > 0 else 0.5
+                call = positive if score[i] >= 0.5 else names[int(np.argmax(np.where(is_pos, -np.inf, s)))]
+        else:
+            called = [n for n, k in zip(names, keep, strict=True) if k]
+            score[i] = float(np.mean([n == positive for n in called])) if called else 0.0
+            call = positive if score[i] >= 0.5 else negative
+        pred.append(call)
+    return score, pred, n_cells
+
+
+_ONE_VS_REST = ("sensitivity", "specificity", "precision", "npv", "f1", "roc_auc", "tp", "fp", "tn", "fn")
+
+
+def diagnostic_summary(
+    y_true: Sequence[str],
+    score: np.ndarray,
+    pred: Sequence[str],
+    *,
+    positive: str,
+    patient_ids: Sequence[str] | None = None,
+    patient_rule: str = "mean",
+    counts: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[dict[str, float], dict[str, dict]]:
+    """Image- and patient-level diagnostic metrics (and the count baseline) as flat keys.
+
+    Parameters
+    ----------
+    y_true : sequence of str, shape (n,)
+        True image labels.
+    score : ndarray, shape (n,)
+        Probability-like score of ``positive`` (from :func:`image_calls`).
+    pred : sequence of str, shape (n,)
+        The calls (from :func:`image_calls`).
+    positive : str
+    patient_ids : sequence of str, optional
+        Patient of each image; empty strings count as unknown. When every image has one, the
+        ROC AUC interval resamples patients and ``patient.<metric>`` keys are added.
+    patient_rule : {"mean", "majority"}
+        See :func:`blastscope.metrics.classification.patient_level`; the patient is positive when
+        its aggregated score is ``>= 0.5``.
+    counts : ndarray, shape (n,), optional
+        Cells per image: adds ``count_baseline.<metric>`` (and ``count_baseline.patient.<metric>``
+        with patients, from the patients' mean counts).
+    n_boot, seed : int
+        Bootstrap resamples and seed of the ROC AUC interval.
+
+    Returns
+    -------
+    metrics : dict of str to float
+        The keys of :func:`~blastscope.metrics.classification.diagnostic_metrics`, plus
+        ``roc_auc_ci_low``, ``roc_auc_ci_high``, ``n_images``, ``n_patients`` and the prefixed
+        patient and baseline keys. One-vs-rest keys are left out when ``positive`` is not among the
+        labels.
+    roc : dict of str to dict
+        ``"model"``, ``"patient"``, ``"count baseline"``: ``fpr``, ``tpr``, ``auc``.
+    """
+    from blastscope.metrics.classification import (
+        bootstrap_ci,
+        count_baseline,
+        diagnostic_metrics,
+        patient_level,
+        roc_curve_points,
+    )
+
+    yt = np.asarray([str(v) for v in y_true], dtype=object)
+    yp = np.asarray([str(v) for v in pred], dtype=object)
+    s = np.asarray(score, dtype=np.float64).reshape(-1)
+    has_pos = bool((yt == positive).any())
+    labels = set(yt) | set(yp)
+    pos = positive if (positive in labels or len(labels) != 2) else sorted(labels)[0]
+    out = diagnostic_metrics(yt, s, y_pred=yp, positive=pos)
+    if not has_pos:
+        out = {k: v for k, v in out.items() if k not in _ONE_VS_REST}
+    out = {k: float(v) for k, v in out.items()}
+    out["n_images"] = float(len(yt))
+    y_bin = (yt == positive).astype(int)
+    pids = None
+    if patient_ids is not None:
+        p = np.asarray([str(v) for v in patient_ids], dtype=object)
+        if len(p) and all(p):
+            pids = p
+    out["n_patients"] = float(len(set(pids))) if pids is not None else math.nan
+    roc: dict[str, dict] = {}
+    if not has_pos:
+        return out, roc
+    low, high = bootstrap_ci("roc_auc", y_bin, s, n_boot=n_boot, seed=seed, groups=pids)
+    out["roc_auc_ci_low"], out["roc_auc_ci_high"] = low, high
+    fpr, tpr, _ = roc_curve_points(y_bin, s)
+    roc["model"] = {"fpr": fpr, "tpr": tpr, "auc": out["roc_auc"]}
+    if pids is not None:
+        _, pt, ps = patient_level(pids, y_bin, s, rule=patient_rule, threshold=0.5)
+        for k, v in diagnostic_metrics(pt, ps, positive=1, threshold=0.5).items():
+            out[f"patient.{k}"] = float(v)
+        out["patient.n_patients"] = float(len(pt))
+        fpr, tpr, _ = roc_curve_points(pt, ps)
+        roc["patient"] = {"fpr": fpr, "tpr": tpr, "auc": out["patient.roc_auc"]}
+    if counts is not None:
+        c = np.asarray(counts, dtype=np.float64).reshape(-1)
+        for k, v in count_baseline(y_bin, c, positive=1).items():
+            out[f"count_baseline.{k}"] = float(v)
+        fpr, tpr, _ = roc_curve_points(y_bin, c)
+        roc["count baseline"] = {"fpr": fpr, "tpr": tpr, "auc": out["count_baseline.roc_auc"]}
+        if pids is not None:
+            _, pt, pc = patient_level(pids, y_bin, c, rule="mean")
+            for k, v in count_baseline(pt, pc, positive=1).items():
+                out[f"count_baseline.patient.{k}"] = float(v)
+    return out, roc
+
+
+def detection_confusion(
+    preds: Sequence[dict], gts: Sequence[dict], n_classes: int, *, iou: float = 0.5, conf: float = 0.25
+) -> np.ndarray:
+    """Box-level confusion matrix of a detector, for the report.
+
+    Detections scoring ``>= conf`` are matched greedily by score to the unmatched ground-truth box
+    of highest IoU (any class, ``>= iou``). Rows are the true classes plus ``background`` (a
+    detection matching no box), columns the predicted classes plus ``missed`` (a box no detection
+    matched). Returns an ``(n_classes + 1, n_classes + 1)`` int64 array.
+    """
+    from blastscope.metrics.detection import box_iou
+
+    cm = np.zeros((n_classes + 1, n_classes + 1), dtype=np.int64)
+    for p, g in zip(preds, gts, strict=True):
+        keep = np.asarray(p["scores"]) >= conf
+        pb, pl, ps = np.asarray(p["boxes"])[keep].reshape(-1, 4), np.asarray(p["labels"])[keep], np.asarray(p["scores"])[keep]
+        gb, gl = np.asarray(g["boxes"]).reshape(-1, 4), np.asarray(g["labels"]).reshape(-1)
+        ious = box_iou(pb, gb) if len(pb) and len(gb) else np.zeros((len(pb), len(gb)))
+        taken = np.zeros(len(gb), dtype=bool)
+        for d in np.argsort(-ps, kind="stable"):
+            cand = np.where(taken, -1.0, ious[d]) if len(gb) else np.zeros(0)
+            j = int(np.argmax(cand)) if len(cand) else -1
+            if j >= 0 and cand[j] >= iou:
+                taken[j] = True
+                cm[int(gl[j]), int(pl[d])] += 1
+            else:
+                cm[n_classes, int(pl[d])] += 1
+        for j in np.flatnonzero(~taken):
+            cm[int(gl[j]), n_classes] += 1
+    return cm
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+def select_split(df: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The rows of ``split``; :class:`BlastscopeError` naming the manifest and the splits present when empty."""
+    rows = df[df["split"] == split]
+    if rows.empty:
+        where = df.attrs.get("manifest_path", "manifest")
+        present = sorted({s for s in df["split"] if s})
+        listed = ", ".join(f"'{s}'" for s in present) if present else "none (the split column is empty)"
+        raise BlastscopeError(
+            f"{where}: no rows in split '{split}' (splits present: {listed}); "
+            f"choose one with --split, or assign splits with 'blastscope split {where}'"
+        )
+    return rows.reset_index(drop=True)
+
+
+def _ground_truth(
+    rows: pd.DataFrame, classes: list[str], log: ProblemLog, names_hint: list[str] | None = None, notes: list[str] | None = None
+) -> tuple[list[int], list[dict]]:
+    """Ground-truth boxes (file pixels) of the rows that have them; returns (kept row indices, gts).
+
+    Boxes of classes the checkpoint does not know are dropped (a WBC detector scored on all of
+    BCCD is scored on the WBC boxes), except for a one-class detector none of whose boxes carry
+    its class name: then every box is that class (a class-agnostic cell detector).
+    """
+    from blastscope.annotate.autobox import cell_box
+    from blastscope.data.formats import load_annotation
+    from blastscope.data.images import read_image
+
+    kept, gts = [], []
+    dropped: dict[str, int] = {}
+    dropped_agnostic = False
+    for i, row in enumerate(rows.itertuples(index=False)):
+        image, spec, label = str(row.image), str(row.annotation or ""), str(row.label or "")
+        try:
+            if spec:
+                hint = names_hint if spec.lower().endswith(".txt") and names_hint else None
+                ann = load_annotation(spec, classes=hint, image=image, width=row.width or None, height=row.height or None)
+                names = list(ann.labels)
+                boxes = ann.boxes
+            elif label:
+                box = cell_box(read_image(image))
+                if box is None:
+                    log.add(image, "no cell found for an automatic box", "annotate it or remove the row")
+                    continue
+                boxes, names = box.reshape(1, 4), [label]
+            else:
+                log.add(image, "neither an annotation nor a label", "annotate it, or give the row a label")
+                continue
+        except BlastscopeError as e:
+            log.add(image, str(e))
+            continue
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        if len(classes) == 1 and names and classes[0] not in names:
+            names = [classes[0]] * len(names)
+            dropped_agnostic = True
+        keep = [k for k, n in enumerate(names) if n in classes]
+        for k, n in enumerate(names):
+            if n not in classes:
+                dropped[n] = dropped.get(n, 0) + 1
+        names = [names[k] for k in keep]
+        kept.append(i)
+        gts.append({"boxes": boxes[keep], "labels": np.asarray([classes.index(n) for n in names], np.int64), "names": names})
+    if notes is not None and dropped:
+        notes.append(f"ground-truth boxes of classes the model does not know were left out: {dropped}")
+    if notes is not None and dropped_agnostic:
+        notes.append(f"one-class model: every ground-truth box counts as '{classes[0]}'")
+    return kept, gts
+
+
+def split_counts(rows: pd.DataFrame, gts: Sequence[dict] | None = None) -> pd.DataFrame:
+    """Images, patients and boxes per class of a split, with a ``total`` row.
+
+    A class is an image label, or a box class when the rows have no labels.
+    """
+    records: dict[str, dict[str, Any]] = {}
+    labels = [str(v) for v in rows["label"]]
+    pids = [str(v) for v in rows["patient_id"]]
+    for lab, pid in zip(labels, pids, strict=True):
+        if not lab:
+            continue
+        r = records.setdefault(lab, {"class": lab, "images": 0, "patients": set(), "boxes": 0})
+        r["images"] += 1
+        if pid:
+            r["patients"].add(pid)
+    for g in gts or []:
+        for name in g["names"]:
+            r = records.setdefault(name, {"class": name, "images": 0, "patients": set(), "boxes": 0})
+            r["boxes"] += 1
+    out = [dict(r, patients=len(r["patients"])) for r in records.values()]
+    known = {p for p in pids if p}
+    out.append({"class": "total", "images": len(rows), "patients": len(known), "boxes": sum(r["boxes"] for r in out)})
+    return pd.DataFrame(out, columns=["class", "images", "patients", "boxes"])
+
+
+# ----------------------------------------------------------------------------------------------
+# running the model
+
+
+def _batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield range(start, min(start + size, n))
+
+
+def _detect(predictor, paths: list[str], batch: int, progress: bool, log: ProblemLog) -> dict[int, dict]:
+    """Detector output per row index (file pixels); unreadable images go to ``log``."""
+    from tqdm import tqdm
+
+    from blastscope.data.images import read_image
+
+    out: dict[int, dict] = {}
+    bar = tqdm(total=len(paths), desc="evaluate", unit="img", disable=not progress, file=sys.stderr, mininterval=0.5)
+    try:
+        for idx in _batches(len(paths), batch):
+            images, ok = [], []
+            for i in idx:
+                try:
+                    images.append(read_image(paths[i]))
+                    ok.append(i)
+                except BlastscopeError as e:
+                    log.add(paths[i], str(e))
+            for i, res, img in zip(ok, predictor.predict_batch(images), images, strict=True):
+                det = res.detections
+                out[i] = {
+                    "boxes": np.array([d.box for d in det], np.float32).reshape(-1, 4),
+                    "scores": np.array([d.confidence for d in det], np.float32),
+                    "labels": np.array([d.class_id for d in det], np.int64),
+                    "names": [d.class_name for d in det],
+                    "shape": img.shape[:2],
+                }
+            bar.update(len(idx))
+    finally:
+        bar.close()
+    return out
+
+
+def _classify_cells(classifier, path: str, boxes: np.ndarray, margin: float) -> np.ndarray:
+    """Classifier probabilities ``(K, C)`` of square crops around ``boxes`` of the image at ``path``."""
+    from blastscope.data.images import read_image
+
+    if len(boxes) == 0:
+        return np.zeros((0, len(classifier.class_names)), np.float32)
+    classifier.margin = margin
+    return np.array([c.probabilities for c in classifier(read_image(path), boxes)], np.float32)
+
+
+def _find_run_dir(checkpoint: Path, ckpt: dict) -> Path | None:
+    for cand in (checkpoint.resolve().parent, Path(str((ckpt.get("config") or {}).get("out", "")))):
+        if str(cand) and (cand / "metrics.csv").is_file():
+            return cand
+    return None
+
+
+def _negative_name(labels: Sequence[str], positive: str) -> str:
+    others = pd.Series([x for x in labels if x and x != positive])
+    return str(others.value_counts().index[0]) if len(others) else f"not {positive}"
+
+
+def _errors(result_rows: pd.DataFrame, dets: list[dict], gts: list[dict | None], *, iou: float, cell_conf: float) -> list[dict]:
+    """The most confident errors: misclassified images, then confident false positives and missed cells."""
+    from blastscope.metrics.detection import box_iou
+
+    errors: list[dict] = []
+    for i, row in result_rows.iterrows():
+        if row["label"] and isinstance(row["correct"], (bool, np.bool_)) and not row["correct"]:
+            conf = abs(float(row["score"]) - 0.5) * 2 if np.isfinite(row["score"]) else 0.0
+            errors.append({"index": int(i), "kind": "misclassified", "score": 1.0 + conf,
+                           "text": f"true {row['label']}, called {row['pred_label']} (score {row['score']:.2f})", "box": None})
+    for i, (d, g) in enumerate(zip(dets, gts, strict=True)):
+        if g is None:
+            continue
+        ious = box_iou(d["boxes"], g["boxes"]) if len(d["boxes"]) and len(g["boxes"]) else np.zeros((len(d["boxes"]), len(g["boxes"])))
+        same = d["labels"][:, None] == g["labels"][None, :] if len(g["boxes"]) else np.zeros((len(d["boxes"]), 0), bool)
+        hit = (ious >= iou) & same
+        fp = np.flatnonzero(~hit.any(axis=1)) if len(d["boxes"]) else np.zeros(0, int)
+        if len(fp):
+            k = int(fp[np.argmax(d["scores"][fp])])
+            if d["scores"][k] >= cell_conf:
+                errors.append({"index": i, "kind": "false positive", "score": float(d["scores"][k]),
+                               "text": f"{d['names'][k]} {d['scores'][k]:.2f} matches no true box", "box": d["boxes"][k].tolist()})
+        strong = d["scores"] >= cell_conf
+        missed = np.flatnonzero(~(hit & strong[:, None]).any(axis=0)) if len(g["boxes"]) else np.zeros(0, int)
+        if len(missed):
+            j = int(missed[0])
+            errors.append({"index": i, "kind": "missed cell", "score": 0.5 * len(missed) / len(g["boxes"]),
+                           "text": f"{len(missed)} of {len(g['boxes'])} true boxes missed (e.g. {g['names'][j]})", "box": g["boxes"][j].tolist()})
+    errors.sort(key=lambda e: -e["score"])
+    seen, out = set(), []
+    for e in errors:  # one tile per image, the worst error first
+        if e["index"] not in seen:
+            seen.add(e["index"])
+            out.append(e)
+    return out[:N_ERRORS]
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    manifest: str | Path | pd.DataFrame,
+    *,
+    split: str = "test",
+    classifier: str | Path | None = None,
+    conf: float = 0.001,
+    iou: float = 0.45,
+    min_score: float = 0.0,
+    imgsz: int | None = None,
+    batch: int = 8,
+    positive: str = "ALL",
+    patient_rule: str = "mean",
+    cell_conf: float = 0.25,
+    progress: bool = True,
+    device: str = "cpu",
+) -> EvaluationResult:
+    """Run a checkpoint over one split of a manifest and compute every metric that applies.
+
+    Parameters
+    ----------
+    checkpoint : path
+        A detector or classifier checkpoint written by ``blastscope train``.
+    manifest : path or DataFrame
+        The manifest (``read_manifest``): ``image``, ``split``, and ``annotation`` and/or ``label``.
+    split : str
+        Rows to evaluate.
+    classifier : path, optional
+        A classifier checkpoint for two-stage evaluation (``checkpoint`` must be a detector).
+    conf : float
+        Detector confidence threshold before NMS (low, so AP sees the whole curve).
+    iou : float
+        NMS IoU threshold. (AP matching always uses IoU 0.5 and COCO's 0.50:0.95.)
+    min_score : float
+        Adds the ImageAI-style APs with detections below ``min_score`` dropped (labelled keys).
+    imgsz : int, optional
+        Detector input size (default the checkpoint's).
+    batch : int
+        Images per network call.
+    positive : str
+        The class of interest for sensitivity, specificity, ROC AUC and the calls.
+    patient_rule : {"mean", "majority"}
+    cell_conf : float
+        A detection scoring ``>= cell_conf`` counts as a cell (multi-cell calls, counts, errors).
+    progress : bool
+        Progress bar on stderr.
+    device : str
+        Torch device.
+
+    Returns
+    -------
+    EvaluationResult
+
+    Raises
+    ------
+    BlastscopeError
+        Unreadable checkpoint or manifest, an empty split (naming the splits present), nothing
+        usable in the split, bad settings.
+    """
+    from blastscope.data.manifest import read_manifest
+    from blastscope.engine.checkpoint import load_model
+    from blastscope.inference.predictor import CropClassifier, Predictor, TorchBackend
+
+    if patient_rule not in ("mean", "majority"):
+        raise BlastscopeError(f"patient rule '{patient_rule}': unknown; use 'mean' or 'majority'")
+    for name, value in (("conf", conf), ("iou", iou), ("min-score", min_score), ("cell-conf", cell_conf)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise BlastscopeError(f"--{name} {value}: must be between 0 and 1")
+    if batch < 1:
+        raise BlastscopeError(f"--batch {batch}: must be >= 1")
+    df = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
+    manifest_name = str(df.attrs.get("manifest_path", manifest if not isinstance(manifest, pd.DataFrame) else "manifest"))
+    rows = select_split(df, split)
+    checkpoint = Path(checkpoint)
+    model, ckpt = load_model(checkpoint, map_location=device)
+    meta = ckpt["model"]
+    task, classes = meta["task"], [str(c) for c in meta["class_names"]]
+    log = ProblemLog()
+    notes: list[str] = []
+    synthetic = bool((rows["source"] == "synthetic").any()) or bool(df.attrs.get("synthetic"))
+
+    stage2 = None
+    if classifier is not None:
+        if task != "detect":
+            raise BlastscopeError(f"{checkpoint}: --classifier needs a detector as CHECKPOINT, this is a '{task}' checkpoint")
+        stage2 = CropClassifier.from_checkpoint(classifier, device=device, margin=CROP_MARGIN)
+    elif task == "classify":
+        stage2 = CropClassifier(model, classes, meta.get("input_size", 224), meta.get("mean"), meta.get("std"), margin=CROP_MARGIN, device=device)
+    cell_classes = list(stage2.class_names) if stage2 is not None else classes
+
+    labels = [str(v) for v in rows["label"]]
+    has_labels = any(labels)
+    has_ann = bool((rows["annotation"] != "").any())
+    paths = [str(p) for p in rows["image"]]
+    dets: dict[int, dict] = {}
+    gts_by_row: dict[int, dict] = {}
+    det_result = None
+    metrics: dict[str, float] = {}
+    pr_curves: dict[str, dict] = {}
+    single_cell = True
+    confusions: dict[str, dict] = {}
+    from blastscope.data.manifest import manifest_classes
+
+    names_hint = manifest_classes(df) or None
+
+    if task == "detect":
+        backend = TorchBackend(model, conf=float(conf), iou=float(iou), device=device, max_det=MAX_DET)
+        predictor = Predictor(backend, classes, imgsz or int(meta.get("input_size", 416)),
+                              model_name=f"{checkpoint.name} ({meta['arch']})", mean=meta.get("mean", (0, 0, 0)), std=meta.get("std", (1, 1, 1)))
+        kept, gts = _ground_truth(rows, classes, log, names_hint, notes)
+        gts_by_row = dict(zip(kept, gts, strict=True))
+        dets = _detect(predictor, paths, batch, progress, log)
+        pairs = [i for i in kept if i in dets]
+        if pairs:
+            preds = [dets[i] for i in pairs]
+            metrics, det_result = detection_metrics(preds, [gts_by_row[i] for i in pairs], classes, iou=0.5, min_score=min_score)
+            for c, curve in det_result.curves.items():
+                pr_curves[c] = {"recall": curve.recall, "precision": curve.precision, "ap": det_result.ap_voc[c]}
+            cm = detection_confusion(preds, [gts_by_row[i] for i in pairs], len(classes), conf=cell_conf)
+            confusions[f"boxes (detections >= {cell_conf:g}, IoU >= 0.5; last row/column: background / missed)"] = {
+                "matrix": cm, "labels": [*classes, "background"]}
+            single_cell = all(len(gts_by_row[i]["boxes"]) <= 1 for i in pairs)
+            if not has_ann:
+                notes.append("ground-truth boxes were made automatically (autobox, single cells on black), labelled with each row's label")
+        else:
+            single_cell = not has_ann
+        # the cells each image call is made from
+        cells: dict[int, dict] = {}
+        for i, d in dets.items():
+            if stage2 is None:
+                cells[i] = {"names": d["names"], "scores": d["scores"], "p_pos": None}
+                continue
+            if single_cell:
+                sel = np.argsort(-d["scores"])[:1]
+            else:
+                sel = np.flatnonzero(d["scores"] >= cell_conf)
+            probs = _classify_cells(stage2, paths[i], d["boxes"][sel], CROP_MARGIN)
+            names = [cell_classes[int(k)] for k in probs.argmax(axis=1)] if len(probs) else []
+            d["names"] = list(d["names"])
+            for k, n in zip(sel, names, strict=True):
+                d["names"][int(k)] = n
+            p_pos = probs[:, cell_classes.index(positive)] if positive in cell_classes else np.zeros(len(sel))
+            cells[i] = {"names": names, "scores": d["scores"][sel], "p_pos": p_pos}
+    else:  # classifier checkpoint: whole images, or crops of the annotated boxes
+        if has_ann:
+            kept, gts = _ground_truth(rows, cell_classes, log, names_hint, notes)
+            gts_by_row = dict(zip(kept, gts, strict=True))
+            single_cell = all(len(g["boxes"]) <= 1 for g in gts)
+        else:
+            kept = [i for i, lab in enumerate(labels) if lab]
+            single_cell = True
+        from tqdm import tqdm
+
+        cells = {}
+        cell_true: list[str] = []
+        cell_probs: list[np.ndarray] = []
+        for i in tqdm(kept, desc="evaluate", unit="img", disable=not progress, file=sys.stderr, mininterval=0.5):
+            try:
+                if i in gts_by_row:
+                    boxes, margin = gts_by_row[i]["boxes"], CROP_MARGIN
+                else:
+                    from blastscope.data.formats._common import image_size
+
+                    w, h = (int(rows.at[i, "width"]), int(rows.at[i, "height"])) if rows.at[i, "width"] else image_size(paths[i])
+                    boxes, margin = np.array([[0, 0, w, h]], np.float32), 0.0
+                probs = _classify_cells(stage2, paths[i], boxes, margin)
+            except BlastscopeError as e:
+                log.add(paths[i], str(e))
+                continue
+            names = [cell_classes[int(k)] for k in probs.argmax(axis=1)]
+            p_pos = probs[:, cell_classes.index(positive)] if positive in cell_classes else np.zeros(len(probs))
+            cells[i] = {"names": names, "scores": np.ones(len(names)), "p_pos": p_pos}
+            dets[i] = {"boxes": np.asarray(boxes, np.float32).reshape(-1, 4), "scores": probs.max(axis=1) if len(probs) else np.zeros(0),
+                       "labels": probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64), "names": names}
+            truth = gts_by_row[i]["names"] if i in gts_by_row else [labels[i]]
+            cell_true += truth
+            cell_probs.append(probs)
+        if not single_cell and cell_true:
+            from blastscope.metrics.classification import confusion, diagnostic_metrics
+
+            probs = np.concatenate(cell_probs)
+            y = np.array([cell_classes.index(t) for t in cell_true])
+            pos_idx = cell_classes.index(positive) if positive in cell_classes else 0
+            for k, v in diagnostic_metrics(y, probs, positive=pos_idx).items():
+                if positive in cell_classes or k not in _ONE_VS_REST:
+                    metrics[f"cell.{k}"] = float(v)
+            cm = confusion(y, probs.argmax(axis=1), labels=list(range(len(cell_classes))))
+            confusions["cells (annotated boxes): true class vs classifier call"] = {"matrix": cm, "labels": list(cell_classes)}
+        elif single_cell and not has_labels and gts_by_row:
+            # single cells whose class is in the box file (PBC): the box class is the image label
+            labels = [gts_by_row[i]["names"][0] if i in gts_by_row and gts_by_row[i]["names"] else "" for i in range(len(rows))]
+            has_labels = any(labels)
+
+    usable = sorted(dets)
+    if not usable:
+        log.finish(0, "images")
+    if len(log):
+        notes.append(f"{len(log)} rows of the split were skipped (see the 'skipped:' lines of the command)")
+
+    # image calls
+    order = [i for i in usable if i in cells]
+    negative = _negative_name(labels, positive)
+    score, pred, n_cells = image_calls([cells[i] for i in order], positive=positive, single_cell=single_cell, cell_conf=cell_conf, negative=negative)
+    if task == "classify":
+        n_cells = np.array([len(cells[i]["names"]) for i in order], np.int64)
+    table = pd.DataFrame({
+        "image": [paths[i] for i in order],
+        "patient_id": [str(rows.at[i, "patient_id"]) for i in order],
+        "label": [labels[i] for i in order],
+        "pred_label": pred,
+        "score": score,
+        "n_cells": n_cells,
+    })
+    for c in cell_classes:
+        col = []
+        for i in order:
+            keep = (np.asarray(cells[i]["scores"]) >= cell_conf) if (task == "detect" and stage2 is None) else np.ones(len(cells[i]["names"]), bool)
+            col.append(sum(1 for n, k in zip(cells[i]["names"], keep, strict=True) if k and n == c))
+        table[f"n_cells.{c}"] = col
+    table["top_score"] = [float(dets[i]["scores"].max()) if len(dets[i]["scores"]) else math.nan for i in order]
+    table["n_gt"] = [len(gts_by_row[i]["boxes"]) if i in gts_by_row else 0 for i in order]
+
+    roc: dict[str, dict] = {}
+    labelled = np.array([bool(labels[i]) for i in order], bool)
+    can_call = positive in cell_classes or single_cell
+    if has_labels and labelled.any():
+        if positive not in cell_classes and any(labels[i] == positive for i in order):
+            notes.append(
+                f"the cell classes {cell_classes} do not include '{positive}': the model's image calls cannot be "
+                f"positive (give --positive one of them, or a --classifier that knows '{positive}')"
+            )
+        sel = np.flatnonzero(labelled)
+        counts = n_cells[sel] if (not single_cell and task == "detect") else None
+        diag, roc = diagnostic_summary(
+            [labels[order[k]] for k in sel], score[sel], [pred[k] for k in sel], positive=positive,
+            patient_ids=[str(rows.at[order[k], "patient_id"]) for k in sel], patient_rule=patient_rule, counts=counts,
+        )
+        if not can_call:
+            diag = {k: v for k, v in diag.items() if k.startswith("count_baseline.") or k.startswith("n_")}
+            roc = {k: v for k, v in roc.items() if k == "count baseline"}
+        metrics.update(diag)
+        table["correct"] = [bool(t == p) if t else None for t, p in zip(table["label"], table["pred_label"], strict=True)]
+        if can_call:
+            from blastscope.metrics.classification import confusion
+
+            yt = [labels[order[k]] for k in sel]
+            yp = [pred[k] for k in sel]
+            cm_labels = sorted(set(yt) | set(yp), key=lambda x: (x == "none", x != positive, x))
+            cm = confusion(np.array(yt, object), np.array(yp, object), cm_labels)
+            confusions = {"images: true label vs call": {"matrix": cm, "labels": cm_labels}, **confusions}
+        rule = ("top-scoring detection's class (single-cell images)" if single_cell
+                else f"fraction of cells (detections >= {cell_conf:g}) called {positive}, positive at >= 0.5")
+        notes.append(f"image call: {rule}; patient call: '{patient_rule}' rule over the patient's image scores, positive at >= 0.5")
+    else:
+        table["correct"] = None
+        notes.append("no image labels in this split: only detection metrics apply")
+    metrics.setdefault("n_images", float(len(order)))
+
+    gts_list = [gts_by_row.get(i) for i in order]
+    det_list = [dets[i] for i in order]
+    errors = _errors(table, det_list, gts_list, iou=0.5, cell_conf=cell_conf)
+    run_dir = _find_run_dir(checkpoint, ckpt)
+    arch = meta["arch"] + (f" + {Path(str(classifier)).name} classifier" if classifier is not None else "")
+    settings = {"conf": conf, "iou": iou, "min_score": min_score, "imgsz": imgsz or meta.get("input_size"), "positive": positive,
+                "patient_rule": patient_rule, "cell_conf": cell_conf, "classifier": str(classifier) if classifier else None}
+    best_name = str((ckpt.get("config") or {}).get("task", task))
+    return EvaluationResult(
+        checkpoint=str(checkpoint), manifest=manifest_name, split=split,
+        task="detect+classify" if classifier is not None else task, arch=arch, classes=classes, cell_classes=cell_classes,
+        positive=positive, metrics=metrics, predictions=table, detections=det_list,
+        ground_truth=[g if g is not None else {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64), "names": []} for g in gts_list],
+        pr_curves=pr_curves, roc=roc, confusions=confusions,
+        errors=errors, split_counts=split_counts(rows, list(gts_by_row.values())), run_dir=run_dir,
+        epoch=ckpt.get("epoch"), best_epoch=ckpt.get("best_epoch"),
+        best_metric="map50_voc" if best_name == "detect" else "weighted_f1",
+        synthetic=synthetic, notes=notes, settings=settings,
+    )

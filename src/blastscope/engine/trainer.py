@@ -1,0 +1,538 @@
+"""The training loop: epochs, validation, ``metrics.csv``, checkpoints, resume.
+
+A run folder (``config.out``, e.g. ``runs/NAME``) holds
+
+==================  ==========================================================================
+``config.yaml``     the resolved :class:`~blastscope.engine.config.TrainConfig` (a ``--config`` file)
+``splits.csv``      the manifest as trained on, ``split`` filled (a carved val split shows here);
+                    ``blastscope evaluate --data runs/NAME/splits.csv --split val`` re-scores it
+``metrics.csv``     one row per epoch: ``epoch``, ``train_loss`` and its parts, ``val_loss``, the
+                    task's metrics, ``lr``, ``seconds`` (rewritten atomically after each epoch)
+``epoch_NNN.pt``    the weights after epoch NNN (self-describing, no optimizer state)
+``best.pt``         the epoch with the highest validation metric (``map50_voc`` for detection)
+``last.pt``         the last completed epoch, with optimizer, scheduler and RNG states: ``--resume``
+==================  ==========================================================================
+
+Runs are reproducible on CPU: with the same seed (and ``workers`` any value) two runs give the same
+``metrics.csv`` except for ``seconds``, and a run killed at any moment and resumed with
+``--resume`` gives the same rows as an uninterrupted one. Shuffling is seeded per epoch and
+augmentation per ``(seed, epoch, image)``; ``last.pt`` carries the rest.
+
+Everything task-specific (datasets, loss, metrics) comes from :mod:`blastscope.engine.tasks`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from blastscope._atomic import atomic_write
+from blastscope._problems import BlastscopeError, ProblemLog
+from blastscope.data.manifest import manifest_classes, read_manifest, write_manifest
+from blastscope.engine.checkpoint import get_rng_state, load_checkpoint, make_checkpoint, save_checkpoint, set_rng_state
+from blastscope.engine.config import TrainConfig, config_to_dict, save_config
+from blastscope.engine.tasks import Task, get_task
+
+__all__ = [
+    "RunResult",
+    "train",
+    "train_one_epoch",
+    "evaluate",
+    "WarmupCosine",
+    "build_optimizer",
+    "carve_val_split",
+    "metrics_columns",
+    "seed_everything",
+]
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` did.
+
+    Attributes
+    ----------
+    run_dir : Path
+    epochs_done : int
+        Last completed epoch (1-based; 0 when none completed).
+    best_epoch : int or None
+        Epoch saved as ``best.pt``.
+    best_metric : str
+        Name of the selecting metric (``map50_voc`` for detection).
+    best_row : dict
+        The ``metrics.csv`` row of ``best_epoch`` (floats).
+    interrupted : bool
+        Stopped by Ctrl-C; ``last.pt`` holds ``epochs_done``.
+    stopped_early : bool
+        Stopped by ``patience``.
+    model : nn.Module
+        The model after the last completed epoch (in memory).
+    """
+
+    run_dir: Path
+    epochs_done: int
+    best_epoch: int | None
+    best_metric: str
+    best_row: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+    stopped_early: bool = False
+    model: nn.Module | None = field(default=None, repr=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# optimisation
+
+
+class WarmupCosine:
+    """Per-iteration learning rate: linear warm-up to the peak, then cosine decay.
+
+    ``lr(i) = peak * f(i)`` with ``f = (i + 1) / warmup`` for ``i < warmup``, then
+    ``final + (1 - final) * (1 + cos(pi * t)) / 2`` with ``t`` going from 0 to 1 over the remaining
+    iterations. Call :meth:`step` after each ``optimizer.step()``. Its state is plain data.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, total_iters: int, warmup_iters: int, final_ratio: float):
+        self.optimizer = optimizer
+        self.total_iters = max(1, int(total_iters))
+        self.warmup_iters = max(0, int(warmup_iters))
+        self.final_ratio = float(final_ratio)
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.last_iter = 0
+        self._apply()
+
+    def factor(self, i: int) -> float:
+        if i < self.warmup_iters:
+            return (i + 1) / self.warmup_iters
+        span = max(1, self.total_iters - self.warmup_iters)
+        t = min(1.0, (i - self.warmup_iters) / span)
+        return self.final_ratio + (1 - self.final_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    def _apply(self) -> None:
+        f = self.factor(self.last_iter)
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            g["lr"] = base * f
+
+    def step(self) -> None:
+        self.last_iter += 1
+        self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_iter": self.last_iter, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_iter = int(state["last_iter"])
+        self.base_lrs = [float(v) for v in state["base_lrs"]]
+        self._apply()
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW; no weight decay on biases and normalisation weights (1-D tensors)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BlastscopeError(f"device '{name}': not a torch device; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BlastscopeError(f"device '{name}': CUDA is not available here; use --device cpu")
+    return device
+
+
+class NonFiniteLoss(BlastscopeError):
+    """The loss became NaN or infinite: the run diverged."""
+
+
+# ----------------------------------------------------------------------------------------------
+# one epoch
+
+
+def train_one_epoch(
+    model: nn.Module,
+    task: Task,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: WarmupCosine,
+    device: torch.device,
+    *,
+    epoch: int,
+    epochs: int,
+    grad_clip: float = 0.0,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train ``model`` for one pass over ``loader``; return the image-weighted mean losses.
+
+    Returns ``{"train_loss": ..., "train_<part>": ..., "lr": ..., "images": n}``. Raises
+    :class:`NonFiniteLoss` on a NaN or infinite loss (before the bad step is applied).
+    """
+    from tqdm import tqdm
+
+    sums: dict[str, float] = {}
+    n_images = 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, disable=not progress, file=sys.stderr, mininterval=0.5)
+    try:
+        for i, batch in enumerate(bar):
+            loss, parts = task.loss(model, batch, device)
+            if not torch.isfinite(loss):
+                lr = optimizer.param_groups[0]["lr"]
+                raise NonFiniteLoss(
+                    f"training loss is {float(loss.detach())} at epoch {epoch}, batch {i + 1}/{len(loader)} (learning rate {lr:.3g}); "
+                    "the run diverged: lower --lr, or check the annotations' boxes; last.pt keeps the last good epoch"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip > 0:
+                nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], grad_clip)
+            optimizer.step()
+            scheduler.step()
+            b = len(batch[0])
+            n_images += b
+            sums["train_loss"] = sums.get("train_loss", 0.0) + float(loss.detach()) * b
+            for k, v in parts.items():
+                sums[f"train_{k}"] = sums.get(f"train_{k}", 0.0) + v * b
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(loss=f"{sums['train_loss'] / n_images:.4g}", img_s=f"{n_images / elapsed:.1f}", refresh=False)
+    finally:
+        bar.close()
+    out = {k: v / max(n_images, 1) for k, v in sums.items()}
+    out["lr"] = optimizer.param_groups[0]["lr"]
+    out["images"] = n_images
+    return out
+
+
+def evaluate(model: nn.Module, task: Task, loader: DataLoader, config: TrainConfig, device: torch.device) -> dict[str, float]:
+    """Validation loss and metrics of the task (under ``torch.inference_mode()``)."""
+    return task.evaluate(model, loader, config, device)
+
+
+# ----------------------------------------------------------------------------------------------
+# data and run folder
+
+
+def carve_val_split(df: pd.DataFrame, *, val_fraction: float, seed: int) -> tuple[pd.DataFrame, str | None]:
+    """Give a manifest without ``val`` rows a val split carved out of ``train``.
+
+    The carve is by patient (no patient in both), stratified by label, with
+    :func:`blastscope.data.splits.patient_split`; rows without ``patient_id`` count as their own
+    patient. Returns ``(df, note)``; ``note`` is None when the manifest already had ``val`` rows.
+    """
+    name = df.attrs.get("manifest_path", "manifest")
+    split = df["split"]
+    if not (split == "train").any():
+        raise BlastscopeError(
+            f"{name}: no rows with split 'train' (splits present: {sorted(set(split)) or 'none'}); "
+            f"make a split with 'blastscope split {name}'"
+        )
+    if (split == "val").any():
+        return df, None
+    from blastscope.data.splits import patient_split
+
+    train_rows = df[split == "train"].copy()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        carved = patient_split(train_rows, val=val_fraction, test=0.0, seed=seed, stratify=True, keep_existing=False)
+    out = df.copy()
+    out.loc[carved.index, "split"] = carved["split"]
+    n_val = int((out["split"] == "val").sum())
+    n_train = int((out["split"] == "train").sum())
+    if n_val == 0 or n_train == 0:
+        raise BlastscopeError(
+            f"{name}: too few training images ({len(train_rows)}) to carve a val split of {val_fraction:g}; "
+            "add images or give some rows split 'val'"
+        )
+    has_pid = (train_rows["patient_id"] != "").any()
+    by = "by patient" if has_pid else "by image (no patient_id in the manifest)"
+    note = (
+        f"no 'val' rows in {name}: carved {n_val} of {len(train_rows)} train images as val "
+        f"({val_fraction:.0%}, {by}, stratified by label, seed {seed})"
+    )
+    for w in caught:
+        if "patient_id" not in str(w.message) or has_pid:
+            note += f"\nnote: {w.message}"
+    return out, note
+
+
+def metrics_columns(task: Task) -> list[str]:
+    """Column order of ``metrics.csv``."""
+    return ["epoch", "train_loss", *[f"train_{p}" for p in task.loss_parts], "val_loss", *task.metric_names, "lr", "seconds"]
+
+
+def _fmt(column: str, value: Any) -> str:
+    if column == "epoch":
+        return str(int(value))
+    if column == "seconds":
+        return f"{float(value):.2f}"
+    value = float(value)
+    return "nan" if math.isnan(value) else f"{value:.8g}"
+
+
+def _write_metrics(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    with atomic_write(path) as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_fmt(c, row.get(c, math.nan)) for c in columns])
+
+
+def _read_metrics(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _prepare_run_dir(run_dir: Path, *, resume: bool, exist_ok: bool) -> None:
+    if resume:
+        if not (run_dir / "last.pt").is_file():
+            raise BlastscopeError(f"{run_dir}: nothing to resume (no last.pt); start the run without --resume")
+        return
+    old = sorted(p.name for p in run_dir.glob("*.pt")) if run_dir.is_dir() else []
+    if old and not exist_ok:
+        shown = ", ".join(old[:4]) + (", ..." if len(old) > 4 else "")
+        raise BlastscopeError(
+            f"{run_dir}: already holds checkpoints ({shown}); continue that run with --resume {run_dir}, "
+            "start over in it with --exist-ok (its checkpoints are deleted), or choose another --out"
+        )
+    for name in old:  # --exist-ok: the user asked to replace them; stale epochs would mislead
+        (run_dir / name).unlink()
+    (run_dir / "metrics.csv").unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _is_better(value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return not math.isnan(value) and (math.isnan(best) or value > best)
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    exist_ok: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> RunResult:
+    """Train a model as ``config`` says, in the run folder ``config.out``.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        For ``resume``, the run's own ``config.yaml`` (``epochs`` may be raised to train longer).
+    resume : bool
+        Continue the run in ``config.out`` from its ``last.pt``.
+    exist_ok : bool
+        Start a new run in a folder that already holds checkpoints (they are deleted first).
+    progress : bool
+        Show a tqdm progress bar per epoch (loss, images/s) on stderr.
+    echo : callable
+        Receives the one-line messages (run folder, split note, a line per epoch, the result).
+
+    Returns
+    -------
+    RunResult
+        Ctrl-C returns with ``interrupted=True`` (``last.pt`` holds the last completed epoch).
+
+    Raises
+    ------
+    BlastscopeError
+        Unusable data or settings, a folder with checkpoints (neither ``resume`` nor
+        ``exist_ok``), or a non-finite loss.
+    """
+    task = get_task(config.task)
+    task.check_config(config)
+    run_dir = Path(config.out)
+    _prepare_run_dir(run_dir, resume=resume, exist_ok=exist_ok)
+    device = _device(config.device)
+    echo(f"run folder: {run_dir}")
+
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(run_dir / "last.pt", task=task.name)
+        classes = list(ckpt["model"]["class_names"])
+        splits_csv = run_dir / "splits.csv"
+        if not splits_csv.is_file():
+            raise BlastscopeError(f"{splits_csv}: missing, so the run's train/val split is unknown; start a new run")
+        df = read_manifest(splits_csv)
+        echo(f"resuming after epoch {ckpt['epoch']} (of {config.epochs})")
+    else:
+        if not config.data:
+            raise BlastscopeError("no training data given; pass --data manifest.csv (made by 'blastscope import')")
+        config = dataclasses.replace(config, data=str(Path(config.data).resolve()))
+        df = read_manifest(config.data)
+        classes = manifest_classes(df)
+        if not classes:
+            raise BlastscopeError(
+                f"{config.data}: the manifest names no classes (no 'classes' in its .meta.yaml and no labels); "
+                "re-create it with 'blastscope import'"
+            )
+        df, note = carve_val_split(df, val_fraction=config.val_fraction, seed=config.seed)
+        df.attrs["classes"] = classes
+        write_manifest(df, run_dir / "splits.csv")
+        if note:
+            echo(f"{note}; recorded in {run_dir / 'splits.csv'}")
+    save_config(config, run_dir / "config.yaml")
+
+    seed_everything(config.seed)
+    log = ProblemLog()
+    train_ds, val_ds = task.build_datasets(config, df, classes, log)
+    if len(log):
+        echo(f"{len(log)} images skipped (see the 'skipped:' lines); training on the rest")
+    echo(f"data: {len(train_ds)} train / {len(val_ds)} val images, classes {classes}")
+    model = task.build_model(config, classes, pretrained=config.pretrained and ckpt is None).to(device)
+    if config.freeze_backbone_epochs and not hasattr(model, "set_backbone_frozen"):
+        raise BlastscopeError(f"{config.model}: has no backbone to freeze; drop --freeze-backbone-epochs")
+    echo(f"model: {config.model} ({'pretrained' if config.pretrained else 'random init'}), {config.imgsz} px, device {device}")
+
+    optimizer = build_optimizer(model, config)
+    iters = math.ceil(len(train_ds) / config.batch)
+    scheduler = WarmupCosine(
+        optimizer,
+        total_iters=config.epochs * iters,
+        warmup_iters=round(config.warmup_epochs * iters),
+        final_ratio=config.final_lr_ratio,
+    )
+    columns = metrics_columns(task)
+    rows: list[dict[str, float]] = []
+    best: float | None = None
+    best_epoch: int | None = None
+    start_epoch = 1
+    if ckpt is not None:
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        best = ckpt["best_metric"]
+        start_epoch = ckpt["epoch"] + 1
+        rows = [r for r in _read_metrics(run_dir / "metrics.csv") if r["epoch"] < ckpt["epoch"]]
+        rows.append({c: ckpt["metrics"][c] for c in columns if c in ckpt["metrics"]})
+        best_epoch = ckpt.get("best_epoch")
+        _write_metrics(run_dir / "metrics.csv", columns, rows)
+        set_rng_state(ckpt["rng"])
+        del ckpt
+
+    config_dict = config_to_dict(config)
+    result = RunResult(run_dir=run_dir, epochs_done=start_epoch - 1, best_epoch=best_epoch, best_metric=task.best_metric, model=model)
+    val_loader = DataLoader(val_ds, batch_size=config.batch, shuffle=False, num_workers=config.workers, collate_fn=task.collate_fn)
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, config.epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            if config.freeze_backbone_epochs:
+                model.set_backbone_frozen(epoch <= config.freeze_backbone_epochs)
+            train_loader = _train_loader(task, train_ds, config, epoch)
+            stats = train_one_epoch(
+                model, task, train_loader, optimizer, scheduler, device,
+                epoch=epoch, epochs=config.epochs, grad_clip=config.grad_clip, progress=progress,
+            )  # fmt: skip
+            val = evaluate(model, task, val_loader, config, device)
+            if not math.isfinite(val["val_loss"]):
+                raise NonFiniteLoss(
+                    f"validation loss is {val['val_loss']} after epoch {epoch} (learning rate {stats['lr']:.3g}); "
+                    "the run diverged: lower --lr, or check the annotations' boxes; last.pt keeps the last good epoch"
+                )
+            metrics = {"epoch": epoch, **stats, **val, "seconds": time.perf_counter() - t0}
+            metrics.pop("images", None)
+            rows.append({c: metrics.get(c, math.nan) for c in columns})
+            _write_metrics(run_dir / "metrics.csv", columns, rows)
+
+            value = float(val.get(task.best_metric, math.nan))
+            is_best = _is_better(value, best)
+            if is_best:
+                best, best_epoch = value, epoch
+            weights = make_checkpoint(model, epoch=epoch, metrics=metrics, config=config_dict, input_size=config.imgsz, best_metric=best, best_epoch=best_epoch)
+            save_checkpoint(weights, run_dir / f"epoch_{epoch:03d}.pt")
+            if is_best:
+                save_checkpoint(weights, run_dir / "best.pt")
+            full = dict(weights, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=get_rng_state())
+            save_checkpoint(full, run_dir / "last.pt")
+            result.epochs_done = epoch
+            echo(_epoch_line(task, metrics, config.epochs, is_best))
+            if config.patience and best_epoch is not None and epoch - best_epoch >= config.patience:
+                echo(f"no better {task.best_metric} for {config.patience} epochs: stopping early")
+                result.stopped_early = True
+                break
+    except KeyboardInterrupt:
+        done = result.epochs_done
+        kept = f"{run_dir / 'last.pt'} holds epoch {done}, the last completed one" if done else "no epoch was completed"
+        echo(f"interrupted during epoch {epoch}; {kept}; continue with: blastscope train --resume {run_dir}")
+        result.interrupted = True
+    except NonFiniteLoss as e:
+        raise NonFiniteLoss(f"{run_dir}: {e}") from None
+
+    result.best_epoch = best_epoch
+    if best_epoch is not None:
+        rows_by_epoch = {int(r["epoch"]): r for r in rows}
+        result.best_row = dict(rows_by_epoch.get(best_epoch, {}))
+    return result
+
+
+def _train_loader(task: Task, dataset, config: TrainConfig, epoch: int) -> DataLoader:
+    """The epoch's loader: shuffled by a generator seeded from ``(seed, epoch)``, so resume replays it."""
+    dataset.set_epoch(epoch)
+    g = torch.Generator()
+    g.manual_seed(config.seed * 1_000_003 + epoch)
+    sampler = task.train_sampler(dataset, g)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=g,
+        num_workers=config.workers,
+        collate_fn=task.collate_fn,
+        worker_init_fn=_seed_worker,
+    )
+
+
+def _epoch_line(task: Task, m: dict[str, Any], epochs: int, is_best: bool) -> str:
+    parts = " ".join(f"{p} {m.get(f'train_{p}', math.nan):.4g}" for p in task.loss_parts)
+    metrics = " ".join(f"{k} {m.get(k, math.nan):.4f}" for k in task.metric_names[:2])
+    return (
+        f"epoch {m['epoch']}/{epochs}: train_loss {m['train_loss']:.4g} ({parts}) val_loss {m['val_loss']:.4g} "
+        f"{metrics} lr {m['lr']:.3g} {m['seconds']:.1f}s{'  *best*' if is_best else ''}"
+    )

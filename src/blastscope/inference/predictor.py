@@ -1,0 +1,530 @@
+"""The streaming predictor: RGB frames in, typed detections in original-image pixels out.
+
+The :class:`Predictor` is separate from the ``nn.Module`` (as segment-anything's ``SamPredictor`` is
+from ``Sam``): it owns the pre-processing the model was trained with (letterbox to the checkpoint's
+input size, ``[0, 1]`` floats), the back-end that runs the network, and the inverse coordinate
+transform. Everything it returns is in the one box convention of :mod:`blastscope.data.types`:
+``xmin, ymin, xmax, ymax`` floats in continuous 0-based pixels of the **original** image, clipped to
+``[0, W] x [0, H]``.
+
+Back-ends
+---------
+A back-end is any callable ``backend(batch) -> list[dict]`` taking a ``(B, 3, S, S)`` float32
+tensor (letterboxed RGB scaled to ``[0, 1]``, then normalised with the checkpoint's mean/std,
+which is the identity for YOLO) and returning per image a dict with ``boxes`` ``(N, 4)``
+xyxy in letterboxed input pixels, ``scores`` ``(N,)`` and ``labels`` ``(N,)`` int class indices
+(tensors or arrays), after confidence filtering and NMS (see :class:`Backend`). ``"torch"`` is
+:class:`TorchBackend`; ``"onnx"`` plugs in here (:func:`_make_backend`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from blastscope._problems import BlastscopeError
+from blastscope.inference.sources import Frame, FrameSource, open_source
+
+__all__ = ["Detection", "Classification", "FrameResult", "Backend", "TorchBackend", "Predictor"]
+
+BACKENDS = ("torch", "onnx")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected cell.
+
+    Attributes
+    ----------
+    class_name : str
+        Detector class (e.g. ``"ALL"`` or ``"HEM"``).
+    class_id : int
+        Index of ``class_name`` in the checkpoint's ``class_names``.
+    confidence : float
+        Detector score in ``[0, 1]`` (objectness x class probability for YOLO).
+    box : tuple of 4 float
+        ``(xmin, ymin, xmax, ymax)`` in continuous 0-based pixels of the original image, clipped
+        to ``[0, W] x [0, H]``.
+    """
+
+    class_name: str
+    class_id: int
+    confidence: float
+    box: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The second-stage classifier's verdict on one detected cell (two-stage prediction).
+
+    Attributes
+    ----------
+    class_name : str
+        Classifier class with the highest probability.
+    class_id : int
+        Its index in the classifier checkpoint's ``class_names``.
+    confidence : float
+        Its softmax probability.
+    probabilities : tuple of float
+        Softmax probability of every classifier class, in ``class_names`` order.
+    """
+
+    class_name: str
+    class_id: int
+    confidence: float
+    probabilities: tuple[float, ...] = ()
+
+
+@dataclass
+class FrameResult:
+    """Everything predicted for one frame.
+
+    Attributes
+    ----------
+    source : str
+        Image or video path, or ``"camera:<index>"`` (``""`` for a bare array).
+    frame : int
+        0-based frame index in ``source`` (0 for still images).
+    time_s : float or None
+        Seconds from the start of the video / since the camera opened; ``None`` for images.
+    detections : list of Detection
+        Detected cells, highest confidence first; boxes in original-image pixels.
+    image_size : tuple (height, width)
+        Size of the frame the boxes refer to.
+    model : str
+        Model name written to the CSV: the checkpoint file name and its architecture, e.g.
+        ``"best.pt (yolov3-tiny)"``.
+    classifications : list of Classification or None
+        With a second-stage classifier, one entry per detection (same order); else ``None``.
+    image : ndarray or None
+        The RGB frame itself (not copied; for drawing and GUIs), excluded from ``repr`` and ``==``.
+    """
+
+    source: str
+    frame: int
+    time_s: float | None
+    detections: list[Detection]
+    image_size: tuple[int, int]
+    model: str
+    classifications: list[Classification] | None = None
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def labels(self) -> list[tuple[str, float]]:
+        """Final ``(class, confidence)`` per detection: the classifier's when there is one, else the detector's."""
+        if self.classifications is not None:
+            return [(c.class_name, c.confidence) for c in self.classifications]
+        return [(d.class_name, d.confidence) for d in self.detections]
+
+    def counts(self) -> dict[str, int]:
+        """Number of cells per final class (classes with no cell are absent)."""
+        out: dict[str, int] = {}
+        for name, _ in self.labels():
+            out[name] = out.get(name, 0) + 1
+        return out
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per detection with the CSV fields (``class``, ``confidence``, ``xmin`` ...);
+        a frame without detections gives one row whose class and numbers are ``None``.
+
+        The keys are those of :data:`blastscope.inference.writers.CSV_COLUMNS`; values are Python
+        scalars (for a GUI table or a DataFrame).
+        """
+        base = {"source": self.source, "frame": self.frame, "time_s": self.time_s}
+        if not self.detections:
+            return [{**base, "class": None, "confidence": None, "xmin": None, "ymin": None,
+                     "xmax": None, "ymax": None, "model": self.model}]
+        return [
+            {**base, "class": name, "confidence": conf, "xmin": d.box[0], "ymin": d.box[1],
+             "xmax": d.box[2], "ymax": d.box[3], "model": self.model}
+            for d, (name, conf) in zip(self.detections, self.labels())
+        ]
+
+
+class Backend(Protocol):
+    """What runs the network: ``(B, 3, S, S)`` float32 tensor -> per-image dicts.
+
+    The input is the letterboxed RGB batch scaled to ``[0, 1]`` and normalised with the
+    checkpoint's mean/std (the identity for YOLO). A back-end should have ``conf`` and ``iou``
+    attributes (the thresholds it applies), which :class:`Predictor` exposes for live changes.
+    Each dict has ``boxes`` ``(N, 4)`` xyxy in letterboxed input pixels, ``scores`` ``(N,)`` and
+    ``labels`` ``(N,)`` class indices, already filtered by ``conf`` and suppressed by NMS at ``iou``.
+    """
+
+    def __call__(self, batch) -> list[dict]: ...
+
+
+class TorchBackend:
+    """Runs a blastscope detector module on CPU or GPU under ``torch.inference_mode``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A detector with ``forward(x) -> raw`` and ``predict(raw, conf, iou, max_det)`` (the
+        ``models`` contract).
+    conf, iou : float
+        Confidence threshold and NMS IoU threshold.
+    device : str
+        Torch device, e.g. ``"cpu"`` or ``"cuda:0"``.
+    max_det : int
+        At most this many detections per image.
+    """
+
+    def __init__(self, model, *, conf: float, iou: float, device: str = "cpu", max_det: int = 300):
+        self.device = device
+        self.model = model.to(device).eval()
+        self.conf, self.iou, self.max_det = conf, iou, max_det
+
+    def __call__(self, batch) -> list[dict]:
+        import torch
+
+        with torch.inference_mode():
+            raw = self.model(batch.to(self.device))
+            out = self.model.predict(raw, conf=self.conf, iou=self.iou, max_det=self.max_det)
+        return [{k: v.detach().cpu() for k, v in d.items()} for d in out]
+
+
+def _letterbox(image: np.ndarray, size: int):
+    """The training letterbox (``engine.transforms.letterbox``): same resize, centring and grey padding.
+
+    Returns ``(canvas (size, size, 3) uint8, (sx, sy), (pad_x, pad_y))`` such that an original pixel
+    coordinate maps to ``x_in = x * sx + pad_x``, ``y_in = y * sy + pad_y`` (``sx``, ``sy`` are the
+    exact per-axis factors of the rounded resized size, as the training transform uses for boxes).
+    """
+    from blastscope.engine.transforms import letterbox
+
+    h, w = image.shape[:2]
+    canvas, scale, pad = letterbox(image, size)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    return canvas, (nw / w, nh / h), (float(pad[0]), float(pad[1]))
+
+
+def _as_int_size(value, what: str) -> int:
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise BlastscopeError(f"{what}={value!r}: the detector needs a square input size")
+        value = value[0]
+    size = int(value)
+    if size < 32 or size % 32:
+        raise BlastscopeError(f"{what}={value!r}: must be a multiple of 32 (for example 320, 416 or 608)")
+    return size
+
+
+def _make_backend(name: str, model, path: Path, *, conf: float, iou: float, device: str) -> Backend:
+    if name == "torch":
+        return TorchBackend(model, conf=conf, iou=iou, device=device)
+    if name == "onnx":
+        raise BlastscopeError(
+            f"{path}: the onnx backend is not available in this version; use --backend torch"
+        )
+    raise BlastscopeError(f"backend={name!r}: unknown backend; use one of {', '.join(BACKENDS)}")
+
+
+class Predictor:
+    """Detect cells in RGB frames with a blastscope detector checkpoint.
+
+    Build it with :meth:`from_checkpoint`. Pre-processing (the training letterbox to ``imgsz``
+    with grey padding, RGB scaled to ``[0, 1]``, mean/std) and the inverse box transform are done
+    here; results are :class:`FrameResult` objects in original-image pixels. ``conf`` and ``iou``
+    may be changed between calls (e.g. from a GUI slider).
+
+    Parameters
+    ----------
+    backend : Backend
+        Runs the network (see :class:`Backend`).
+    class_names : sequence of str
+        Detector classes, index order.
+    imgsz : int
+        Square network input size in pixels (multiple of 32).
+    model_name : str
+        Written into every result's ``model`` field.
+    mean, std : sequence of 3 float
+        Input normalisation ``x = (rgb / 255 - mean) / std`` (identity for YOLO).
+    classifier : callable, optional
+        Second-stage hook ``classifier(image, boxes) -> list[Classification]`` given the RGB frame
+        and the ``(N, 4)`` xyxy boxes in its pixels (two-stage prediction).
+    """
+
+    def __init__(self, backend: Backend, class_names: Sequence[str], imgsz: int, *, model_name: str = "",
+                 mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
+                 classifier=None):
+        self.backend = backend
+        self.class_names = [str(c) for c in class_names]
+        self.imgsz = _as_int_size(imgsz, "imgsz")
+        self.model_name = model_name
+        self.classifier = classifier
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(3)
+        self.std = np.asarray(std, dtype=np.float32).reshape(3)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, *, conf: float = 0.25, iou: float = 0.45,
+                        imgsz: int | None = None, device: str = "cpu", backend: str = "torch",
+                        classifier: str | os.PathLike | None = None) -> Predictor:
+        """Load a detector checkpoint written by blastscope (``engine.checkpoint`` format).
+
+        Parameters
+        ----------
+        path : path
+            Detector checkpoint (``task == "detect"``).
+        conf : float
+            Keep detections with confidence ``>= conf`` (0..1).
+        iou : float
+            NMS IoU threshold (0..1).
+        imgsz : int, optional
+            Network input size; default the checkpoint's ``input_size``. A multiple of 32.
+        device : str
+            Torch device (``"cpu"``, ``"cuda:0"``).
+        backend : {"torch", "onnx"}
+            What runs the network.
+        classifier : path, optional
+            A classifier checkpoint (``task == "classify"``) for two-stage prediction.
+
+        Raises
+        ------
+        BlastscopeError
+            Missing or unreadable checkpoint, a checkpoint that is not a detector, bad thresholds.
+        """
+        path = Path(path)
+        for name, value in (("conf", conf), ("iou", iou)):
+            if not (0.0 <= float(value) <= 1.0):
+                raise BlastscopeError(f"{name}={value}: must be between 0 and 1")
+        if backend not in BACKENDS:
+            raise BlastscopeError(f"backend={backend!r}: unknown backend; use one of {', '.join(BACKENDS)}")
+        model, info = _load(path)
+        if info.get("task") != "detect":
+            raise BlastscopeError(
+                f"{path}: is a {info.get('task')!r} checkpoint ({info.get('arch')}), not a detector; pass a "
+                "detector checkpoint (e.g. yolov3-tiny) as CHECKPOINT"
+                + (" and this one with --classifier" if info.get("task") == "classify" else "")
+            )
+        size = _as_int_size(imgsz if imgsz is not None else info.get("input_size", 416),
+                            "imgsz" if imgsz is not None else f"{path}: input_size")
+        runner = _make_backend(backend, model, path, conf=float(conf), iou=float(iou), device=device)
+        hook = None
+        if classifier is not None:
+            hook = CropClassifier.from_checkpoint(classifier, device=device)
+        return cls(runner, info["class_names"], size, model_name=f"{path.name} ({info.get('arch', '?')})",
+                   mean=info.get("mean", (0.0, 0.0, 0.0)), std=info.get("std", (1.0, 1.0, 1.0)), classifier=hook)
+
+    @property
+    def conf(self) -> float:
+        """Confidence threshold applied by the back-end (settable, 0..1)."""
+        return float(self.backend.conf)
+
+    @conf.setter
+    def conf(self, value: float) -> None:
+        if not 0.0 <= float(value) <= 1.0:
+            raise BlastscopeError(f"conf={value}: must be between 0 and 1")
+        self.backend.conf = float(value)
+
+    @property
+    def iou(self) -> float:
+        """NMS IoU threshold applied by the back-end (settable, 0..1)."""
+        return float(self.backend.iou)
+
+    @iou.setter
+    def iou(self, value: float) -> None:
+        if not 0.0 <= float(value) <= 1.0:
+            raise BlastscopeError(f"iou={value}: must be between 0 and 1")
+        self.backend.iou = float(value)
+
+    @property
+    def output_classes(self) -> list[str]:
+        """Classes that results are labelled with: the classifier's with two stages, else the detector's."""
+        return list(self.classifier.class_names) if self.classifier is not None else list(self.class_names)
+
+    def predict(self, image: np.ndarray | Frame) -> FrameResult:
+        """Detect cells in one frame.
+
+        Parameters
+        ----------
+        image : ndarray (H, W, 3) uint8 RGB, or Frame
+            A bare array gets ``source=""``, ``frame=0``, ``time_s=None``.
+
+        Returns
+        -------
+        FrameResult
+            Boxes in the frame's own pixels (xyxy, 0-based continuous, clipped).
+        """
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray | Frame]) -> list[FrameResult]:
+        """Detect cells in several frames in one network call (frames may differ in size).
+
+        Returns one :class:`FrameResult` per input, in order.
+        """
+        import torch
+
+        frames = [im if isinstance(im, Frame) else Frame(_check_image(im), "", 0, None) for im in images]
+        if not frames:
+            return []
+        canvases, transforms = [], []
+        for f in frames:
+            _check_image(f.image, f.source)
+            canvas, (sx, sy), (pad_x, pad_y) = _letterbox(f.image, self.imgsz)
+            canvases.append(canvas)
+            transforms.append((sx, sy, pad_x, pad_y))
+        x = np.stack(canvases).astype(np.float32) / 255.0
+        if self.mean.any() or (self.std != 1).any():
+            x = (x - self.mean) / self.std
+        outputs = self.backend(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
+        results = []
+        for f, (sx, sy, pad_x, pad_y), out in zip(frames, transforms, outputs):
+            h, w = f.image.shape[:2]
+            boxes = np.asarray(out["boxes"], dtype=np.float64).reshape(-1, 4)
+            scores = np.asarray(out["scores"], dtype=np.float64).reshape(-1)
+            labels = np.asarray(out["labels"]).reshape(-1).astype(np.int64)
+            # letterboxed input pixels -> original pixels, clipped to the image
+            boxes = (boxes - [pad_x, pad_y, pad_x, pad_y]) / [sx, sy, sx, sy]
+            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+            order = np.argsort(-scores, kind="stable")
+            dets = [
+                Detection(self._class_name(int(labels[i])), int(labels[i]), float(scores[i]),
+                          tuple(float(v) for v in boxes[i]))
+                for i in order
+            ]
+            cls = None
+            if self.classifier is not None:
+                cls = list(self.classifier(f.image, np.array([d.box for d in dets], dtype=np.float32).reshape(-1, 4)))
+            results.append(FrameResult(f.source, f.frame, f.time_s, dets, (h, w), self.model_name, cls, f.image))
+        return results
+
+    def stream(self, source: FrameSource | Iterable[Frame] | str | int, batch: int = 1) -> Iterator[FrameResult]:
+        """Predict every frame of a source, yielding results as they come.
+
+        Parameters
+        ----------
+        source : FrameSource, iterable of Frame, or what :func:`open_source` accepts
+            A string or int is opened with :func:`open_source` (and closed at the end).
+        batch : int
+            Frames per network call (1 gives the lowest latency for a camera).
+
+        Yields
+        ------
+        FrameResult
+            In source order.
+        """
+        if batch < 1:
+            raise BlastscopeError(f"batch={batch}: must be >= 1")
+        owned = isinstance(source, (str, int, os.PathLike))
+        src = open_source(source) if owned else source
+        try:
+            pending: list[Frame] = []
+            for frame in src:
+                pending.append(frame)
+                if len(pending) >= batch:
+                    yield from self.predict_batch(pending)
+                    pending = []
+            if pending:
+                yield from self.predict_batch(pending)
+        finally:
+            if owned:
+                src.close()
+
+    def _class_name(self, index: int) -> str:
+        return self.class_names[index] if 0 <= index < len(self.class_names) else str(index)
+
+
+def _check_image(image: np.ndarray, source: str = "") -> np.ndarray:
+    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
+        got = f"{getattr(image, 'shape', None)} {getattr(image, 'dtype', type(image).__name__)}"
+        raise ValueError(f"{source or 'image'}: expected an (H, W, 3) uint8 RGB array, got {got}")
+    return image
+
+
+def _load(path: Path):
+    """``engine.checkpoint.load_model`` with user errors for missing/foreign files; returns (model, info dict)."""
+    from blastscope.engine.checkpoint import load_model
+
+    model, ckpt = load_model(path)
+    info = ckpt.get("model", {}) if isinstance(ckpt, dict) else {}
+    if not info and hasattr(model, "info"):
+        info = dataclasses.asdict(model.info)
+    if "class_names" not in info:
+        raise BlastscopeError(f"{path}: checkpoint has no class names; it was not written by blastscope")
+    return model, info
+
+
+class CropClassifier:
+    """Second stage: classify each detected cell from a square crop around its box.
+
+    Each box is made square (side = the longer box side x ``1 + margin``, centred on the box),
+    cropped from the RGB frame (zero padding outside it), resized to the classifier's input size,
+    normalised with the checkpoint's mean/std and classified; softmax gives the probabilities.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Classifier returning logits ``(B, n_classes)``.
+    class_names : sequence of str
+    input_size : int
+        Square classifier input in pixels.
+    mean, std : sequence of 3 float
+        Normalisation of ``[0, 1]`` RGB inputs.
+    margin : float
+        Extra context around the box, as a fraction of its longer side.
+    """
+
+    def __init__(self, model, class_names, input_size, mean, std, *, margin: float = 0.1, device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.class_names = [str(c) for c in class_names]
+        size = input_size
+        if isinstance(size, (list, tuple)):
+            size = size[-1]
+        self.input_size = int(size)
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(3)
+        self.std = np.asarray(std, dtype=np.float32).reshape(3)
+        self.margin = float(margin)
+        self.device = device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "cpu", margin: float = 0.1) -> CropClassifier:
+        path = Path(path)
+        model, info = _load(path)
+        if info.get("task") != "classify":
+            raise BlastscopeError(
+                f"{path}: is a {info.get('task')!r} checkpoint ({info.get('arch')}), not a cell classifier; "
+                "pass a classifier checkpoint with --classifier"
+            )
+        return cls(model, info["class_names"], info.get("input_size", 224), info.get("mean", (0.485, 0.456, 0.406)),
+                   info.get("std", (0.229, 0.224, 0.225)), margin=margin, device=device)
+
+    def crops(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Square crops of ``boxes`` (xyxy pixels) as ``(N, S, S, 3)`` uint8 RGB."""
+        import cv2
+
+        h, w = image.shape[:2]
+        out = np.zeros((len(boxes), self.input_size, self.input_size, 3), dtype=np.uint8)
+        for i, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
+            side = max(x1 - x0, y1 - y0, 1.0) * (1.0 + self.margin)
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            left, top = int(math.floor(cx - side / 2)), int(math.floor(cy - side / 2))
+            n = max(1, int(math.ceil(side)))
+            crop = np.zeros((n, n, 3), dtype=np.uint8)
+            sx0, sy0, sx1, sy1 = max(left, 0), max(top, 0), min(left + n, w), min(top + n, h)
+            if sx1 > sx0 and sy1 > sy0:
+                crop[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = image[sy0:sy1, sx0:sx1]
+            out[i] = cv2.resize(crop, (self.input_size, self.input_size), interpolation=cv2.INTER_AREA)
+        return out
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray) -> list[Classification]:
+        import torch
+
+        if len(boxes) == 0:
+            return []
+        x = self.crops(image, boxes).astype(np.float32) / 255.0
+        x = (x - self.mean) / self.std
+        batch = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        with torch.inference_mode():
+            probs = torch.softmax(self.model(batch.to(self.device)).float(), dim=1).cpu().numpy()
+        return [
+            Classification(self.class_names[int(p.argmax())], int(p.argmax()), float(p.max()), tuple(map(float, p)))
+            for p in probs
+        ]

@@ -1,0 +1,101 @@
+"""Letterboxing: fit an image into a square network input without distorting it, and map boxes back."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+__all__ = ["letterbox", "unletterbox_boxes"]
+
+# Darknet pads with mid-grey (0.5); 127 keeps the padding neutral after scaling to [0, 1].
+PAD_VALUE = 127
+
+
+def letterbox(
+    image: np.ndarray, size: int, *, pad_value: int = PAD_VALUE
+) -> tuple[torch.Tensor, float, tuple[int, int]]:
+    """Resize ``image`` to fit a ``size x size`` square, keeping its aspect ratio, and pad the rest.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W, 3) or (H, W), uint8
+        RGB (or grey) image.
+    size : int
+        Side of the square output in pixels (a multiple of 32 for YOLO).
+    pad_value : int
+        Grey level of the padding.
+
+    Returns
+    -------
+    tensor : Tensor, shape (3, size, size), float32 in [0, 1]
+        RGB network input.
+    scale : float
+        Output pixels per input pixel.
+    pad : (int, int)
+        ``(pad_x, pad_y)``: left and top padding in output pixels. An input point ``(x, y)`` lands
+        at ``(x * scale + pad_x, y * scale + pad_y)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t, scale, pad = letterbox(np.zeros((100, 200, 3), np.uint8), 416)
+    >>> tuple(t.shape), scale, pad
+    ((3, 416, 416), 2.08, (0, 104))
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image of shape {image.shape} and dtype {image.dtype}; expected (H, W, 3) uint8 RGB")
+    h, w = image.shape[:2]
+    if h == 0 or w == 0:
+        raise ValueError(f"image of shape {image.shape} is empty")
+    scale = min(size / h, size / w)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (new_w, new_h), interpolation=interp) if (new_w, new_h) != (w, h) else image
+    pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
+    canvas = np.full((size, size, 3), pad_value, dtype=np.uint8)
+    canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
+    tensor = torch.from_numpy(canvas).permute(2, 0, 1).float().div_(255.0)
+    return tensor, float(scale), (int(pad_x), int(pad_y))
+
+
+def unletterbox_boxes(
+    boxes: np.ndarray | torch.Tensor,
+    scale: float,
+    pad: tuple[int, int],
+    image_shape: tuple[int, int] | None = None,
+) -> np.ndarray | torch.Tensor:
+    """Map xyxy boxes from letterboxed network pixels back to the original image (inverse of :func:`letterbox`).
+
+    Parameters
+    ----------
+    boxes : ndarray or Tensor, shape (N, 4)
+        ``xmin, ymin, xmax, ymax`` in network-input pixels.
+    scale, pad
+        As returned by :func:`letterbox`.
+    image_shape : (int, int), optional
+        ``(H, W)`` of the original image; when given, boxes are clipped to ``[0, W] x [0, H]``.
+
+    Returns
+    -------
+    ndarray or Tensor, shape (N, 4)
+        Boxes in original-image pixels, same type as ``boxes`` (float32 for arrays).
+    """
+    pad_x, pad_y = pad
+    if isinstance(boxes, torch.Tensor):
+        offset = boxes.new_tensor([pad_x, pad_y, pad_x, pad_y])
+        out = (boxes - offset) / scale
+        if image_shape is not None:
+            h, w = image_shape
+            out[:, 0::2] = out[:, 0::2].clamp(0, w)
+            out[:, 1::2] = out[:, 1::2].clamp(0, h)
+        return out
+    out = (np.asarray(boxes, dtype=np.float32).reshape(-1, 4) - np.float32([pad_x, pad_y, pad_x, pad_y])) / np.float32(scale)
+    if image_shape is not None:
+        h, w = image_shape
+        out[:, 0::2] = out[:, 0::2].clip(0, w)
+        out[:, 1::2] = out[:, 1::2].clip(0, h)
+    return out.astype(np.float32)
