@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.blastscope-installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: all venv weights demo test bench clean
+.PHONY: all venv weights browser demo test bench clean
 
 all: test
 
@@ -26,10 +26,17 @@ venv: $(STAMP)
 weights: venv
 	$(BIN)/blastscope weights fetch --all
 
+# Headless Chromium renders report.html in one test; best effort (root + apt), else that test skips.
+browser:
+	-@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  echo "installing Debian chromium for the report rendering test" && \
+	  timeout 300 sh -c 'apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1'; } || \
+	  echo "chromium not installed: the report rendering test will be skipped"
+
 demo: weights
 	$(BIN)/blastscope demo --out demo_out
 
-test: weights
+test: weights browser
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: weights

@@ -32,6 +32,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from blastscope.models._letterbox import letterbox_array, resize
+
 __all__ = [
     "Sample",
     "letterbox",
@@ -55,43 +57,13 @@ MIN_VISIBLE = 0.25
 MIN_SIDE = 2.0
 
 
-def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    if (w, h) == (width, height):
-        return image
-    # INTER_AREA when shrinking keeps thin structures (chromatin, membranes) instead of aliasing them;
-    # the same rule as blastscope.models' inference letterbox, so training and prediction see the same pixels
-    interp = cv2.INTER_AREA if width < w or height < h else cv2.INTER_LINEAR
-    return cv2.resize(image, (width, height), interpolation=interp)
-
-
 def letterbox(image: np.ndarray, size: int, pad_value: int = 127) -> tuple[np.ndarray, float, tuple[float, float]]:
     """Resize ``image`` so its longer side is ``size``, centre it on a ``size`` x ``size`` canvas.
 
-    Parameters
-    ----------
-    image : ndarray, shape (H, W, 3), uint8
-    size : int
-        Side of the square output, pixels.
-    pad_value : int
-        Grey level of the padding.
-
-    Returns
-    -------
-    out : ndarray, shape (size, size, 3), uint8
-    scale : float
-        ``size / max(H, W)``; an input point ``(x, y)`` lands at ``(x * sx + pad_x, y * sy + pad_y)``
-        with ``sx = new_w / W`` and ``sy = new_h / H`` (both equal to ``scale`` up to rounding of
-        the resized size).
-    pad : (float, float)
-        ``(pad_x, pad_y)``, left and top padding in output pixels.
+    :func:`blastscope.models.letterbox_array` (the one letterbox shared with prediction), with the
+    padding as floats. Returns ``(canvas (size, size, 3) uint8, scale, (pad_x, pad_y))``.
     """
-    h, w = image.shape[:2]
-    scale = size / max(h, w)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    out = np.full((size, size, 3), pad_value, dtype=np.uint8)
-    px, py = (size - nw) // 2, (size - nh) // 2
-    out[py : py + nh, px : px + nw] = _resize(image, nw, nh)
+    out, scale, (px, py) = letterbox_array(image, size, pad_value)
     return out, scale, (float(px), float(py))
 
 
@@ -115,7 +87,7 @@ def _place(sample: Sample, size: int, scale_x: float, scale_y: float, nw: int, n
 
     The offset may be negative (the resized image is larger than the canvas and gets cropped).
     """
-    image = _resize(sample["image"], nw, nh)
+    image = resize(sample["image"], nw, nh)
     out = np.full((size, size, 3), pad_value, dtype=np.uint8)
     x0, y0 = max(ox, 0), max(oy, 0)
     x1, y1 = min(ox + nw, size), min(oy + nh, size)

@@ -29,7 +29,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QKeySequence
@@ -87,11 +86,9 @@ class _ModeState:
 
 def summary_call(counts: dict[str, int], classes) -> str:
     """The call of ``summary.csv`` (``blastscope predict``) for per-class counts, with ALL positive."""
-    from blastscope.inference.writers import SummaryWriter
+    from blastscope.inference.writers import cell_call
 
-    # the rule lives in SummaryWriter.call and only reads these three attributes
-    rule = SimpleNamespace(classes=[str(c) for c in classes], positive="ALL", threshold=0.5)
-    return SummaryWriter.call(rule, counts)
+    return cell_call(counts, classes, positive="ALL", threshold=0.5)
 
 
 class MainWindow(QMainWindow):

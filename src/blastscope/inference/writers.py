@@ -20,7 +20,7 @@ import numpy as np
 from blastscope._atomic import atomic_write
 from blastscope.inference.predictor import FrameResult
 
-__all__ = ["CSV_COLUMNS", "CsvWriter", "SummaryWriter", "draw_detections", "AnnotatedImageWriter",
+__all__ = ["CSV_COLUMNS", "CsvWriter", "SummaryWriter", "cell_call", "draw_detections", "AnnotatedImageWriter",
            "AnnotatedVideoWriter", "format_rows"]
 
 CSV_COLUMNS = ("source", "frame", "time_s", "class", "confidence", "xmin", "ymin", "xmax", "ymax", "model")
@@ -101,6 +101,35 @@ class CsvWriter(_StreamingCsv):
         self.n_frames += 1
 
 
+def cell_call(counts: dict[str, int], classes: Sequence[str], *, positive: str = "ALL", threshold: float = 0.5) -> str:
+    """The call of an image or video from its per-class cell counts (``summary.csv``, the GUI).
+
+    - ``"none"`` when no cell was detected;
+    - if ``positive`` is one of ``classes``: ``positive`` when its fraction of the cells is
+      ``>= threshold``, otherwise the most frequent of the other classes;
+    - otherwise the most frequent class (ties go to the earlier class in ``classes``).
+
+    >>> cell_call({"ALL": 3, "HEM": 3}, ["ALL", "HEM"])
+    'ALL'
+    >>> cell_call({"ALL": 1, "HEM": 3}, ["ALL", "HEM"])
+    'HEM'
+    >>> cell_call({}, ["ALL", "HEM"])
+    'none'
+    """
+    classes = [str(c) for c in classes]
+    total = sum(counts.values())
+    if total == 0:
+        return "none"
+    order = {c: i for i, c in enumerate(classes)}
+    ranked = sorted(counts, key=lambda c: (-counts[c], order.get(c, len(order)), c))
+    if positive in classes:
+        if counts.get(positive, 0) / total >= threshold:
+            return positive
+        others = [c for c in ranked if c != positive and counts[c] > 0]
+        return others[0] if others else positive
+    return ranked[0]
+
+
 class SummaryWriter(_StreamingCsv):
     """``summary.csv``: one row per image or per video / camera with cell counts and the call.
 
@@ -108,13 +137,7 @@ class SummaryWriter(_StreamingCsv):
     A source's row is written when the next source starts and at :meth:`close`, so an interrupted
     run has a row for every source begun, counting the frames processed so far. For a video the
     counts are detections summed over its processed frames (a cell seen in 10 frames counts 10 times).
-
-    The call rule:
-
-    - ``"none"`` when no cell was detected;
-    - if ``positive`` is one of ``classes``: ``positive`` when its fraction of the cells is
-      ``>= threshold``, otherwise the most frequent of the other classes;
-    - otherwise the most frequent class (ties go to the earlier class in ``classes``).
+    The call follows :func:`cell_call`.
 
     Parameters
     ----------
@@ -144,18 +167,8 @@ class SummaryWriter(_StreamingCsv):
         self.n_sources = 0
 
     def call(self, counts: dict[str, int]) -> str:
-        """The call for per-class cell counts (see the class docstring)."""
-        total = sum(counts.values())
-        if total == 0:
-            return "none"
-        order = {c: i for i, c in enumerate(self.classes)}
-        ranked = sorted(counts, key=lambda c: (-counts[c], order.get(c, len(order)), c))
-        if self.positive in self.classes:
-            if counts.get(self.positive, 0) / total >= self.threshold:
-                return self.positive
-            others = [c for c in ranked if c != self.positive and counts[c] > 0]
-            return others[0] if others else self.positive
-        return ranked[0]
+        """The call for per-class cell counts (see :func:`cell_call`)."""
+        return cell_call(counts, self.classes, positive=self.positive, threshold=self.threshold)
 
     def write(self, result: FrameResult) -> None:
         if result.source != self._current:

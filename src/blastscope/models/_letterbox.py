@@ -6,16 +6,30 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["letterbox", "unletterbox_boxes"]
+__all__ = ["letterbox", "letterbox_array", "resize", "unletterbox_boxes"]
 
 # Darknet pads with mid-grey (0.5); 127 keeps the padding neutral after scaling to [0, 1].
 PAD_VALUE = 127
 
 
-def letterbox(
-    image: np.ndarray, size: int, *, pad_value: int = PAD_VALUE
-) -> tuple[torch.Tensor, float, tuple[int, int]]:
-    """Resize ``image`` to fit a ``size x size`` square, keeping its aspect ratio, and pad the rest.
+def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize with the interpolation training and prediction share.
+
+    INTER_AREA when shrinking keeps thin structures (chromatin, membranes) instead of aliasing them;
+    INTER_LINEAR when enlarging.
+    """
+    h, w = image.shape[:2]
+    if (w, h) == (width, height):
+        return image
+    interp = cv2.INTER_AREA if width < w or height < h else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interp)
+
+
+def letterbox_array(image: np.ndarray, size: int, pad_value: int = PAD_VALUE) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """Resize ``image`` so its longer side is ``size`` and centre it on a grey ``size x size`` canvas.
+
+    The one letterbox of blastscope: training (``engine.transforms``), validation, ``predict`` and
+    the GUI all call it, so a model sees the same pixels everywhere.
 
     Parameters
     ----------
@@ -28,20 +42,19 @@ def letterbox(
 
     Returns
     -------
-    tensor : Tensor, shape (3, size, size), float32 in [0, 1]
-        RGB network input.
+    canvas : ndarray, shape (size, size, 3), uint8
     scale : float
-        Output pixels per input pixel.
+        ``size / max(H, W)``: output pixels per input pixel.
     pad : (int, int)
         ``(pad_x, pad_y)``: left and top padding in output pixels. An input point ``(x, y)`` lands
-        at ``(x * scale + pad_x, y * scale + pad_y)``.
+        at ``(x * scale + pad_x, y * scale + pad_y)`` (up to the rounding of the resized size).
 
     Examples
     --------
     >>> import numpy as np
-    >>> t, scale, pad = letterbox(np.zeros((100, 200, 3), np.uint8), 416)
-    >>> tuple(t.shape), scale, pad
-    ((3, 416, 416), 2.08, (0, 104))
+    >>> canvas, scale, pad = letterbox_array(np.zeros((100, 200, 3), np.uint8), 416)
+    >>> canvas.shape, scale, pad
+    ((416, 416, 3), 2.08, (0, 104))
     """
     image = np.asarray(image)
     if image.ndim == 2:
@@ -51,15 +64,28 @@ def letterbox(
     h, w = image.shape[:2]
     if h == 0 or w == 0:
         raise ValueError(f"image of shape {image.shape} is empty")
-    scale = min(size / h, size / w)
+    scale = size / max(h, w)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (new_w, new_h), interpolation=interp) if (new_w, new_h) != (w, h) else image
     pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
     canvas = np.full((size, size, 3), pad_value, dtype=np.uint8)
-    canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
-    tensor = torch.from_numpy(canvas).permute(2, 0, 1).float().div_(255.0)
-    return tensor, float(scale), (int(pad_x), int(pad_y))
+    canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resize(image, new_w, new_h)
+    return canvas, float(scale), (int(pad_x), int(pad_y))
+
+
+def letterbox(
+    image: np.ndarray, size: int, *, pad_value: int = PAD_VALUE
+) -> tuple[torch.Tensor, float, tuple[int, int]]:
+    """:func:`letterbox_array` as a network input: ``(3, size, size)`` float32 RGB in ``[0, 1]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t, scale, pad = letterbox(np.zeros((100, 200, 3), np.uint8), 416)
+    >>> tuple(t.shape), scale, pad
+    ((3, 416, 416), 2.08, (0, 104))
+    """
+    canvas, scale, pad = letterbox_array(image, size, pad_value)
+    return torch.from_numpy(canvas).permute(2, 0, 1).float().div_(255.0), scale, pad
 
 
 def unletterbox_boxes(
