@@ -47,3 +47,61 @@ def bccd(shared_data) -> Path:
 def pbc_sample(shared_data) -> Path:
     """PBC subset: real single white cells with YOLO boxes, 7 classes."""
     return _need(shared_data / "pbc-sample")
+
+
+# ---------------------------------------------------------------------------------------------
+# a small real detector for the inference, export and GUI tests
+
+TOY_IMGSZ = 256  # small network input: those tests check plumbing, not accuracy
+
+
+def _toy_detector():
+    """The real yolov3-tiny, untrained, made to give a few input-dependent boxes per image.
+
+    At initialisation its features vanish (about 1e-4) and every score equals the prior, so the
+    batch-norm statistics are set from one forward pass on noise and the heads get larger random
+    weights and an objectness bias of -2: a few input-dependent boxes per image at ``conf=0.25``.
+    """
+    import torch
+
+    from blastscope.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("yolov3-tiny", num_classes=2, class_names=["ALL", "HEM"], pretrained=False)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None  # cumulative average: one pass sets the running statistics
+                m.reset_running_stats()
+        model.train()
+        model(torch.rand(4, 3, TOY_IMGSZ, TOY_IMGSZ))
+        model.eval()
+        for head in (model.head32, model.head16):
+            torch.nn.init.normal_(head.weight, std=0.05)
+            head.bias.view(3, -1)[:, 4] = -2.0
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = 0.1
+    return model
+
+
+@pytest.fixture(scope="session")
+def toy_detector_ckpt(tmp_path_factory) -> Path:
+    """A blastscope checkpoint of :func:`_toy_detector` (classes ALL, HEM; input 256 px)."""
+    from blastscope.engine.checkpoint import make_checkpoint, save_checkpoint
+
+    path = tmp_path_factory.mktemp("toy_ckpt") / "det.pt"
+    save_checkpoint(make_checkpoint(_toy_detector(), epoch=0, input_size=TOY_IMGSZ), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread (torch and, through it, onnxruntime): on a small shared CPU two spinning
+    threads are several times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

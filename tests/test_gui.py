@@ -18,7 +18,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
@@ -31,53 +30,14 @@ from blastscope.gui import MainWindow  # noqa: E402
 from blastscope.inference import Frame, Predictor, draw_detections, open_source  # noqa: E402
 from blastscope.inference.writers import format_rows  # noqa: E402
 
-pytestmark = pytest.mark.gui
-
-IMGSZ = 256  # small network input: the tests check the app, not accuracy
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_torch_thread")]
 CONF = 0.25
 WAIT_MS = 30_000
 
 
-def _yolo_with_detections():
-    """The real yolov3-tiny, untrained, made to give a few input-dependent boxes per image.
-
-    Batch-norm statistics come from one pass on noise; the heads get larger random weights and an
-    objectness bias of -2 (at initialisation every score equals the prior and nothing passes 0.25).
-    """
-    from blastscope.models import create_model
-
-    torch.manual_seed(0)
-    model = create_model("yolov3-tiny", num_classes=2, class_names=["ALL", "HEM"], pretrained=False)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = None
-                m.reset_running_stats()
-        model.train()
-        model(torch.rand(4, 3, IMGSZ, IMGSZ))
-        model.eval()
-        for head in (model.head32, model.head16):
-            torch.nn.init.normal_(head.weight, std=0.05)
-            head.bias.view(3, -1)[:, 4] = -2.0
-    return model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a small shared CPU two spinning threads are several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def detector_ckpt(tmp_path_factory) -> Path:
-    from blastscope.engine.checkpoint import make_checkpoint, save_checkpoint
-
-    path = tmp_path_factory.mktemp("ckpt") / "det.pt"
-    save_checkpoint(make_checkpoint(_yolo_with_detections(), epoch=0, input_size=IMGSZ), path)
-    return path
+def detector_ckpt(toy_detector_ckpt) -> Path:
+    return toy_detector_ckpt
 
 
 @pytest.fixture(scope="module")

@@ -404,3 +404,40 @@ def test_refuses_to_overwrite_without_flag(cnmc_sample, tmp_path, capsys):
     assert out.read_text() == "precious\n"
     code, _, _ = run_cli(["import", str(cnmc_sample), "--out", str(out), "--no-progress", "--overwrite"], capsys)
     assert code == 0 and len(read_manifest(out)) == 8
+
+
+def test_import_of_a_synthetic_tree_says_synthetic(tmp_path, capsys):
+    """A tree made by ``blastscope synth`` imports with source 'synthetic' (later numbers say so)."""
+    from blastscope.data.importer import import_dataset
+    from blastscope.data.synth import generate_dataset
+
+    generate_dataset(tmp_path / "syn", n_per_class=3, n_patients_per_class=3, size=64)
+    df = import_dataset(tmp_path / "syn" / "synthetic_C-NMC", progress=False)
+    assert len(df) == 6 and (df["source"] == "synthetic").all() and df.attrs["synthetic"] is True
+    assert "SYNTHETIC" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("layout", ["yolo", "voc", "folder"])
+def test_import_of_a_relative_path_from_its_parent_folder(bccd, tmp_path, monkeypatch, layout):
+    """``blastscope import v`` run beside ``v`` finds the images (no doubled ``v/v/...`` paths)."""
+    from blastscope.data.importer import import_dataset
+
+    src = tmp_path / "v"
+    image = bccd / "JPEGImages" / "BloodImage_00000.jpg"
+    if layout == "yolo":
+        (src / "images").mkdir(parents=True)
+        (src / "labels").mkdir()
+        shutil.copy(image, src / "images" / "a.jpg")
+        (src / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+        (src / "classes.txt").write_text("WBC\n")
+    elif layout == "voc":
+        (src / "JPEGImages").mkdir(parents=True)
+        (src / "Annotations").mkdir()
+        shutil.copy(image, src / "JPEGImages" / image.name)
+        shutil.copy(bccd / "Annotations" / "BloodImage_00000.xml", src / "Annotations")
+    else:
+        (src / "WBC").mkdir(parents=True)
+        shutil.copy(image, src / "WBC" / "a.jpg")
+    monkeypatch.chdir(tmp_path)
+    df = import_dataset("v", layout=layout, progress=False)
+    assert len(df) == 1 and Path(df["image"].iloc[0]).is_file()

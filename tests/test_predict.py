@@ -33,55 +33,13 @@ from blastscope.inference import (
 )
 from blastscope.inference import sources as sources_mod
 
-IMGSZ = 256  # small network input: the tests check plumbing, not accuracy
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CONF = 0.25
 
 
-def _yolo_with_detections():
-    """The real yolov3-tiny, untrained, made to give a few boxes per image.
-
-    At initialisation its features vanish (about 1e-4) and every score equals the prior, so the
-    batch-norm statistics are set from one forward pass on noise and the heads get larger random
-    weights and an objectness bias of -2: a few input-dependent boxes per image at ``conf=0.25``.
-    """
-    from blastscope.models import create_model
-
-    torch.manual_seed(0)
-    model = create_model("yolov3-tiny", num_classes=2, class_names=["ALL", "HEM"], pretrained=False)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = None  # cumulative average: one pass sets the running statistics
-                m.reset_running_stats()
-        model.train()
-        model(torch.rand(4, 3, IMGSZ, IMGSZ))
-        model.eval()
-        for head in (model.head32, model.head16):
-            torch.nn.init.normal_(head.weight, std=0.05)
-            head.bias.view(3, -1)[:, 4] = -2.0
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = 0.1
-    return model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a small shared CPU two spinning threads are several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def detector_ckpt(tmp_path_factory) -> Path:
-    from blastscope.engine.checkpoint import make_checkpoint, save_checkpoint
-
-    model = _yolo_with_detections()
-    path = tmp_path_factory.mktemp("ckpt") / "det.pt"
-    save_checkpoint(make_checkpoint(model, epoch=0, input_size=IMGSZ), path)
-    return path
+def detector_ckpt(toy_detector_ckpt) -> Path:
+    return toy_detector_ckpt
 
 
 @pytest.fixture(scope="module")
@@ -223,9 +181,26 @@ def test_two_stage_prediction(cnmc_sample, detector_ckpt, classifier_ckpt, tmp_p
     np.testing.assert_allclose(rows[["xmin", "ymin", "xmax", "ymax"]], [d.box for d in res.detections], atol=1e-4)
 
 
-def test_onnx_backend_not_yet_is_a_clear_error(detector_ckpt):
-    with pytest.raises(BlastscopeError, match="onnx"):
-        Predictor.from_checkpoint(detector_ckpt, backend="onnx")
+def test_predict_onnx_backend_matches_torch_on_the_real_sample(cnmc_sample, detector_ckpt, tmp_path, capsys, monkeypatch):
+    """``predict --backend onnx`` (exported on the fly into the cache) gives the torch rows: same
+    classes, boxes within 1 pixel, confidences within 1e-3."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("BLASTSCOPE_CACHE", str(tmp_path / "cache"))  # the on-the-fly export goes here
+    out = {}
+    for backend in ("torch", "onnx"):
+        out[backend] = tmp_path / backend
+        rc, err = _run(["predict", str(detector_ckpt), str(cnmc_sample), "--out", str(out[backend]), "--conf", str(CONF),
+                        "--backend", backend, "--no-progress", "--no-draw"], capsys)
+        assert rc == 0, err
+    assert list((tmp_path / "cache").rglob("*.onnx")), "the onnx export was not cached"
+    key = ["source", "frame", "class"]
+    t = _read_csv(out["torch"] / "predictions.csv").sort_values(key + ["xmin"]).reset_index(drop=True)
+    o = _read_csv(out["onnx"] / "predictions.csv").sort_values(key + ["xmin"]).reset_index(drop=True)
+    assert len(t) == len(o) and (t["class"] != "").any()
+    assert (t[key] == o[key]).all().all()
+    boxes = ["xmin", "ymin", "xmax", "ymax"]
+    assert np.nanmax(np.abs(t[boxes].to_numpy(float) - o[boxes].to_numpy(float))) < 1.0
+    assert np.nanmax(np.abs(t["confidence"].to_numpy(float) - o["confidence"].to_numpy(float))) < 1e-3
 
 
 def test_conf_threshold_can_change_live(predictor, cnmc_sample):

@@ -1,10 +1,13 @@
-"""Automatic Pascal VOC annotation of segmented single-cell images (the paper's Fig. 4 files).
+"""Automatic Pascal VOC annotation of cell images (the paper's Fig. 4 files).
 
 For every image of a manifest (or of a folder) the box of the cell is computed with
-:func:`blastscope.annotate.autobox.cell_box` and written as one VOC XML file, laid out under the
-output folder like the images are laid out under their common root (C-NMC has ``1.bmp`` in several
-folders, so a flat folder would collide). Existing XML files are kept unless ``overwrite=True``,
-so an interrupted run resumes where it stopped and boxes corrected by hand in LabelImg survive.
+:func:`blastscope.annotate.autobox.cell_box` (segmented single cells on black, C-NMC) or, given a
+trained ``detector`` (:class:`blastscope.inference.predictor.Predictor`), every cell it detects is
+boxed (multi-cell images: smears). Each box is labelled with the image's class (the manifest
+label) and the boxes are written as one VOC XML file per image, laid out under the output folder
+like the images are laid out under their common root (C-NMC has ``1.bmp`` in several folders, so a
+flat folder would collide). Existing XML files are kept unless ``overwrite=True``, so an
+interrupted run resumes where it stopped and boxes corrected by hand in LabelImg survive.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -25,7 +29,7 @@ from blastscope.data.images import is_image_file, read_image
 from blastscope.data.manifest import new_manifest
 from blastscope.data.types import ImageAnnotation
 
-__all__ = ["AnnotateResult", "annotate", "annotate_manifest", "folder_rows", "folder_label", "xml_paths"]
+__all__ = ["AnnotateResult", "annotate", "annotate_manifest", "detected_boxes", "folder_rows", "folder_label", "xml_paths"]
 
 _CNMC_FOLDERS = {"all": "ALL", "hem": "HEM"}
 
@@ -126,6 +130,19 @@ def xml_paths(images: Iterable[str], out_dir: str | Path) -> list[Path | None]:
     return [Path(out_dir) / Path(os.path.relpath(p, root)).with_suffix(".xml") if p else None for p in images]
 
 
+def detected_boxes(detector, image) -> np.ndarray:
+    """Boxes of the cells ``detector`` finds in ``image``: ``(N, 4)`` float32 xyxy pixels, most confident first.
+
+    ``detector`` is a :class:`blastscope.inference.predictor.Predictor` (its ``conf`` and ``iou``
+    apply); boxes are in the image's own pixels, clipped to it, and boxes thinner than a pixel
+    (clipped at the border) are left out.
+    """
+    dets = detector.predict(image).detections
+    boxes = np.array([d.box for d in dets], dtype=np.float32).reshape(-1, 4)
+    keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+    return boxes[keep]
+
+
 def _as_manifest(rows_or_manifest: pd.DataFrame | Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     if isinstance(rows_or_manifest, pd.DataFrame):
         df = new_manifest(rows_or_manifest.to_dict("records"))
@@ -161,8 +178,9 @@ def annotate_manifest(
     log: ProblemLog | None = None,
     progress: bool = True,
     min_area: int = MIN_AREA,
+    detector=None,
 ) -> AnnotateResult:
-    """Box every segmented single-cell image and write one Pascal VOC XML per image.
+    """Box the cells of every image and write one Pascal VOC XML per image.
 
     Parameters
     ----------
@@ -181,6 +199,11 @@ def annotate_manifest(
         Show a tqdm progress bar on stderr.
     min_area : int
         Fewest cell pixels that count as a cell (see :func:`~blastscope.annotate.autobox.cell_box`).
+    detector : Predictor, optional
+        A loaded detector (:meth:`blastscope.inference.predictor.Predictor.from_checkpoint`, its
+        ``conf`` applied): every detected cell is boxed and labelled with the row's label, instead
+        of the one automatic box of a cell on black. Images where it detects nothing get no XML
+        (listed in ``no_cell``).
 
     Returns
     -------
@@ -231,14 +254,23 @@ def annotate_manifest(
             continue
         height, width = pixels.shape[:2]
         df.at[idx, "width"], df.at[idx, "height"] = str(width), str(height)
-        box = cell_box(pixels, min_area=min_area)
-        if box is None:
-            log.add(image, f"no cell found (the image is black, or its foreground is under {min_area} pixels)",
-                    "check the image, or draw its box by hand in LabelImg")
-            result.no_cell.append(image)
-            continue
-        ann = ImageAnnotation(image=image, width=width, height=height, depth=pixels.shape[2], boxes=box[None],
-                              labels=[label])
+        if detector is not None:
+            boxes = detected_boxes(detector, pixels)
+            if not len(boxes):
+                log.add(image, f"the detector found no cell (confidence >= {detector.conf:g})",
+                        "lower --conf, or draw the boxes by hand in LabelImg")
+                result.no_cell.append(image)
+                continue
+        else:
+            box = cell_box(pixels, min_area=min_area)
+            if box is None:
+                log.add(image, f"no cell found (the image is black, or its foreground is under {min_area} pixels)",
+                        "check the image, or draw its box by hand in LabelImg")
+                result.no_cell.append(image)
+                continue
+            boxes = box[None]
+        ann = ImageAnnotation(image=image, width=width, height=height, depth=pixels.shape[2], boxes=boxes,
+                              labels=[label] * len(boxes))
         try:
             write_voc(ann, xml, database="Unknown", overwrite=overwrite)
         except (BlastscopeError, OSError) as e:  # e.g. a file created meanwhile, a read-only folder

@@ -1,17 +1,24 @@
-"""Write a Pascal VOC box for every segmented single-cell image (a cell on black, as in C-NMC).
+"""Write Pascal VOC boxes for cell images: one box per segmented single cell, or every cell a detector finds.
+
+Without --detector each image is a segmented single cell on black (as in C-NMC) and gets the box
+of its cell. With --detector CHECKPOINT (a detector trained with 'blastscope train --task detect')
+each image may hold many cells (a smear): every cell detected with confidence >= --conf is boxed,
+to be checked and corrected in LabelImg.
 
 SRC is a manifest CSV (from 'blastscope import') or a folder of images. Each image gets one XML in
 the structure of the paper's Fig. 4 (LabelImg opens it), at the image's path relative to the
-images' common folder under --out, e.g. OUT/training_data/fold_0/all/UID_1_2_2_all.xml. The box's
-class is the manifest label; for a folder it is --label, else the image's parent folder name
-(all/hem become ALL/HEM). Existing XML files are kept unless --overwrite is given, so a stopped
-run resumes and hand-corrected boxes survive. Images where no cell is found are reported and get
-no XML. The manifest with the annotation column filled goes to OUT/manifest.csv.
+images' common folder under --out, e.g. OUT/training_data/fold_0/all/UID_1_2_2_all.xml. Every
+box's class is the image's class: the manifest label; for a folder it is --label, else the image's
+parent folder name (all/hem become ALL/HEM). Existing XML files are kept unless --overwrite is
+given, so a stopped run resumes and hand-corrected boxes survive. Images where no cell is found
+are reported and get no XML. The manifest with the annotation column filled goes to
+OUT/manifest.csv.
 
 example:
   blastscope annotate manifest.csv --out annotations
   blastscope annotate C-NMC_Leukemia/training_data --out annotations
   blastscope annotate my_blasts/ --out annotations --label ALL
+  blastscope annotate smears.csv --detector runs/yolo/best.pt --conf 0.3 --out smear_boxes
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "automatic Pascal VOC boxes for segmented single-cell images (a cell on black)"
+HELP = "automatic Pascal VOC boxes: single cells on black, or every cell a trained detector finds"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the XML files and manifest.csv")
     parser.add_argument("--label", metavar="NAME",
                         help="class name for every image of a folder SRC (for a manifest: for rows without a label)")
+    parser.add_argument("--detector", type=Path, default=None, metavar="CHECKPOINT",
+                        help="detector checkpoint (best.pt of 'blastscope train --task detect'): box every detected cell "
+                        "(multi-cell images) instead of the one cell on black")
+    parser.add_argument("--conf", type=float, default=0.25,
+                        help="with --detector: keep cells detected with at least this confidence (default 0.25)")
+    parser.add_argument("--device", default="cpu", help="with --detector: torch device (default cpu)")
     parser.add_argument("--overwrite", action="store_true", help="recompute and replace existing XML files")
     parser.add_argument("--strict", action="store_true", help="stop at the first problem instead of skipping the image")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -56,8 +69,14 @@ def run(args: argparse.Namespace) -> int:
     from blastscope.data.manifest import write_manifest
 
     log = ProblemLog(strict=args.strict)
+    detector = None
+    if args.detector is not None:
+        from blastscope.inference.predictor import Predictor
+
+        detector = Predictor.from_checkpoint(args.detector, conf=args.conf, device=args.device)
     rows = _load_source(args.src, args.label)
-    result = annotate_manifest(rows, args.out, overwrite=args.overwrite, log=log, progress=not args.no_progress)
+    result = annotate_manifest(rows, args.out, overwrite=args.overwrite, log=log, progress=not args.no_progress,
+                               detector=detector)
     parts = [f"{result.annotated} annotated", f"{result.kept} kept", f"{len(result.no_cell)} with no cell"]
     other = len(result.failed)
     if other:

@@ -28,7 +28,9 @@ HELP = "detect ALL/HEM cells in images, folders, videos or a camera; write CSVs 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="detector checkpoint (.pt) written by `blastscope train`")
+    parser.add_argument("checkpoint", type=Path,
+                        help="detector checkpoint (.pt) written by `blastscope train`, or with --backend onnx "
+                             "a .onnx written by `blastscope export`")
     parser.add_argument("source", help="image, folder, glob pattern, video file or camera index")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
@@ -39,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="classifier checkpoint for two-stage prediction (classifies each detected cell)")
     parser.add_argument("--every", type=int, default=1, metavar="N", help="use every N-th frame / image (default 1)")
     parser.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames / images")
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="inference back-end")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                        help="inference back-end: torch, or onnx (onnxruntime, the 'onnx' extra; a .pt uses its "
+                             "sibling .onnx or exports one into the cache)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--batch", type=int, default=1, help="frames per network call (default 1)")
     parser.add_argument("--positive", default="ALL", help="class that makes a positive call in summary.csv")

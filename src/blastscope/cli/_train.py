@@ -1,15 +1,24 @@
-"""Train a detector (or, later, a classifier) on a manifest; checkpoints and metrics go to a run folder.
+"""Train a detector or a cell classifier on a manifest; checkpoints and metrics go to a run folder.
 
 Settings: the packaged defaults (blastscope/configs/default.yaml), then --config FILE, then the
-flags below. The resolved settings are saved as RUN/config.yaml.
+flags below. The resolved settings are saved as RUN/config.yaml. The packaged defaults suit
+detection; with --task classify, the settings not given in --config or on the command line are
+the classifier's: --model mobilenet_v2 --imgsz 224 --batch 32 --epochs 12 --optimizer adamw
+--lr 0.001 --weight-decay 0.01 (momentum 0.9).
 
 Examples:
   blastscope train --task detect --data data/manifest.csv --model yolov3-tiny --epochs 25 --imgsz 416 --out runs/yolo
   blastscope train --data cells.csv --auto-boxes --no-augment --out runs/paper     # the paper's setting
   blastscope train --resume runs/yolo                                                # after Ctrl-C or a crash
+  blastscope train --task classify --data pbc.csv --model mobilenet_v2 --epochs 12 --out runs/pbc
+
+Classification trains on square crops of the annotated cells (one per box, labelled with the box's
+class; margin 0.1 of the box's longer side), or on whole images for rows without annotation
+(labelled with the row's label), cut as 'evaluate' and 'predict --classifier' cut them.
 
 The run folder holds metrics.csv (a row per epoch), epoch_NNN.pt, best.pt (best validation
-mAP@0.5, VOC), last.pt (for --resume), config.yaml and splits.csv (the train/val split used).
+mAP@0.5, VOC, for detectors; weighted F1 for classifiers), last.pt (for --resume), config.yaml and
+splits.csv (the train/val split used).
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from pathlib import Path
 
 from blastscope._problems import BlastscopeError
 
-HELP = "train a detector on a manifest (checkpoints, metrics.csv, resume)"
+HELP = "train a detector or a cell classifier on a manifest (checkpoints, metrics.csv, resume)"
 
 #: settings that may change when a run is resumed; the rest must stay as the run started
 RESUMABLE = ("epochs", "workers", "device", "patience")
@@ -30,21 +39,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--task", choices=["detect", "classify"], default=None, help="what to train (default: detect)")
     a("--data", default=None, metavar="CSV", help="manifest CSV (from 'blastscope import' / 'annotate')")
-    a("--model", default=None, help="model name (default: yolov3-tiny)")
-    a("--epochs", type=int, default=None, help="epochs (default: 25)")
-    a("--imgsz", type=int, default=None, help="square input size in pixels, a multiple of 32 (default: 416)")
-    a("--batch", type=int, default=None, help="images per batch (default: 8)")
+    a("--model", default=None, help="model name: yolov3-tiny (detect), mobilenet_v2 or efficientnet_lite0 (classify) "
+      "(default: yolov3-tiny; classify: mobilenet_v2)")
+    a("--epochs", type=int, default=None, help="epochs (default: 25; classify: 12)")
+    a("--imgsz", type=int, default=None, help="square input size in pixels; a multiple of 32 for detectors (default: 416; classify: 224)")
+    a("--batch", type=int, default=None, help="images per batch (default: 8; classify: 32)")
     a("--out", default=None, metavar="DIR", help="run folder (default: runs/train)")
     a("--config", default=None, metavar="YAML", help="settings file (keys of blastscope/configs/default.yaml)")
     a("--seed", type=int, default=None, help="random seed; the same seed gives the same metrics on CPU (default: 0)")
-    a("--lr", type=float, default=None, help="peak learning rate (default: 0.01)")
-    a("--optimizer", choices=["sgd", "adamw"], default=None, help="optimizer (default: sgd)")
-    a("--weight-decay", type=float, default=None, help="weight decay (default: 0.0005)")
+    a("--lr", type=float, default=None, help="peak learning rate (default: 0.01; classify: 0.001)")
+    a("--optimizer", choices=["sgd", "adamw"], default=None, help="optimizer (default: sgd; classify: adamw)")
+    a("--weight-decay", type=float, default=None, help="weight decay (default: 0.0005; classify: 0.01)")
     a("--workers", type=int, default=None, help="data-loading processes (default: 0)")
     a("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
     a("--val-fraction", type=float, default=None, help="val share carved from train when the manifest has no val rows (default: 0.1)")
     a("--patience", type=int, default=None, help="stop after N epochs without improvement (default: 0, never)")
     a("--freeze-backbone-epochs", type=int, default=None, metavar="N", help="train only neck and heads for the first N epochs")
+    a("--balance", choices=["none", "sampler", "loss"], default=None,
+      help="classify: counter class imbalance by a class-balanced sampler of the training cells (when the "
+      "largest class has over 1.2x the cells of the smallest), a class-weighted loss, or not at all (default: sampler)")
     a("--no-augment", dest="augment", action="store_const", const=False, default=None, help="no augmentation (the paper's setting)")
     a("--auto-boxes", dest="auto_boxes", action="store_const", const=True, default=None, help="box single cells on black on the fly (C-NMC)")
     a("--no-pretrained", dest="pretrained", action="store_const", const=False, default=None, help="start from random weights")
@@ -83,14 +96,27 @@ def _resume_config(args: argparse.Namespace):
     return config
 
 
+def _given_keys(args: argparse.Namespace) -> set[str]:
+    """Settings the user chose: flags given on the command line and the top-level keys of --config."""
+    given = {k for k, v in vars(args).items() if v is not None}
+    if args.config:
+        import yaml
+
+        data = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))  # load_config has checked it
+        given |= set(data or {})
+    return given
+
+
 def run(args: argparse.Namespace) -> int:
     from blastscope.engine.config import load_config, merge_cli
+    from blastscope.engine.tasks import apply_task_defaults
     from blastscope.engine.trainer import train
 
     if args.resume:
         config = _resume_config(args)
     else:
         config = merge_cli(load_config(args.config), args)
+        config = apply_task_defaults(config, _given_keys(args))
     result = train(config, resume=bool(args.resume), exist_ok=args.exist_ok, progress=args.progress)
     if result.best_epoch is not None:
         row = result.best_row

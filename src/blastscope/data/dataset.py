@@ -18,6 +18,14 @@ an image that turns out unreadable while training stops the run with an error na
 Augmentation is seeded per sample from ``(seed, epoch, index)`` (call :meth:`set_epoch` before each
 epoch), so an epoch's samples are the same whatever the number of workers and whether or not the
 run was interrupted and resumed.
+
+:class:`ClassificationDataset` gives ``(image, label)`` pairs for cell classifiers: ``image`` is a
+``(3, S, S)`` float tensor in ``[0, 1]`` (RGB; the model's mean/std are applied by the training
+task, from ``model.info``) and ``label`` an int64 scalar index into ``classes``. A row with boxes in
+its ``annotation`` gives one sample per box (the box's class is the label: PBC, BCCD); a row
+without annotation gives one sample of the whole image (the row's ``label``: C-NMC single cells).
+Both are cut by the one crop function :func:`blastscope.data.crops.square_crop`, that evaluation
+and the two-stage predictor use as well (a whole image is the box ``[0, 0, W, H]`` with no margin).
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from torch.utils.data import Dataset
 from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.data.images import read_image
 
-__all__ = ["DetectionDataset", "collate_fn"]
+__all__ = ["DetectionDataset", "ClassificationDataset", "collate_fn"]
 
 
 @dataclass
@@ -198,3 +206,186 @@ def collate_fn(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor
     images, targets = zip(*batch, strict=True)
     return torch.stack(images), list(targets)
 
+
+
+@dataclass
+class _Cell:
+    image: str
+    box: np.ndarray | None  # (4,) float32 xyxy file pixels; None: the whole image
+    label: int
+
+
+class ClassificationDataset(Dataset):
+    """Cells of one split of a manifest as square crops, for training a classifier.
+
+    Parameters
+    ----------
+    manifest_df : DataFrame
+        A manifest (:func:`blastscope.data.manifest.read_manifest`): absolute ``image`` paths,
+        ``split``, and per row either ``annotation`` (boxes; one sample per box, labelled with the
+        box's class) or ``label`` (one sample: the whole image).
+    split : str or None
+        Rows whose ``split`` equals it; None takes every row.
+    classes : sequence of str
+        Class names; labels index into it. Boxes or rows of other classes are skipped (logged).
+    imgsz : int
+        Side of the square output image in pixels.
+    train : bool
+        Training samples (augmented when ``augment``) or validation samples (the evaluation crop).
+    augment : bool
+        Augment training samples: scale jitter and a small shift of the crop window, HSV (stain)
+        jitter, flips and 90-degree rotations, with the strengths of ``aug``.
+    aug : AugmentConfig, optional
+        :class:`blastscope.engine.config.AugmentConfig` (default: its defaults).
+    margin : float
+        Context around a box as a fraction of its longer side (as
+        :class:`~blastscope.inference.predictor.CropClassifier`); whole images get none.
+    seed : int
+        Seed of the augmentation (with the epoch and the index).
+    log : ProblemLog, optional
+        Receives the skipped rows and boxes.
+    pad_value : int
+        Grey level where a crop leaves the image (0, black, as at prediction time).
+
+    Attributes
+    ----------
+    targets : ndarray, shape (n,), int64
+        Label of every sample (for class weights and samplers), without reading any image.
+
+    Raises
+    ------
+    BlastscopeError
+        When no row of ``split`` gives a sample (the message names the manifest and the first problem).
+    """
+
+    def __init__(
+        self,
+        manifest_df: pd.DataFrame,
+        split: str | None,
+        classes: Sequence[str],
+        *,
+        imgsz: int,
+        train: bool = False,
+        augment: bool = True,
+        aug=None,
+        margin: float | None = None,
+        seed: int = 0,
+        log: ProblemLog | None = None,
+        pad_value: int = 0,
+    ):
+        from blastscope.data.crops import DEFAULT_MARGIN
+
+        if aug is None:
+            from blastscope.engine.config import AugmentConfig
+
+            aug = AugmentConfig()
+        self.classes = [str(c) for c in classes]
+        self.imgsz = int(imgsz)
+        self.train = bool(train)
+        self.augment = bool(augment) and self.train
+        self.aug = aug
+        self.margin = DEFAULT_MARGIN if margin is None else float(margin)
+        self.seed = int(seed)
+        self.pad_value = int(pad_value)
+        self.epoch = 0
+        self.split = split
+        log = log if log is not None else ProblemLog()
+        rows = manifest_df if split is None else manifest_df[manifest_df["split"] == split]
+        n_problems = len(log)
+        self.cells: list[_Cell] = []
+        for row in rows.itertuples(index=False):
+            self.cells.extend(self._load_row(row, log))
+        if not self.cells:
+            where = manifest_df.attrs.get("manifest_path", "manifest")
+            first = f" (first problem: {log.problems[n_problems]})" if len(log) > n_problems else ""
+            what = f"split '{split}'" if split else "the manifest"
+            raise BlastscopeError(f"{where}: no usable cells in {what}{first}; fix the rows or choose another split")
+        self.targets = np.array([c.label for c in self.cells], dtype=np.int64)
+        self._transform = self._augmentations() if self.augment else None
+
+    def _load_row(self, row, log: ProblemLog) -> list[_Cell]:
+        image = str(row.image)
+        spec = str(getattr(row, "annotation", "") or "")
+        if not spec:
+            label = str(getattr(row, "label", "") or "")
+            if not label:
+                log.add(image, "neither an annotation nor a label", "give the row a label, or box its cells with 'blastscope annotate'")
+                return []
+            if label not in self.classes:
+                log.add(image, f"label {label!r} is not one of the classes {self.classes}", "set the row's label")
+                return []
+            return [_Cell(image, None, self.classes.index(label))]
+        from blastscope.data.formats import load_annotation
+
+        try:  # YOLO files name classes by index: they need the manifest's classes
+            hint = self.classes if spec.lower().endswith(".txt") else None
+            ann = load_annotation(spec, classes=hint, image=image, width=getattr(row, "width", None) or None,
+                                  height=getattr(row, "height", None) or None)
+        except BlastscopeError as e:
+            log.add(spec, f"annotation unusable ({e})", "fix or re-create it with 'blastscope annotate'")
+            return []
+        if not len(ann.labels):
+            log.add(spec, "has no boxes, so no cell to classify", "box the cells or remove the row")
+            return []
+        unknown = sorted({name for name in ann.labels if name not in self.classes})
+        if unknown:
+            log.add(spec, f"boxes of classes {unknown} are not in the manifest's classes {self.classes} (left out)",
+                    "add them to the manifest's classes")
+        boxes = ann.boxes.astype(np.float32).reshape(-1, 4)
+        return [_Cell(image, boxes[k].copy(), self.classes.index(name)) for k, name in enumerate(ann.labels) if name in self.classes]
+
+    def _augmentations(self):
+        from blastscope.engine.transforms import Compose, HSVJitter, RandomFlip, RandomRot90
+
+        a = self.aug
+        steps = [HSVJitter(a.hsv_h, a.hsv_s, a.hsv_v)]
+        if a.fliplr > 0:
+            steps.append(RandomFlip(1, a.fliplr))
+        if a.flipud > 0:
+            steps.append(RandomFlip(0, a.flipud))
+        if a.rot90 > 0:
+            steps.append(RandomRot90(a.rot90))
+        return Compose(steps)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draw of ``epoch`` (call before iterating over each epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def class_counts(self) -> np.ndarray:
+        """Samples per class, ``(len(classes),)`` int64."""
+        return np.bincount(self.targets, minlength=len(self.classes)).astype(np.int64)
+
+    def crop(self, index: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """The ``(imgsz, imgsz, 3)`` uint8 crop of sample ``index``, augmented when ``rng`` is given."""
+        from blastscope.data.crops import square_crop
+
+        cell = self.cells[index]
+        image = read_image(cell.image)
+        if cell.box is None:
+            h, w = image.shape[:2]
+            box, margin = np.array([0, 0, w, h], np.float32), 0.0
+        else:
+            box, margin = cell.box, self.margin
+        zoom, shift = 1.0, (0.0, 0.0)
+        if rng is not None and self.aug.scale > 0:
+            s = float(self.aug.scale)
+            zoom = float(rng.uniform(1 - s, 1 + s))
+            shift = tuple(float(v) for v in rng.uniform(-s / 4, s / 4, size=2))
+        out = square_crop(image, box, margin, self.imgsz, self.pad_value, zoom=zoom, shift=shift)
+        if rng is not None and self._transform is not None:
+            sample = {"image": out, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64)}
+            out = self._transform(sample, rng)["image"]
+        return out
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.augment else None
+        out = self.crop(index, rng)
+        tensor = torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).float().div_(255.0)
+        return tensor, torch.tensor(self.cells[index].label, dtype=torch.int64)
+
+    def __repr__(self) -> str:
+        return (f"ClassificationDataset(split={self.split!r}, n={len(self)}, imgsz={self.imgsz}, "
+                f"train={self.train}, augment={self.augment}, classes={self.classes})")

@@ -313,7 +313,7 @@ def import_dataset(
     >>> df = import_dataset("C-NMC_Leukemia", progress=False)  # doctest: +SKIP
     >>> df.groupby(["fold", "label"]).size()  # doctest: +SKIP
     """
-    src = Path(src)
+    src = Path(os.path.abspath(src))  # scanners then give absolute paths, whatever the working folder
     _check_source(src)
     if layout is None:
         layout = detect_layout(src)
@@ -334,9 +334,27 @@ def import_dataset(
     df.attrs["classes"] = [str(c) for c in classes]
     df.attrs["layout"] = layout
     df.attrs["source_root"] = str(Path(os.path.abspath(root)).resolve())
+    marker = _synthetic_marker(Path(df.attrs["source_root"]))
+    if marker is not None:
+        df["source"] = "synthetic"
+        df.attrs["synthetic"] = True
+        print(f"note: {marker} marks this tree as SYNTHETIC ('blastscope synth'): source set to 'synthetic'")
     if verify is not None:
         print(verify_manifest(df, verify, df.attrs["source_root"]).summary())
     return df
+
+
+def _synthetic_marker(root: Path) -> Path | None:
+    """The ``blastscope synth`` marker file in ``root`` or its parent, else None.
+
+    Rows of a synthetic tree get ``source`` ``synthetic`` so every later number from them says so.
+    """
+    from blastscope.data.synth import _MARKER
+
+    for folder in (root, root.parent):
+        if (folder / _MARKER).is_file():
+            return folder / _MARKER
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,10 @@ import yaml
 from blastscope._atomic import atomic_write
 from blastscope._problems import BlastscopeError
 
-__all__ = ["AugmentConfig", "TrainConfig", "load_config", "merge_cli", "save_config", "config_from_dict"]
+__all__ = ["AugmentConfig", "TrainConfig", "BALANCE_MODES", "load_config", "merge_cli", "save_config", "config_from_dict"]
+
+#: values of ``TrainConfig.balance`` (classification)
+BALANCE_MODES = ("none", "sampler", "loss")
 
 
 @dataclass
@@ -81,6 +84,10 @@ class TrainConfig:
     augment: bool = True
     aug: AugmentConfig = field(default_factory=AugmentConfig)
     pad_value: int = 127
+    #: classification only: how class imbalance is countered; "none", "sampler" (draw training
+    #: cells with probability inversely proportional to their class's frequency) or "loss"
+    #: (class-weighted cross-entropy); see blastscope.engine.tasks.ClassifyTask
+    balance: str = "sampler"
 
     def validate(self, source: str = "config") -> TrainConfig:
         """Raise :class:`BlastscopeError` naming ``source`` for values out of range; return self."""
@@ -102,6 +109,7 @@ class TrainConfig:
             (0 <= self.val_conf < 1, "val_conf", "in [0, 1)"),
             (0 < self.val_iou <= 1, "val_iou", "in (0, 1]"),
             (self.max_det >= 1, "max_det", "at least 1"),
+            (self.balance in BALANCE_MODES, "balance", "one of " + ", ".join(f"'{m}'" for m in BALANCE_MODES)),
         ]
         for name, value in dataclasses.asdict(self.aug).items():
             checks.append((0 <= value <= 1, f"aug.{name}", "in [0, 1]"))

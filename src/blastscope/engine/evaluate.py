@@ -64,6 +64,7 @@ import numpy as np
 import pandas as pd
 
 from blastscope._problems import BlastscopeError, ProblemLog
+from blastscope.data.crops import DEFAULT_MARGIN
 
 __all__ = [
     "EvaluationResult",
@@ -76,8 +77,8 @@ __all__ = [
 
 #: detections kept per image (as many as the COCO evaluation looks at, and then some)
 MAX_DET = 300
-#: crop margin around a cell box, as a fraction of its longer side (as the two-stage predictor)
-CROP_MARGIN = 0.1
+#: crop margin around a cell box, as a fraction of its longer side (the one of training and predict)
+CROP_MARGIN = DEFAULT_MARGIN
 #: how many of the most confident errors the report shows
 N_ERRORS = 12
 

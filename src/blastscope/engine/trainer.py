@@ -422,7 +422,7 @@ def train(
     train_ds, val_ds = task.build_datasets(config, df, classes, log)
     if len(log):
         echo(f"{len(log)} images skipped (see the 'skipped:' lines); training on the rest")
-    echo(f"data: {len(train_ds)} train / {len(val_ds)} val images, classes {classes}")
+    echo(f"data: {len(train_ds)} train / {len(val_ds)} val {task.sample_noun}, classes {classes}")
     model = task.build_model(config, classes, pretrained=config.pretrained and ckpt is None).to(device)
     if config.freeze_backbone_epochs and not hasattr(model, "set_backbone_frozen"):
         raise BlastscopeError(f"{config.model}: has no backbone to freeze; drop --freeze-backbone-epochs")

@@ -14,13 +14,13 @@ tensor (letterboxed RGB scaled to ``[0, 1]``, then normalised with the checkpoin
 which is the identity for YOLO) and returning per image a dict with ``boxes`` ``(N, 4)``
 xyxy in letterboxed input pixels, ``scores`` ``(N,)`` and ``labels`` ``(N,)`` int class indices
 (tensors or arrays), after confidence filtering and NMS (see :class:`Backend`). ``"torch"`` is
-:class:`TorchBackend`; ``"onnx"`` plugs in here (:func:`_make_backend`).
+:class:`TorchBackend`; ``"onnx"`` is :class:`OnnxBackend` (onnxruntime runs the exported network,
+decoding and NMS are the torch back-end's code); :func:`_make_backend` picks one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,9 +30,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from blastscope._problems import BlastscopeError
+from blastscope.data.crops import DEFAULT_MARGIN
 from blastscope.inference.sources import Frame, FrameSource, open_source
 
-__all__ = ["Detection", "Classification", "FrameResult", "Backend", "TorchBackend", "Predictor"]
+__all__ = ["Detection", "Classification", "FrameResult", "Backend", "TorchBackend", "OnnxBackend", "Predictor"]
 
 BACKENDS = ("torch", "onnx")
 
@@ -191,16 +192,16 @@ class TorchBackend:
 
 
 def _letterbox(image: np.ndarray, size: int):
-    """The training letterbox (``engine.transforms.letterbox``): same resize, centring and grey padding.
+    """The training letterbox (``models.letterbox_array``): same resize, centring and grey padding.
 
     Returns ``(canvas (size, size, 3) uint8, (sx, sy), (pad_x, pad_y))`` such that an original pixel
     coordinate maps to ``x_in = x * sx + pad_x``, ``y_in = y * sy + pad_y`` (``sx``, ``sy`` are the
     exact per-axis factors of the rounded resized size, as the training transform uses for boxes).
     """
-    from blastscope.engine.transforms import letterbox
+    from blastscope.models import letterbox_array
 
     h, w = image.shape[:2]
-    canvas, scale, pad = letterbox(image, size)
+    canvas, scale, pad = letterbox_array(image, size)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     return canvas, (nw / w, nh / h), (float(pad[0]), float(pad[1]))
 
@@ -216,14 +217,84 @@ def _as_int_size(value, what: str) -> int:
     return size
 
 
-def _make_backend(name: str, model, path: Path, *, conf: float, iou: float, device: str) -> Backend:
+class OnnxBackend:
+    """Runs an exported ONNX detector with onnxruntime; decoding and NMS are the torch back-end's.
+
+    The ONNX graph computes the raw head outputs (see :mod:`blastscope.models.export`); they are
+    decoded, thresholded and suppressed by ``postprocess.predict(raw, conf, iou, max_det)``, the
+    same method :class:`TorchBackend` calls, so both back-ends give the same boxes up to float
+    rounding of the network itself.
+
+    Parameters
+    ----------
+    onnx_model : OnnxModel
+        The session and metadata (:class:`blastscope.models.export.OnnxModel`).
+    conf, iou : float
+        Confidence threshold and NMS IoU threshold.
+    postprocess : nn.Module, optional
+        A detector whose ``predict`` decodes the outputs; default ``onnx_model.postprocessor()``
+        (built from the file's metadata).
+    max_det : int
+        At most this many detections per image.
+    """
+
+    def __init__(self, onnx_model, *, conf: float, iou: float, postprocess=None, max_det: int = 300):
+        if onnx_model.task != "detect":
+            raise BlastscopeError(f"{onnx_model.path}: a {onnx_model.task!r} ONNX model, not a detector; "
+                                  "export a detector checkpoint (e.g. yolov3-tiny)")
+        self.onnx_model = onnx_model
+        self.postprocess = postprocess if postprocess is not None else onnx_model.postprocessor()
+        self.conf, self.iou, self.max_det = conf, iou, max_det
+
+    def __call__(self, batch) -> list[dict]:
+        import torch
+
+        x = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch, np.float32)
+        raw = [torch.from_numpy(o) for o in self.onnx_model(x)]
+        out = self.postprocess.predict(raw, conf=self.conf, iou=self.iou, max_det=self.max_det)
+        return [{k: v.detach().cpu() for k, v in d.items()} for d in out]
+
+
+def _make_backend(name: str, model, path: Path, *, conf: float, iou: float, device: str,
+                  imgsz: int | None = None, info: dict | None = None) -> Backend:
+    """The back-end ``name`` for a loaded checkpoint.
+
+    ``model`` is the torch module of a ``.pt`` checkpoint, or an ``OnnxModel`` when ``path`` is an
+    ``.onnx`` file. For ``"onnx"`` with a ``.pt``, the sibling ``.onnx`` exported from it at
+    ``imgsz`` is used, else one is exported into the cache (see
+    :func:`blastscope.models.export.onnx_for_checkpoint`).
+    """
     if name == "torch":
         return TorchBackend(model, conf=conf, iou=iou, device=device)
     if name == "onnx":
-        raise BlastscopeError(
-            f"{path}: the onnx backend is not available in this version; use --backend torch"
-        )
+        from blastscope.models.export import OnnxModel, onnx_for_checkpoint, require_onnxruntime
+
+        require_onnxruntime()
+        if isinstance(model, OnnxModel):
+            return OnnxBackend(model, conf=conf, iou=iou)
+        if imgsz is None:
+            imgsz = int((info or {}).get("input_size") or model.info.input_size)
+        onnx_path = onnx_for_checkpoint(path, model, info if info is not None else dataclasses.asdict(model.info),
+                                        imgsz=imgsz)
+        import torch
+
+        return OnnxBackend(OnnxModel(onnx_path, device=device, threads=torch.get_num_threads()),
+                           conf=conf, iou=iou, postprocess=model.cpu().eval())
     raise BlastscopeError(f"backend={name!r}: unknown backend; use one of {', '.join(BACKENDS)}")
+
+
+def _load_onnx(path: Path, backend: str, device: str):
+    """An ``.onnx`` CHECKPOINT: (OnnxModel, metadata dict shaped like a checkpoint's ``model``)."""
+    if backend != "onnx":
+        raise BlastscopeError(f"{path}: an ONNX model runs with the onnx backend; add --backend onnx, "
+                              "or give the .pt checkpoint it was exported from")
+    from blastscope.models.export import OnnxModel, require_onnxruntime
+
+    require_onnxruntime()
+    import torch
+
+    onnx_model = OnnxModel(path, device=device, threads=torch.get_num_threads())
+    return onnx_model, dict(onnx_model.metadata)
 
 
 class Predictor:
@@ -271,7 +342,8 @@ class Predictor:
         Parameters
         ----------
         path : path
-            Detector checkpoint (``task == "detect"``).
+            Detector checkpoint (``task == "detect"``), or with ``backend="onnx"`` also a ``.onnx``
+            file written by ``blastscope export`` (its metadata replaces the checkpoint).
         conf : float
             Keep detections with confidence ``>= conf`` (0..1).
         iou : float
@@ -281,7 +353,8 @@ class Predictor:
         device : str
             Torch device (``"cpu"``, ``"cuda:0"``).
         backend : {"torch", "onnx"}
-            What runs the network.
+            What runs the network. ``"onnx"`` with a ``.pt`` uses the sibling ``.onnx`` exported
+            from it at ``imgsz``, else exports one into the cache once (a message says so).
         classifier : path, optional
             A classifier checkpoint (``task == "classify"``) for two-stage prediction.
 
@@ -296,7 +369,7 @@ class Predictor:
                 raise BlastscopeError(f"{name}={value}: must be between 0 and 1")
         if backend not in BACKENDS:
             raise BlastscopeError(f"backend={backend!r}: unknown backend; use one of {', '.join(BACKENDS)}")
-        model, info = _load(path)
+        model, info = _load_onnx(path, backend, device) if path.suffix.lower() == ".onnx" else _load(path)
         if info.get("task") != "detect":
             raise BlastscopeError(
                 f"{path}: is a {info.get('task')!r} checkpoint ({info.get('arch')}), not a detector; pass a "
@@ -305,7 +378,11 @@ class Predictor:
             )
         size = _as_int_size(imgsz if imgsz is not None else info.get("input_size", 416),
                             "imgsz" if imgsz is not None else f"{path}: input_size")
-        runner = _make_backend(backend, model, path, conf=float(conf), iou=float(iou), device=device)
+        if path.suffix.lower() == ".onnx" and size != int(info["input_size"]):
+            raise BlastscopeError(f"{path}: exported at {info['input_size']} px, asked to run at {size} px; "
+                                  f"drop --imgsz or re-export with --imgsz {size}")
+        runner = _make_backend(backend, model, path, conf=float(conf), iou=float(iou), device=device,
+                               imgsz=size, info=info)
         hook = None
         if classifier is not None:
             hook = CropClassifier.from_checkpoint(classifier, device=device)
@@ -472,7 +549,7 @@ class CropClassifier:
         Extra context around the box, as a fraction of its longer side.
     """
 
-    def __init__(self, model, class_names, input_size, mean, std, *, margin: float = 0.1, device: str = "cpu"):
+    def __init__(self, model, class_names, input_size, mean, std, *, margin: float = DEFAULT_MARGIN, device: str = "cpu"):
         self.model = model.to(device).eval()
         self.class_names = [str(c) for c in class_names]
         size = input_size
@@ -485,7 +562,7 @@ class CropClassifier:
         self.device = device
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "cpu", margin: float = 0.1) -> CropClassifier:
+    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "cpu", margin: float = DEFAULT_MARGIN) -> CropClassifier:
         path = Path(path)
         model, info = _load(path)
         if info.get("task") != "classify":
@@ -497,22 +574,13 @@ class CropClassifier:
                    info.get("std", (0.229, 0.224, 0.225)), margin=margin, device=device)
 
     def crops(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """Square crops of ``boxes`` (xyxy pixels) as ``(N, S, S, 3)`` uint8 RGB."""
-        import cv2
+        """Square crops of ``boxes`` (xyxy pixels) as ``(N, S, S, 3)`` uint8 RGB.
 
-        h, w = image.shape[:2]
-        out = np.zeros((len(boxes), self.input_size, self.input_size, 3), dtype=np.uint8)
-        for i, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
-            side = max(x1 - x0, y1 - y0, 1.0) * (1.0 + self.margin)
-            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-            left, top = int(math.floor(cx - side / 2)), int(math.floor(cy - side / 2))
-            n = max(1, int(math.ceil(side)))
-            crop = np.zeros((n, n, 3), dtype=np.uint8)
-            sx0, sy0, sx1, sy1 = max(left, 0), max(top, 0), min(left + n, w), min(top + n, h)
-            if sx1 > sx0 and sy1 > sy0:
-                crop[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = image[sy0:sy1, sx0:sx1]
-            out[i] = cv2.resize(crop, (self.input_size, self.input_size), interpolation=cv2.INTER_AREA)
-        return out
+        The crops of training (:func:`blastscope.data.crops.square_crop`, black padding).
+        """
+        from blastscope.data.crops import square_crops
+
+        return square_crops(image, boxes, self.margin, self.input_size, pad_value=0)
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray) -> list[Classification]:
         import torch

@@ -142,10 +142,14 @@ def _load_builtins() -> None:
                 raise
 
 
-def list_models() -> list[str]:
-    """Sorted names of all registered models."""
+def list_models(task: str | None = None) -> list[str]:
+    """Sorted names of all registered models, or of those of one ``task`` (``"detect"``, ``"classify"``).
+
+    >>> list_models("detect")
+    ['yolov3-tiny']
+    """
     _load_builtins()
-    return sorted(_REGISTRY)
+    return sorted(name for name, entry in _REGISTRY.items() if task is None or entry.task == task)
 
 
 def create_model(

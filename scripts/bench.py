@@ -1,0 +1,312 @@
+"""Speed of training and inference on this machine, in images per second (``make bench``).
+
+One run measures, at one input size (416 px by default) and on real BCCD smears:
+
+(a) training yolov3-tiny: forward, loss, backward, gradient clipping and optimizer step on batches
+    of 8 letterboxed images (the configured batch; COCO-pretrained, new 3-class heads, the trainer's
+    SGD), images already in memory;
+(b) inference with the torch back-end at batch 1 and at the configured batch;
+(c) inference with the onnxruntime back-end (the same weights exported with ``blastscope export``);
+(d) OpenCV DNN (``cv2.dnn.readNetFromDarknet``) running Darknet's own COCO yolov3-tiny ``.cfg`` and
+    ``.weights``, an independent reference implementation of the same network.
+
+For (b) and (c), "network" is the forward pass on the ready input tensor, "end to end" is
+:meth:`Predictor.predict_batch` on decoded RGB frames (letterbox, network, decoding, NMS, boxes back
+to image pixels). (b)-(d) run the same COCO weights (80 classes); OpenCV's number is its forward
+pass, which includes its YOLO-layer decoding but no NMS. Warm-up iterations are excluded; a rate is
+``batch / median seconds per iteration``. Nothing here asserts a speed.
+
+Writes ``bench_out/bench.json`` and ``bench_out/bench.md`` (``--out``) and prints the table.
+
+Usage::
+
+    python scripts/bench.py            # full run (about 2 minutes on 2 CPU cores)
+    python scripts/bench.py --quick    # a few iterations of each, for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_BCCD = Path(os.environ.get("BLASTSCOPE_SHARED_DATA", REPO.parent / "shared" / "data")) / "bccd"
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions() -> dict[str, str]:
+    import cv2
+    import torch
+    import torchvision
+
+    import blastscope
+
+    out = {"python": platform.python_version(), "blastscope": blastscope.__version__, "torch": torch.__version__,
+           "torchvision": torchvision.__version__, "numpy": np.__version__, "opencv": cv2.__version__}
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        out["onnxruntime"] = "not installed"
+    return out
+
+
+def timeit(step: Callable[[], object], *, warmup: int, iters: int) -> list[float]:
+    """Seconds of each of ``iters`` calls of ``step`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def row(what: str, batch: int, times: list[float] | None, note: str = "") -> dict:
+    if not times:
+        return {"what": what, "batch": batch, "images_per_s": None, "ms_per_batch": None, "iters": 0, "note": note}
+    med = statistics.median(times)
+    return {"what": what, "batch": batch, "images_per_s": batch / med, "ms_per_batch": 1000 * med,
+            "iters": len(times), "times_s": times, "note": note}
+
+
+def bccd_manifest(root: Path, n: int):
+    """The first ``n`` training images of BCCD (real smears, VOC boxes) as a manifest and its classes."""
+    from blastscope._problems import ProblemLog
+    from blastscope.data.importer import import_dataset
+    from blastscope.data.manifest import manifest_classes
+
+    df = import_dataset(root, progress=False, log=ProblemLog(stream=None))
+    classes = manifest_classes(df)
+    train = df[df["split"] == "train"].head(n)
+    train.attrs.update(df.attrs)
+    return train, classes
+
+
+def bench_training(root: Path, imgsz: int, batch: int, warmup: int, iters: int) -> dict:
+    import torch
+
+    from blastscope.data.dataset import DetectionDataset, collate_fn
+    from blastscope.engine.config import load_config
+    from blastscope.engine.trainer import build_optimizer
+    from blastscope.models import create_model
+
+    config = load_config()
+    df, classes = bccd_manifest(root, batch * 2)
+    dataset = DetectionDataset(df, None, classes, imgsz=imgsz)
+    batches = [collate_fn([dataset[i] for i in range(k, k + batch)]) for k in range(0, len(dataset) - batch + 1, batch)]
+    torch.manual_seed(0)
+    model = create_model(config.model, class_names=classes, pretrained=True, input_size=imgsz).train()
+    optimizer = build_optimizer(model, config)
+    state = {"i": 0}
+
+    def step() -> None:
+        images, targets = batches[state["i"] % len(batches)]
+        state["i"] += 1
+        loss, _ = model.loss(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+
+    times = timeit(step, warmup=warmup, iters=iters)
+    return row(f"(a) training {config.model}, fwd+bwd+step ({len(classes)} BCCD classes)", batch, times,
+               f"{config.optimizer}, lr {config.lr}, grad clip {config.grad_clip}; data loading excluded")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few iterations of each (smoke test)")
+    parser.add_argument("--imgsz", type=int, default=416, help="square input size, a multiple of 32 (default 416)")
+    parser.add_argument("--iters", type=int, default=None,
+                        help="timed iterations per inference measurement (default 30, --quick 5); training uses a third")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for torch, onnxruntime and OpenCV (default: torch's default)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_BCCD, help=f"BCCD folder (default {DEFAULT_BCCD})")
+    parser.add_argument("--out", type=Path, default=REPO / "bench_out", help="output folder (default bench_out)")
+    args = parser.parse_args(argv)
+    if args.imgsz % 32:
+        parser.error(f"--imgsz {args.imgsz}: must be a multiple of 32")
+    if not (args.data / "JPEGImages").is_dir():
+        parser.error(f"{args.data}: BCCD not found (JPEGImages/ missing); pass --data or set BLASTSCOPE_SHARED_DATA")
+
+    import cv2
+    import torch
+
+    from blastscope._atomic import atomic_write
+    from blastscope.data.images import read_image
+    from blastscope.engine.checkpoint import make_checkpoint, save_checkpoint
+    from blastscope.engine.config import load_config
+    from blastscope.inference import Predictor
+    from blastscope.engine.transforms import letterbox
+    from blastscope.models import create_model, resolve_weights
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    cv2.setNumThreads(threads)
+    iters = args.iters or (5 if args.quick else 30)
+    warmup = 1 if args.quick else 3
+    train_iters = max(2, iters // 3)
+    batch = int(load_config().batch)  # the configured batch (configs/default.yaml)
+    size = args.imgsz
+    load_start = _loadavg()
+    t_start = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_start:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    results: list[dict] = []
+    say(f"training: {warmup} warm-up + {train_iters} timed steps of batch {batch} at {size} px")
+    results.append(bench_training(args.data, size, batch, warmup, train_iters))
+
+    # inference: the same COCO yolov3-tiny in every runtime, on real BCCD frames
+    frames = [read_image(p) for p in sorted((args.data / "JPEGImages").glob("*.jpg"))[:batch]]
+    x_all = np.stack([letterbox(f, size)[0] for f in frames]).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+    x_all = np.ascontiguousarray(x_all)
+    model = create_model("yolov3-tiny", num_classes=80, pretrained=True).eval()
+    with tempfile.TemporaryDirectory(prefix="blastscope-bench-") as tmp:
+        ckpt = Path(tmp) / "yolov3-tiny-coco.pt"
+        save_checkpoint(make_checkpoint(model, epoch=0, input_size=size), ckpt)
+        torch_pred = Predictor.from_checkpoint(ckpt, imgsz=size)
+        onnx_pred, onnx_note = None, ""
+        try:
+            from blastscope.models.export import export_model_onnx
+
+            say("exporting to ONNX (dynamic batch) with the parity check")
+            export = export_model_onnx(model, Path(tmp) / "yolov3-tiny-coco.onnx", imgsz=size, dynamic_batch=True)
+            onnx_note = export.parity.line()
+            onnx_pred = Predictor.from_checkpoint(export.path, backend="onnx")
+        except Exception as e:  # noqa: BLE001 - a missing onnxruntime must not stop the other numbers
+            onnx_note = f"skipped: {str(e).splitlines()[0]}"
+            say(f"onnxruntime {onnx_note}")
+
+        for b in sorted({1, batch}):
+            n_it = iters if b == 1 else max(3, iters // 2)
+            x = torch.from_numpy(x_all[:b].copy())
+            say(f"inference at batch {b}: {warmup} warm-up + {n_it} timed iterations per runtime")
+
+            def torch_net() -> None:
+                with torch.inference_mode():
+                    torch_pred.backend.model(x)
+
+            results.append(row("(b) torch, network", b, timeit(torch_net, warmup=warmup, iters=n_it)))
+            results.append(row("(b) torch, end to end", b,
+                               timeit(lambda: torch_pred.predict_batch(frames[:b]), warmup=warmup, iters=n_it)))
+            if onnx_pred is not None:
+                runner = onnx_pred.backend.onnx_model
+                results.append(row("(c) onnxruntime, network", b, timeit(lambda: runner(x.numpy()), warmup=warmup, iters=n_it)))
+                results.append(row("(c) onnxruntime, end to end", b,
+                                   timeit(lambda: onnx_pred.predict_batch(frames[:b]), warmup=warmup, iters=n_it)))
+            else:
+                results.append(row("(c) onnxruntime", b, None, onnx_note))
+            results.append(bench_opencv(x_all[:b], warmup, n_it, resolve_weights))
+
+    meta = {
+        "imgsz": size,
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+        "onnxruntime_threads": threads if onnx_pred is not None else None,
+        "opencv_threads": cv2.getNumThreads(),
+        "configured_batch": batch,
+        "loadavg_1min_start": load_start,
+        "loadavg_1min_end": _loadavg(),
+        "quick": bool(args.quick),
+        "onnx_export": onnx_note,
+        "versions": versions(),
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+    table = markdown(results, meta)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(args.out / "bench.json") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=2)
+        f.write("\n")
+    with atomic_write(args.out / "bench.md") as f:
+        f.write(table + "\n")
+    say(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
+    return 0
+
+
+def _loadavg() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def bench_opencv(x: np.ndarray, warmup: int, iters: int, resolve_weights) -> dict:
+    """(d): Darknet's own cfg and weights through OpenCV DNN, forward to the two YOLO layers."""
+    import cv2
+
+    what, b = "(d) OpenCV DNN darknet, network", len(x)
+    if not hasattr(cv2.dnn, "readNetFromDarknet"):
+        return row(what, b, None, f"OpenCV {cv2.__version__} has no Darknet importer")
+    cfg, weights = resolve_weights("yolov3-tiny-coco-cfg"), resolve_weights("yolov3-tiny-coco")
+    net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    names = net.getUnconnectedOutLayersNames()
+
+    def step() -> None:
+        net.setInput(x)
+        net.forward(names)
+
+    try:
+        return row(what, b, timeit(step, warmup=warmup, iters=iters), "includes YOLO-layer decoding, no NMS")
+    except cv2.error as e:
+        return row(what, b, None, f"failed: {str(e).strip().splitlines()[-1]}")
+
+
+def markdown(results: list[dict], meta: dict) -> str:
+    v = meta["versions"]
+    lines = [
+        f"## blastscope benchmark ({'quick' if meta['quick'] else 'full'} run, {meta['imgsz']} px, real BCCD images)",
+        "",
+        f"- CPU: {meta['cpu']} ({meta['cpu_count']} logical CPUs); threads: torch {meta['torch_threads']}, "
+        f"onnxruntime {meta['onnxruntime_threads']}, OpenCV {meta['opencv_threads']}",
+        f"- python {v['python']}, blastscope {v['blastscope']}, torch {v['torch']}, torchvision {v['torchvision']}, "
+        f"onnxruntime {v['onnxruntime']}, opencv {v['opencv']}, numpy {v['numpy']}",
+        f"- ONNX export: {meta['onnx_export']}",
+        f"- images/s = batch / median time per iteration, warm-up excluded; total run {meta['seconds']} s",
+        f"- load average (1 min): {meta['loadavg_1min_start']} before the run, {meta['loadavg_1min_end']} at its end"
+        + (" (other processes were busy on this CPU: the rates are lower bounds, compare rows of one run only)"
+           if (meta["loadavg_1min_start"] or 0) > 0.5 else ""),
+        "",
+        "| measurement | batch | images/s | ms / batch | iters | note |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        ips = f"{r['images_per_s']:.2f}" if r["images_per_s"] is not None else "n/a"
+        ms = f"{r['ms_per_batch']:.1f}" if r["ms_per_batch"] is not None else "n/a"
+        lines.append(f"| {r['what']} | {r['batch']} | {ips} | {ms} | {r['iters']} | {r['note']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""ONNX export (``blastscope export``) and the onnxruntime back-end (``predict --backend onnx``).
+
+The detector is the real COCO-pretrained yolov3-tiny saved with the engine's checkpoint helpers,
+so the boxes compared between PyTorch and onnxruntime are real detections on real images (the
+cameraman and BCCD smears; on smears the COCO classes are meaningless, so a low threshold is used
+to get boxes at all).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from blastscope._problems import BlastscopeError  # noqa: E402
+from blastscope.cli.main import main  # noqa: E402
+from blastscope.data.images import read_image  # noqa: E402
+from blastscope.inference import Predictor  # noqa: E402
+from blastscope.models.export import OnnxModel, export_onnx, read_onnx_metadata  # noqa: E402
+
+BCCD_IMAGES = ("BloodImage_00001.jpg", "BloodImage_00002.jpg")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """On-the-fly exports go to a per-test cache, never to the user's."""
+    monkeypatch.setenv("BLASTSCOPE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def coco_ckpt(tmp_path_factory) -> Path:
+    from blastscope.engine.checkpoint import make_checkpoint, save_checkpoint
+    from blastscope.models import create_model
+
+    model = create_model("yolov3-tiny", num_classes=80, pretrained=True).eval()
+    path = tmp_path_factory.mktemp("coco") / "coco.pt"
+    save_checkpoint(make_checkpoint(model, epoch=0), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(coco_ckpt) -> tuple[Path, str]:
+    """``blastscope export coco.pt --format onnx --dynamic-batch``: the sibling coco.onnx and stderr."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["export", str(coco_ckpt), "--format", "onnx", "--dynamic-batch"])
+    assert rc == 0, err.getvalue()
+    return coco_ckpt.with_suffix(".onnx"), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def real_images(bccd) -> list[tuple[str, np.ndarray]]:
+    from skimage import data
+
+    images = [("camera", np.repeat(data.camera()[:, :, None], 3, axis=2))]
+    return images + [(name, read_image(bccd / "JPEGImages" / name)) for name in BCCD_IMAGES]
+
+
+def _compare(a, b) -> float:
+    """Same count and classes (in confidence order); returns the largest box coordinate difference."""
+    assert len(a.detections) == len(b.detections)
+    assert [d.class_name for d in a.detections] == [d.class_name for d in b.detections]
+    if not a.detections:
+        return 0.0
+    np.testing.assert_allclose([d.confidence for d in a.detections], [d.confidence for d in b.detections], atol=1e-4)
+    return float(np.abs(np.array([d.box for d in a.detections]) - np.array([d.box for d in b.detections])).max())
+
+
+def test_export_prints_parity_and_writes_sibling(exported):
+    path, err = exported
+    assert path.is_file() and path.stat().st_size > 30e6
+    assert "parity with PyTorch on 2 images (skimage camera, skimage coffee)" in err
+    assert f"wrote {path}" in err and "input Bx3x416x416, opset 17" in err
+    assert not list(path.parent.glob(".*.tmp"))  # atomic write leaves no temporary file
+
+
+def test_onnx_backend_matches_torch_on_real_images(exported, coco_ckpt, real_images, tmp_path):
+    onnx_path, _ = exported
+    torch_p = Predictor.from_checkpoint(coco_ckpt, conf=0.01)
+    onnx_direct = Predictor.from_checkpoint(onnx_path, conf=0.01, backend="onnx")
+    onnx_sibling = Predictor.from_checkpoint(coco_ckpt, conf=0.01, backend="onnx")  # finds coco.onnx
+    assert not (tmp_path / "cache").exists()  # the sibling was used, nothing exported
+    assert onnx_direct.class_names == torch_p.class_names and onnx_direct.imgsz == torch_p.imgsz == 416
+    worst, counts = 0.0, []
+    for name, image in real_images:
+        ref = torch_p.predict(image)
+        for p in (onnx_direct, onnx_sibling):
+            worst = max(worst, _compare(ref, p.predict(image)))
+        counts.append(len(ref.detections))
+    print(f"\nonnx vs torch, {len(real_images)} real images, detections {counts}: max box diff {worst:.3g} px")
+    assert all(n > 0 for n in counts), counts  # real boxes were compared on every image
+    assert worst < 1.0
+    # the cameraman is a person at the default threshold with both back-ends
+    torch_p.conf = onnx_direct.conf = 0.25
+    assert [d.class_name for d in onnx_direct.predict(real_images[0][1]).detections][:1] == ["person"]
+    # a batch through the dynamic-batch graph equals single images
+    batch = onnx_direct.predict_batch([im for _, im in real_images])
+    for (_, image), res in zip(real_images, batch):
+        assert _compare(torch_p.predict(image), res) < 1.0
+
+
+def test_metadata_round_trip(exported, coco_ckpt):
+    import onnx
+
+    from blastscope.engine.checkpoint import load_checkpoint
+    from blastscope.models.weights import sha256_of
+
+    path, _ = exported
+    ckpt = load_checkpoint(coco_ckpt)
+    meta = read_onnx_metadata(path)
+    for key in ("arch", "task", "class_names", "input_size", "kwargs"):
+        assert meta[key] == ckpt["model"][key], key
+    assert meta["mean"] == tuple(ckpt["model"]["mean"]) and meta["std"] == tuple(ckpt["model"]["std"])
+    assert meta["format"] == "blastscope-onnx/1" and meta["batch"] == "dynamic" and meta["opset"] == 17
+    assert meta["source"] == "coco.pt" and meta["source_sha256"] == sha256_of(coco_ckpt)
+    assert meta["anchors"] == ckpt["state_dict"]["anchors"].tolist()
+    assert meta["outputs"] == ["out32", "out16"]
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert json.loads(props["class_names"])[0] == "person" and len(json.loads(props["class_names"])) == 80
+    # onnxruntime reads the same metadata; the graph has the documented input and outputs
+    model = OnnxModel(path)
+    assert model.metadata == meta and model.batch is None and model.output_names == ["out32", "out16"]
+    outs = model(np.zeros((2, 3, 416, 416), np.float32))
+    assert [o.shape for o in outs] == [(2, 255, 13, 13), (2, 255, 26, 26)]
+
+
+def test_static_batch_export_refuses_overwrite_and_runs_batches(coco_ckpt, real_images, tmp_path, capsys):
+    out = tmp_path / "static.onnx"
+    result = export_onnx(coco_ckpt, out)
+    assert result.parity.ok() and result.metadata["batch"] == "1"
+    assert OnnxModel(out).batch == 1
+    before = out.read_bytes()
+    with pytest.raises(BlastscopeError, match=r"static\.onnx: already exists.*--overwrite"):
+        export_onnx(coco_ckpt, out)
+    rc = main(["export", str(coco_ckpt), "--format", "onnx", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert out.read_bytes() == before
+    # a batch-1 graph is run image by image for a larger batch
+    p = Predictor.from_checkpoint(out, conf=0.01, backend="onnx")
+    ref = Predictor.from_checkpoint(coco_ckpt, conf=0.01)
+    images = [im for _, im in real_images[:2]]
+    for a, b in zip(ref.predict_batch(images), p.predict_batch(images)):
+        assert _compare(a, b) < 1.0
+
+
+def test_pt_without_sibling_exports_into_cache_once(coco_ckpt, real_images, tmp_path, capsys):
+    # the sibling coco.onnx (416 px) does not fit 320 px: one export into the cache, then reuse
+    p = Predictor.from_checkpoint(coco_ckpt, conf=0.05, backend="onnx", imgsz=320)
+    err = capsys.readouterr().err
+    assert "ignoring" in err and "exporting" in err and "--imgsz 320" in err and "parity with PyTorch" in err
+    cached = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert len(cached) == 1 and read_onnx_metadata(cached[0])["input_size"] == 320
+    Predictor.from_checkpoint(coco_ckpt, conf=0.05, backend="onnx", imgsz=320)
+    assert "exporting" not in capsys.readouterr().err
+    ref = Predictor.from_checkpoint(coco_ckpt, conf=0.05, imgsz=320)
+    assert _compare(ref.predict(real_images[0][1]), p.predict(real_images[0][1])) < 1.0
+
+
+def test_bad_files_are_clear_errors(exported, coco_ckpt, tmp_path, capsys):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not a protobuf" * 10)
+    for call in (lambda: Predictor.from_checkpoint(bad, backend="onnx"), lambda: read_onnx_metadata(bad)):
+        with pytest.raises(BlastscopeError, match=r"bad\.onnx: not a readable ONNX model"):
+            call()
+    with pytest.raises(BlastscopeError, match=r"missing\.onnx: ONNX model not found"):
+        Predictor.from_checkpoint(tmp_path / "missing.onnx", backend="onnx")
+    foreign = tmp_path / "foreign.onnx"  # a valid ONNX model that blastscope did not write
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notices
+        torch.onnx.export(torch.nn.Conv2d(3, 4, 3), (torch.zeros(1, 3, 32, 32),), str(foreign), dynamo=False)
+    with pytest.raises(BlastscopeError, match=r"foreign\.onnx: .*no blastscope metadata.*blastscope export"):
+        Predictor.from_checkpoint(foreign, backend="onnx")
+    with pytest.raises(BlastscopeError, match=r"coco\.onnx: .*add --backend onnx"):
+        Predictor.from_checkpoint(exported[0])
+    with pytest.raises(BlastscopeError, match=r"exported at 416 px.*--imgsz 320"):
+        Predictor.from_checkpoint(exported[0], backend="onnx", imgsz=320)
+    with pytest.raises(BlastscopeError, match=r"already an ONNX model"):
+        export_onnx(exported[0], tmp_path / "x.onnx")
+    rc = main(["predict", str(bad), str(tmp_path), "--out", str(tmp_path / "o"), "--backend", "onnx"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and "bad.onnx" in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_onnxruntime_is_one_line(coco_ckpt, monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    with pytest.raises(BlastscopeError, match=r"onnxruntime: not installed.*pip install 'blastscope\[onnx\]'"):
+        Predictor.from_checkpoint(coco_ckpt, backend="onnx")
+    rc = main(["predict", str(coco_ckpt), str(tmp_path), "--out", str(tmp_path / "o"), "--backend", "onnx"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "blastscope[onnx]" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def classifier_ckpt(tmp_path_factory) -> Path:
+    from blastscope.engine.checkpoint import make_checkpoint, save_checkpoint
+    from blastscope.models import create_model
+
+    torch.manual_seed(1)
+    model = create_model("mobilenet_v2", num_classes=2, class_names=["ALL", "HEM"], pretrained=False, input_size=64)
+    path = tmp_path_factory.mktemp("cls") / "cls.pt"
+    save_checkpoint(make_checkpoint(model.eval(), epoch=0), path)
+    return path
+
+
+def test_classifier_export(classifier_ckpt, tmp_path, capsys):
+    out = tmp_path / "cls.onnx"
+    rc = main(["export", str(classifier_ckpt), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "top class same" in err and "mobilenet_v2 classify, 2 classes, input 1x3x64x64" in err
+    meta = read_onnx_metadata(out)
+    assert (meta["task"], meta["class_names"], meta["input_size"]) == ("classify", ["ALL", "HEM"], 64)
+    assert meta["mean"] == (0.485, 0.456, 0.406) and meta["outputs"] == ["logits"]
+    assert OnnxModel(out)(np.zeros((1, 3, 64, 64), np.float32))[0].shape == (1, 2)
+    with pytest.raises(BlastscopeError, match=r"cls\.onnx: .*'classify'.*not a detector"):
+        Predictor.from_checkpoint(out, backend="onnx")
+
+
+def test_parity_failure_writes_nothing(classifier_ckpt, tmp_path):
+    out = tmp_path / "never.onnx"
+    with pytest.raises(BlastscopeError, match=r"never\.onnx: not written, the ONNX model disagrees with PyTorch"):
+        export_onnx(classifier_ckpt, out, output_atol=-1.0)  # an impossible tolerance
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
