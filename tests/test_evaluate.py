@@ -135,6 +135,10 @@ def test_evaluation_result_tables(run_dir, synth_manifest):
     counts = r.split_counts.set_index("class")
     assert counts.loc["total", "images"] == len(test) and counts.loc["total", "patients"] == 4
     assert counts.loc["ALL", "patients"] == 2 and counts.loc["HEM", "patients"] == 2
+    # single cells: every labelled image holds exactly one box of its class
+    for c in ("ALL", "HEM"):
+        assert counts.loc[c, "images_with_boxes"] == counts.loc[c, "images"] == counts.loc[c, "boxes"]
+    assert counts.loc["total", "images_with_boxes"] == len(test)
     cm = r.confusions["images: true label vs call"]["matrix"]
     assert cm.sum() == len(test)
     assert r.epoch == r.best_epoch

@@ -6,6 +6,7 @@ import contextlib
 import io
 import math
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -448,9 +449,9 @@ def test_bad_inputs_raise_value_error_naming_the_problem():
 BCCD_CLASSES = ["RBC", "WBC", "Platelets"]
 
 
-def _read_bccd(bccd, n_images=100):
+def _read_bccd(bccd, n_images=100, xmls=None):
     gts = []
-    for xml in sorted((bccd / "Annotations").glob("*.xml"))[:n_images]:
+    for xml in xmls if xmls is not None else sorted((bccd / "Annotations").glob("*.xml"))[:n_images]:
         root = ET.parse(xml).getroot()
         boxes, labels = [], []
         for obj in root.iter("object"):
@@ -555,3 +556,38 @@ def test_coco_thresholds_are_pycocotools_own():
     from pycocotools.cocoeval import Params
 
     np.testing.assert_array_equal(COCO_IOU_THRESHOLDS, Params(iouType="bbox").iouThrs)
+
+
+# ---------------------------------------------------------------------------------------------
+# real predictions of a trained detector on BCCD's test list (tests/data, made by
+# scripts/make_bccd_prediction_fixture.py from a yolov3-tiny trained on BCCD's train list)
+
+REAL_PREDICTIONS = Path(__file__).parent / "data" / "bccd_test_predictions.json"
+
+
+@pytest.fixture(scope="module")
+def bccd_real_case(bccd):
+    import json
+
+    doc = json.loads(REAL_PREDICTIONS.read_text())
+    xmls = [bccd / "Annotations" / Path(i["file"]).with_suffix(".xml").name for i in doc["images"]]
+    gts = _read_bccd(bccd, xmls=xmls)
+    preds = [
+        _pred(np.array(i["boxes"], np.float64).reshape(-1, 4), i["scores"], [BCCD_CLASSES.index(c) for c in i["labels"]])
+        for i in doc["images"]
+    ]
+    return gts, preds
+
+
+def test_real_bccd_detector_predictions_coco_ap_matches_pycocotools(bccd_real_case):
+    gts, preds = bccd_real_case
+    assert len(gts) == 72 and sum(len(p["labels"]) for p in preds) > 500
+    r = evaluate_detections(preds, gts, BCCD_CLASSES)
+    ref50, ref5095 = _pycocotools(preds, gts, 3)
+    for k, c in enumerate(BCCD_CLASSES):
+        assert r.ap_coco[c] == pytest.approx(ref50[k], abs=1e-4), c
+        assert r.ap_coco_50_95[c] == pytest.approx(ref5095[k], abs=1e-4), c
+    assert r.map_coco == pytest.approx(np.mean(ref50), abs=1e-4)
+    assert r.map_coco_50_95 == pytest.approx(np.mean(ref5095), abs=1e-4)
+    # a trained detector: WBC (large, distinct) is found far better than platelets
+    assert r.ap_coco["WBC"] > 0.8 > r.ap_coco["Platelets"]

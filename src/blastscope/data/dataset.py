@@ -335,17 +335,9 @@ class ClassificationDataset(Dataset):
         return [_Cell(image, boxes[k].copy(), self.classes.index(name)) for k, name in enumerate(ann.labels) if name in self.classes]
 
     def _augmentations(self):
-        from blastscope.engine.transforms import Compose, HSVJitter, RandomFlip, RandomRot90
+        from blastscope.engine.transforms import Compose, stain_and_orientation
 
-        a = self.aug
-        steps = [HSVJitter(a.hsv_h, a.hsv_s, a.hsv_v)]
-        if a.fliplr > 0:
-            steps.append(RandomFlip(1, a.fliplr))
-        if a.flipud > 0:
-            steps.append(RandomFlip(0, a.flipud))
-        if a.rot90 > 0:
-            steps.append(RandomRot90(a.rot90))
-        return Compose(steps)
+        return Compose(stain_and_orientation(self.aug))
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draw of ``epoch`` (call before iterating over each epoch)."""

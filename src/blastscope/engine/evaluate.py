@@ -501,26 +501,34 @@ def _ground_truth(
 def split_counts(rows: pd.DataFrame, gts: Sequence[dict] | None = None) -> pd.DataFrame:
     """Images, patients and boxes per class of a split, with a ``total`` row.
 
-    A class is an image label, or a box class when the rows have no labels.
+    ``images`` counts the images labelled with the class (image-level label), ``images_with_boxes``
+    the images holding at least one box of it (multi-cell smears often have no image label).
     """
+    columns = ["class", "images", "images_with_boxes", "patients", "boxes"]
     records: dict[str, dict[str, Any]] = {}
+
+    def record(name: str) -> dict[str, Any]:
+        return records.setdefault(name, {"class": name, "images": 0, "images_with_boxes": 0, "patients": set(), "boxes": 0})
+
     labels = [str(v) for v in rows["label"]]
     pids = [str(v) for v in rows["patient_id"]]
     for lab, pid in zip(labels, pids, strict=True):
         if not lab:
             continue
-        r = records.setdefault(lab, {"class": lab, "images": 0, "patients": set(), "boxes": 0})
+        r = record(lab)
         r["images"] += 1
         if pid:
             r["patients"].add(pid)
     for g in gts or []:
         for name in g["names"]:
-            r = records.setdefault(name, {"class": name, "images": 0, "patients": set(), "boxes": 0})
-            r["boxes"] += 1
+            record(name)["boxes"] += 1
+        for name in set(g["names"]):
+            record(name)["images_with_boxes"] += 1
     out = [dict(r, patients=len(r["patients"])) for r in records.values()]
     known = {p for p in pids if p}
-    out.append({"class": "total", "images": len(rows), "patients": len(known), "boxes": sum(r["boxes"] for r in out)})
-    return pd.DataFrame(out, columns=["class", "images", "patients", "boxes"])
+    out.append({"class": "total", "images": len(rows), "images_with_boxes": sum(1 for g in gts or [] if len(g["names"])),
+                "patients": len(known), "boxes": sum(r["boxes"] for r in out)})
+    return pd.DataFrame(out, columns=columns)
 
 
 # ----------------------------------------------------------------------------------------------

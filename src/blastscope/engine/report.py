@@ -114,6 +114,7 @@ def key_metrics(metrics: dict[str, Any]) -> list[tuple[str, float]]:
     """The headline metrics present in ``metrics``, in a fixed order (also the ImageAI-style mAP)."""
     out = [(k, float(metrics[k])) for k in KEY_METRICS if k in metrics]
     out += [(k, float(v)) for k, v in metrics.items() if k.startswith("map50_voc@min_score=")]
+    out += [(k, float(v)) for k, v in metrics.items() if k.startswith("ap50_voc.") and v is not None]  # per class
     return out
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "RandomRot90",
     "HSVJitter",
     "build_transforms",
+    "stain_and_orientation",
     "clip_boxes",
 ]
 
@@ -256,14 +257,21 @@ def build_transforms(size: int, *, train: bool, augment: bool = True, aug: Any =
         from blastscope.engine.config import AugmentConfig
 
         aug = AugmentConfig()
-    steps: list[Transform] = [
-        RandomScaleLetterbox(size, aug.scale, pad_value) if aug.scale > 0 else Letterbox(size, pad_value),
-        HSVJitter(aug.hsv_h, aug.hsv_s, aug.hsv_v),
-    ]
+    first = RandomScaleLetterbox(size, aug.scale, pad_value) if aug.scale > 0 else Letterbox(size, pad_value)
+    return Compose([first, *stain_and_orientation(aug)])
+
+
+def stain_and_orientation(aug) -> list[Transform]:
+    """The microscopy augmentations that keep a cell's size: HSV (stain) jitter, flips, 90-degree turns.
+
+    Shared by the detector's and the classifier's training pipelines (``aug`` an
+    :class:`~blastscope.engine.config.AugmentConfig`).
+    """
+    steps: list[Transform] = [HSVJitter(aug.hsv_h, aug.hsv_s, aug.hsv_v)]
     if aug.fliplr > 0:
         steps.append(RandomFlip(1, aug.fliplr))
     if aug.flipud > 0:
         steps.append(RandomFlip(0, aug.flipud))
     if aug.rot90 > 0:
         steps.append(RandomRot90(aug.rot90))
-    return Compose(steps)
+    return steps
