@@ -348,3 +348,32 @@ def test_pbc_mobilenet_v2_reaches_90(pbc_sample, tmp_path):
     assert metrics["n_images"] == 280
     assert metrics["accuracy"] >= 0.90, metrics
     shutil.rmtree(tmp_path / "run", ignore_errors=True)  # the checkpoints are 13 x 9 MB
+
+
+def test_evaluate_multiclass_classifier_reports_recall_and_precision_per_class(pbc_sample, tmp_path, capsys):
+    """Real PBC cells, an (untrained) 7-class MobileNetV2: metrics.json has recall.<class> and
+    precision.<class> equal to scikit-learn's on the predictions evaluate made."""
+    from sklearn.metrics import precision_score, recall_score
+
+    from blastscope.data.importer import import_dataset
+    from blastscope.engine.checkpoint import make_checkpoint, save_checkpoint
+    from blastscope.engine.evaluate import evaluate_checkpoint
+    from blastscope.models import create_model
+
+    names = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil"]
+    df = import_dataset(pbc_sample, layout="yolo", names=names, progress=False)
+    test = df[df["split"] == "test"].groupby("label").head(3)
+    manifest = tmp_path / "pbc_small.csv"
+    write_manifest(test, manifest)
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", num_classes=len(names), class_names=names, pretrained=False)
+    save_checkpoint(make_checkpoint(model.eval(), epoch=0, input_size=IMGSZ), tmp_path / "cls.pt")
+    r = evaluate_checkpoint(tmp_path / "cls.pt", manifest, split="test", progress=False)
+    yt, yp = list(r.predictions["label"]), list(r.predictions["pred_label"])
+    labels = sorted(set(yt))
+    assert len(labels) == 7
+    rec = recall_score(yt, yp, labels=labels, average=None, zero_division=0)
+    prec = precision_score(yt, yp, labels=labels, average=None, zero_division=0)
+    for name, re_, pr_ in zip(labels, rec, prec, strict=True):
+        assert r.metrics[f"recall.{name}"] == pytest.approx(re_)
+        assert r.metrics[f"precision.{name}"] == pytest.approx(pr_)

@@ -881,6 +881,14 @@ def evaluate_checkpoint(
             cm_labels = sorted(set(yt) | set(yp), key=lambda x: (x == "none", x != positive, x))
             cm = confusion(np.array(yt, object), np.array(yp, object), cm_labels)
             confusions = {"images: true label vs call": {"matrix": cm, "labels": cm_labels}, **confusions}
+            if len(set(yt)) > 2:  # several classes (e.g. white-cell types): recall and precision per class
+                from sklearn.metrics import precision_recall_fscore_support
+
+                names = sorted(set(yt))
+                prec, rec, _, _ = precision_recall_fscore_support(yt, yp, labels=names, zero_division=0)
+                for name, pr_, re_ in zip(names, prec, rec, strict=True):
+                    metrics[f"recall.{name}"] = float(re_)
+                    metrics[f"precision.{name}"] = float(pr_)
         rule = ("top-scoring detection's class (single-cell images)" if single_cell
                 else f"fraction of cells (detections >= {cell_conf:g}) called {positive}, positive at >= 0.5")
         notes.append(f"image call: {rule}; patient call: '{patient_rule}' rule over the patient's image scores, positive at >= 0.5")
