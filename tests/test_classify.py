@@ -377,3 +377,30 @@ def test_evaluate_multiclass_classifier_reports_recall_and_precision_per_class(p
     for name, re_, pr_ in zip(labels, rec, prec, strict=True):
         assert r.metrics[f"recall.{name}"] == pytest.approx(re_)
         assert r.metrics[f"precision.{name}"] == pytest.approx(pr_)
+
+
+def test_evaluate_classifier_crops_annotated_rows_and_takes_label_only_rows_whole(cells, run_a, tmp_path):
+    """A split mixing annotated rows and label-only rows is classified as training cut it: box crops
+    (margin 0.1) for the annotated rows, the whole image (margin 0) for the others."""
+    from blastscope.engine.evaluate import evaluate_checkpoint
+    from blastscope.inference.predictor import CropClassifier
+
+    df = read_manifest(cells)
+    test = df[df["split"] == "test"].head(6).reset_index(drop=True)
+    box = [8.0, 10.0, 40.0, 44.0]  # a box smaller than the 64 px image: its crop differs from the whole image
+    for i in range(3):
+        xml = tmp_path / f"{i}.xml"
+        _write_voc(Path(test.at[i, "image"]), [box], [test.at[i, "label"]], xml)
+        test.at[i, "annotation"] = str(xml)
+    manifest = tmp_path / "mixed.csv"
+    write_manifest(test, manifest)
+    r = evaluate_checkpoint(run_a / "best.pt", manifest, split="test", progress=False)
+    clf = CropClassifier.from_checkpoint(run_a / "best.pt")
+    pos = clf.class_names.index("ALL")
+    scores = dict(zip(r.predictions["image"], r.predictions["score"], strict=True))
+    for i, row in test.iterrows():
+        image = np.asarray(Image.open(row["image"]).convert("RGB"))
+        h, w = image.shape[:2]
+        boxes, margin = (np.array([box], np.float32), 0.1) if i < 3 else (np.array([[0, 0, w, h]], np.float32), 0.0)
+        expected = clf(image, boxes, margin)[0].probabilities[pos]
+        assert scores[row["image"]] == pytest.approx(expected, abs=1e-5), row["image"]

@@ -106,9 +106,10 @@ def test_boxes_map_back_to_original_pixels():
     x = backend.seen[0][0]
     assert x.shape == (3, 64, 64) and x.dtype == torch.float32
     assert x[0, 32, 10] == pytest.approx(1.0) and x[1, 32, 10] == 0 and x[2, 32, 10] == 0
-    from blastscope.engine.transforms import letterbox  # the training transform: same pixels as training
+    from blastscope.engine.transforms import Letterbox  # the training transform: same pixels as training
 
-    np.testing.assert_allclose(x.permute(1, 2, 0).numpy(), letterbox(image, 64)[0] / 255.0, atol=1e-6)
+    trained = Letterbox(64)({"image": image, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0)}, None)["image"]
+    np.testing.assert_allclose(x.permute(1, 2, 0).numpy(), trained / 255.0, atol=1e-6)
 
 
 def test_predictor_rejects_wrong_input_and_sizes():

@@ -431,10 +431,12 @@ def test_letterbox_matches_the_inference_letterbox():
     from blastscope.models import letterbox as model_letterbox
 
     img = np.random.default_rng(0).integers(0, 255, (45, 70, 3), dtype=np.uint8)
-    ours, scale, pad = T.letterbox(img, 64)
+    sample = {"image": img, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64)}
+    ours = T.Letterbox(64)(sample, np.random.default_rng(0))  # the transform training and validation use
     theirs, scale2, pad2 = model_letterbox(img, 64)
-    assert scale == pytest.approx(scale2) and pad == tuple(float(p) for p in pad2)
-    assert torch.equal(torch.from_numpy(ours).permute(2, 0, 1).float() / 255, theirs)
+    scale, pad_x, pad_y = ours["letterbox"]
+    assert scale == pytest.approx(scale2) and (pad_x, pad_y) == tuple(float(p) for p in pad2)
+    assert torch.equal(torch.from_numpy(ours["image"]).permute(2, 0, 1).float() / 255, theirs)
 
 
 def test_dataset_targets_in_letterboxed_frame(data):

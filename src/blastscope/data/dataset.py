@@ -51,6 +51,26 @@ class _Item:
     labels: np.ndarray  # (N,) int64
 
 
+def _load_split(manifest_df: pd.DataFrame, split: str | None, load_row: Callable, log: ProblemLog | None, noun: str) -> list:
+    """The samples ``load_row(row, log) -> list`` gives for the rows of ``split`` (all rows for None).
+
+    Problem rows go to ``log``; no sample at all is a :class:`BlastscopeError` naming the manifest,
+    the split and the first problem.
+    """
+    log = log if log is not None else ProblemLog()
+    rows = manifest_df if split is None else manifest_df[manifest_df["split"] == split]
+    n_problems = len(log)
+    samples: list = []
+    for row in rows.itertuples(index=False):
+        samples.extend(load_row(row, log))
+    if not samples:
+        where = manifest_df.attrs.get("manifest_path", "manifest")
+        first = f" (first problem: {log.problems[n_problems]})" if len(log) > n_problems else ""
+        what = f"split '{split}'" if split else "the manifest"
+        raise BlastscopeError(f"{where}: no usable {noun} in {what}{first}; fix the rows or choose another split")
+    return samples
+
+
 class DetectionDataset(Dataset):
     """Images of one split of a manifest with their boxes, letterboxed to ``imgsz``.
 
@@ -107,19 +127,12 @@ class DetectionDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.split = split
-        log = log if log is not None else ProblemLog()
-        rows = manifest_df if split is None else manifest_df[manifest_df["split"] == split]
-        n_problems = len(log)
-        self.items: list[_Item] = []
-        for row in rows.itertuples(index=False):
+
+        def load(row, log: ProblemLog) -> list[_Item]:
             item = self._load_row(row, log)
-            if item is not None:
-                self.items.append(item)
-        if not self.items:
-            where = manifest_df.attrs.get("manifest_path", "manifest")
-            first = f" (first problem: {log.problems[n_problems]})" if len(log) > n_problems else ""
-            what = f"split '{split}'" if split else "the manifest"
-            raise BlastscopeError(f"{where}: no usable images in {what}{first}; fix the rows or choose another split")
+            return [] if item is None else [item]
+
+        self.items: list[_Item] = _load_split(manifest_df, split, load, log, "images")
 
     def _load_row(self, row, log: ProblemLog) -> _Item | None:
         image = str(row.image)
@@ -136,11 +149,7 @@ class DetectionDataset(Dataset):
         except BlastscopeError as e:
             log.add(spec, f"annotation unusable ({e})", "fix or re-create it with 'blastscope annotate'")
             return None
-        unknown = sorted({name for name in ann.labels if name not in self.classes})
-        if unknown:
-            log.add(spec, f"classes {unknown} are not in the manifest's classes {self.classes}", "add them to the manifest's classes")
-            return None
-        labels = np.array([self.classes.index(name) for name in ann.labels], dtype=np.int64)
+        labels = np.array([self.classes.index(name) for name in ann.labels], dtype=np.int64)  # classes checked by the reader
         return _Item(image, ann.boxes.astype(np.float32).reshape(-1, 4), labels)
 
     def _auto_box(self, row, log: ProblemLog) -> _Item | None:
@@ -289,17 +298,7 @@ class ClassificationDataset(Dataset):
         self.pad_value = int(pad_value)
         self.epoch = 0
         self.split = split
-        log = log if log is not None else ProblemLog()
-        rows = manifest_df if split is None else manifest_df[manifest_df["split"] == split]
-        n_problems = len(log)
-        self.cells: list[_Cell] = []
-        for row in rows.itertuples(index=False):
-            self.cells.extend(self._load_row(row, log))
-        if not self.cells:
-            where = manifest_df.attrs.get("manifest_path", "manifest")
-            first = f" (first problem: {log.problems[n_problems]})" if len(log) > n_problems else ""
-            what = f"split '{split}'" if split else "the manifest"
-            raise BlastscopeError(f"{where}: no usable cells in {what}{first}; fix the rows or choose another split")
+        self.cells: list[_Cell] = _load_split(manifest_df, split, self._load_row, log, "cells")
         self.targets = np.array([c.label for c in self.cells], dtype=np.int64)
         self._transform = self._augmentations() if self.augment else None
 

@@ -7,7 +7,8 @@ Modules: :mod:`~blastscope.engine.config` (``TrainConfig``, YAML defaults),
 :mod:`~blastscope.engine.transforms` (box-aware augmentations, letterbox),
 :mod:`~blastscope.engine.checkpoint` (self-describing checkpoints, ``load_model``),
 :mod:`~blastscope.engine.tasks` (what is specific to detection / classification) and
-:mod:`~blastscope.engine.trainer` (``train``, ``train_one_epoch``, ``evaluate``). Names are imported
+:mod:`~blastscope.engine.trainer` (``train``, ``train_one_epoch``), :mod:`~blastscope.engine.evaluate`
+(``evaluate_checkpoint``). Names are imported
 lazily, so ``import blastscope.engine.config`` does not import torch.
 """
 
@@ -23,7 +24,6 @@ __all__ = [
     "save_config",
     "train",
     "train_one_epoch",
-    "evaluate",
     "RunResult",
     "load_model",
     "load_checkpoint",
@@ -37,7 +37,6 @@ _WHERE = {
     "save_config": "config",
     "train": "trainer",
     "train_one_epoch": "trainer",
-    "evaluate": "trainer",
     "RunResult": "trainer",
     "load_model": "checkpoint",
     "load_checkpoint": "checkpoint",

@@ -578,8 +578,7 @@ def _classify_cells(classifier, path: str, boxes: np.ndarray, margin: float) -> 
 
     if len(boxes) == 0:
         return np.zeros((0, len(classifier.class_names)), np.float32)
-    classifier.margin = margin
-    return np.array([c.probabilities for c in classifier(read_image(path), boxes)], np.float32)
+    return np.array([c.probabilities for c in classifier(read_image(path), boxes, margin)], np.float32)
 
 
 def _find_run_dir(checkpoint: Path, ckpt: dict) -> Path | None:
@@ -692,6 +691,7 @@ def evaluate_checkpoint(
     """
     from blastscope.data.manifest import read_manifest
     from blastscope.engine.checkpoint import load_model
+    from blastscope.engine.tasks import get_task
     from blastscope.inference.predictor import CropClassifier, Predictor, TorchBackend
 
     if patient_rule not in ("mean", "majority"):
@@ -775,13 +775,14 @@ def evaluate_checkpoint(
             p_pos = probs[:, cell_classes.index(positive)] if positive in cell_classes else np.zeros(len(sel))
             cells[i] = {"names": names, "scores": d["scores"][sel], "p_pos": p_pos}
     else:  # classifier checkpoint: whole images, or crops of the annotated boxes
-        if has_ann:
-            kept, gts = _ground_truth(rows, cell_classes, log, names_hint, notes)
-            gts_by_row = dict(zip(kept, gts, strict=True))
-            single_cell = all(len(g["boxes"]) <= 1 for g in gts)
-        else:
-            kept = [i for i, lab in enumerate(labels) if lab]
-            single_cell = True
+        # as in training: crops of the annotated boxes, the whole image for rows with only a label
+        annotated = [i for i, a in enumerate(rows["annotation"]) if a != ""]
+        whole = [i for i, lab in enumerate(labels) if lab and rows.at[i, "annotation"] == ""]
+        if annotated:
+            sub_kept, gts = _ground_truth(rows.iloc[annotated].reset_index(drop=True), cell_classes, log, names_hint, notes)
+            gts_by_row = {annotated[k]: g for k, g in zip(sub_kept, gts, strict=True)}
+        kept = sorted([*gts_by_row, *whole])
+        single_cell = all(len(g["boxes"]) <= 1 for g in gts_by_row.values())
         from tqdm import tqdm
 
         cells = {}
@@ -913,6 +914,6 @@ def evaluate_checkpoint(
         pr_curves=pr_curves, roc=roc, confusions=confusions,
         errors=errors, split_counts=split_counts(rows, list(gts_by_row.values())), run_dir=run_dir,
         epoch=ckpt.get("epoch"), best_epoch=ckpt.get("best_epoch"),
-        best_metric="map50_voc" if best_name == "detect" else "weighted_f1",
+        best_metric=get_task(best_name).best_metric,
         synthetic=synthetic, notes=notes, settings=settings,
     )

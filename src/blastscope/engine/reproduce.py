@@ -692,12 +692,11 @@ def reproduce(
     KeyboardInterrupt
         Ctrl-C during training; running the same call again resumes.
     """
-    import torch
-
     from blastscope.annotate.annotator import annotate_manifest
     from blastscope.data.manifest import manifest_classes, write_manifest
     from blastscope.engine.config import load_config
     from blastscope.engine.evaluate import evaluate_checkpoint
+    from blastscope.engine.trainer import _device
     from blastscope.engine.report import write_report
 
     out = Path(out)
@@ -778,7 +777,7 @@ def reproduce(
             imgsz=imgsz, batch=batch, seed=seed, out=str(p.run_dir), augment=augment, device=device,
         ).validate("reproduce")
         p.how = _train_or_reuse(config, frame, overwrite=overwrite, progress=progress, echo=echo)
-        eval_device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        eval_device = str(_device(device))  # the training run's device rule ("auto": CUDA when present)
         result = evaluate_checkpoint(p.run_dir / "best.pt", p.manifest, split=p.eval_split, positive=positive,
                                      progress=progress, device=eval_device)
         write_report(result, p.eval_dir)

@@ -52,7 +52,6 @@ __all__ = [
     "RunResult",
     "train",
     "train_one_epoch",
-    "evaluate",
     "WarmupCosine",
     "build_optimizer",
     "carve_val_split",
@@ -238,11 +237,6 @@ def train_one_epoch(
     out["lr"] = optimizer.param_groups[0]["lr"]
     out["images"] = n_images
     return out
-
-
-def evaluate(model: nn.Module, task: Task, loader: DataLoader, config: TrainConfig, device: torch.device) -> dict[str, float]:
-    """Validation loss and metrics of the task (under ``torch.inference_mode()``)."""
-    return task.evaluate(model, loader, config, device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -469,7 +463,7 @@ def train(
                 model, task, train_loader, optimizer, scheduler, device,
                 epoch=epoch, epochs=config.epochs, grad_clip=config.grad_clip, progress=progress,
             )  # fmt: skip
-            val = evaluate(model, task, val_loader, config, device)
+            val = task.evaluate(model, val_loader, config, device)
             if not math.isfinite(val["val_loss"]):
                 raise NonFiniteLoss(
                     f"validation loss is {val['val_loss']} after epoch {epoch} (learning rate {stats['lr']:.3g}); "

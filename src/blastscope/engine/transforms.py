@@ -8,7 +8,7 @@ Every transform takes and returns a *sample*, a dict with
 * ``"labels"``: ``(N,)`` int64 class indices,
 
 and a ``numpy.random.Generator``; geometric transforms move the boxes with the pixels. The
-deterministic :func:`letterbox` (resize keeping the aspect ratio, centre, pad to a square; the same
+deterministic :func:`letterbox_sample` (resize keeping the aspect ratio, centre, pad to a square; the same
 pixels as the inference letterbox of :mod:`blastscope.models`) is the validation transform; training adds augmentations chosen for microscopy, where a
 cell has no "up" and stain intensity varies between labs and slides: flips, 90-degree rotations,
 HSV (stain) jitter and a random zoom in or out. With ``augment=False`` (the paper's setting)
@@ -32,11 +32,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from blastscope.models._letterbox import letterbox_array, resize
+from blastscope.models._letterbox import letterbox_geometry, resize
 
 __all__ = [
     "Sample",
-    "letterbox",
     "letterbox_sample",
     "Compose",
     "Letterbox",
@@ -56,16 +55,6 @@ Transform = Callable[[Sample, np.random.Generator], Sample]
 MIN_VISIBLE = 0.25
 #: boxes narrower or lower than this (pixels) after a transform are dropped
 MIN_SIDE = 2.0
-
-
-def letterbox(image: np.ndarray, size: int, pad_value: int = 127) -> tuple[np.ndarray, float, tuple[float, float]]:
-    """Resize ``image`` so its longer side is ``size``, centre it on a ``size`` x ``size`` canvas.
-
-    :func:`blastscope.models.letterbox_array` (the one letterbox shared with prediction), with the
-    padding as floats. Returns ``(canvas (size, size, 3) uint8, scale, (pad_x, pad_y))``.
-    """
-    out, scale, (px, py) = letterbox_array(image, size, pad_value)
-    return out, scale, (float(px), float(py))
 
 
 def clip_boxes(boxes: np.ndarray, labels: np.ndarray, width: int, height: int, before_area: np.ndarray | None = None):
@@ -101,11 +90,9 @@ def _place(sample: Sample, size: int, scale_x: float, scale_y: float, nw: int, n
 
 
 def letterbox_sample(sample: Sample, size: int, pad_value: int = 127) -> Sample:
-    """:func:`letterbox` applied to a sample; adds ``"letterbox": (scale, pad_x, pad_y)``."""
+    """The letterbox of :func:`blastscope.models.letterbox_array` applied to a sample (image and boxes); adds ``"letterbox": (scale, pad_x, pad_y)``."""
     h, w = sample["image"].shape[:2]
-    scale = size / max(h, w)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    px, py = (size - nw) // 2, (size - nh) // 2
+    scale, (nw, nh), (px, py) = letterbox_geometry(h, w, size)
     out = _place(sample, size, nw / w, nh / h, nw, nh, px, py, pad_value)
     out["letterbox"] = (scale, float(px), float(py))
     return out

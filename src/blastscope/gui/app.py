@@ -693,11 +693,10 @@ class MainWindow(QMainWindow):
     def save_csv(self, path: str | os.PathLike) -> Path | None:
         """Write every processed frame of the current mode with :class:`CsvWriter`; returns the path.
 
-        The file has the ``predictions.csv`` columns of ``blastscope predict``; it is written beside
-        its destination and renamed into place, so an existing file is replaced only when complete.
+        The file has the ``predictions.csv`` columns of ``blastscope predict``; it is written
+        atomically, so an existing file is replaced only when complete.
         """
-        import tempfile
-
+        from blastscope._atomic import atomic_write
         from blastscope.inference.writers import CsvWriter
 
         results = self.result_rows()
@@ -706,17 +705,9 @@ class MainWindow(QMainWindow):
             return None
         path = Path(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            try:
-                with CsvWriter(tmp) as writer:
-                    for result in results:
-                        writer.write(result)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            with atomic_write(path) as f, CsvWriter(f) as writer:
+                for result in results:
+                    writer.write(result)
         except OSError as e:
             self.show_message(f"{path}: cannot write the CSV ({e.strerror or e}); choose another folder")
             return None

@@ -198,11 +198,11 @@ def _letterbox(image: np.ndarray, size: int):
     coordinate maps to ``x_in = x * sx + pad_x``, ``y_in = y * sy + pad_y`` (``sx``, ``sy`` are the
     exact per-axis factors of the rounded resized size, as the training transform uses for boxes).
     """
-    from blastscope.models import letterbox_array
+    from blastscope.models._letterbox import letterbox_array, letterbox_geometry
 
     h, w = image.shape[:2]
-    canvas, scale, pad = letterbox_array(image, size)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    canvas, _, pad = letterbox_array(image, size)
+    _, (nw, nh), _ = letterbox_geometry(h, w, size)
     return canvas, (nw / w, nh / h), (float(pad[0]), float(pad[1]))
 
 
@@ -520,13 +520,8 @@ def _load(path: Path):
     """``engine.checkpoint.load_model`` with user errors for missing/foreign files; returns (model, info dict)."""
     from blastscope.engine.checkpoint import load_model
 
-    model, ckpt = load_model(path)
-    info = ckpt.get("model", {}) if isinstance(ckpt, dict) else {}
-    if not info and hasattr(model, "info"):
-        info = dataclasses.asdict(model.info)
-    if "class_names" not in info:
-        raise BlastscopeError(f"{path}: checkpoint has no class names; it was not written by blastscope")
-    return model, info
+    model, ckpt = load_model(path)  # checks the format and the model record (class names included)
+    return model, ckpt["model"]
 
 
 class CropClassifier:
@@ -573,21 +568,22 @@ class CropClassifier:
         return cls(model, info["class_names"], info.get("input_size", 224), info.get("mean", (0.485, 0.456, 0.406)),
                    info.get("std", (0.229, 0.224, 0.225)), margin=margin, device=device)
 
-    def crops(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    def crops(self, image: np.ndarray, boxes: np.ndarray, margin: float | None = None) -> np.ndarray:
         """Square crops of ``boxes`` (xyxy pixels) as ``(N, S, S, 3)`` uint8 RGB.
 
-        The crops of training (:func:`blastscope.data.crops.square_crop`, black padding).
+        The crops of training (:func:`blastscope.data.crops.square_crop`, black padding); ``margin``
+        defaults to :attr:`margin` (0 for whole images given as one full-image box).
         """
         from blastscope.data.crops import square_crops
 
-        return square_crops(image, boxes, self.margin, self.input_size, pad_value=0)
+        return square_crops(image, boxes, self.margin if margin is None else margin, self.input_size, pad_value=0)
 
-    def __call__(self, image: np.ndarray, boxes: np.ndarray) -> list[Classification]:
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, margin: float | None = None) -> list[Classification]:
         import torch
 
         if len(boxes) == 0:
             return []
-        x = self.crops(image, boxes).astype(np.float32) / 255.0
+        x = self.crops(image, boxes, margin).astype(np.float32) / 255.0
         x = (x - self.mean) / self.std
         batch = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
         with torch.inference_mode():

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -46,10 +47,16 @@ def format_rows(result: FrameResult) -> list[list[str]]:
 
 
 class _StreamingCsv:
-    def __init__(self, path: str | os.PathLike, header: Sequence[str]):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "w", encoding="utf-8", newline="")
+    """A CSV written row by row to ``path``, or to an open text file (which it then does not close)."""
+
+    def __init__(self, path: str | os.PathLike | IO[str], header: Sequence[str]):
+        self._own = not hasattr(path, "write")
+        if self._own:
+            self.path = Path(path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "w", encoding="utf-8", newline="")
+        else:
+            self.path, self._f = None, path
         self._write_rows([list(header)])
         self.n_rows = 0
 
@@ -61,7 +68,7 @@ class _StreamingCsv:
         self._f.flush()
 
     def close(self) -> None:
-        if self._f is not None and not self._f.closed:
+        if self._own and self._f is not None and not self._f.closed:
             self._f.close()
 
     def __enter__(self):
@@ -280,10 +287,11 @@ class AnnotatedImageWriter:
             raise ValueError(f"{result.source}: no image to draw on (pass image=)")
         path = self.path_for(result.source)
         suffix = path.suffix.lower() if path.suffix else ".png"
-        ok, data = cv2.imencode(suffix, cv2.cvtColor(draw_detections(image, result), cv2.COLOR_RGB2BGR))
+        bgr = cv2.cvtColor(draw_detections(image, result), cv2.COLOR_RGB2BGR)
+        ok, data = cv2.imencode(suffix, bgr)
         if not ok:  # a suffix OpenCV cannot encode: fall back to PNG
             path = path.with_suffix(".png")
-            ok, data = cv2.imencode(".png", cv2.cvtColor(draw_detections(image, result), cv2.COLOR_RGB2BGR))
+            ok, data = cv2.imencode(".png", bgr)
         with atomic_write(path, "wb") as f:
             f.write(data.tobytes())
         self.written.append(path)

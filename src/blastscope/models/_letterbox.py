@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["letterbox", "letterbox_array", "resize", "unletterbox_boxes"]
+__all__ = ["letterbox", "letterbox_array", "letterbox_geometry", "resize", "unletterbox_boxes"]
 
 # Darknet pads with mid-grey (0.5); 127 keeps the padding neutral after scaling to [0, 1].
 PAD_VALUE = 127
@@ -23,6 +23,20 @@ def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
         return image
     interp = cv2.INTER_AREA if width < w or height < h else cv2.INTER_LINEAR
     return cv2.resize(image, (width, height), interpolation=interp)
+
+
+def letterbox_geometry(h: int, w: int, size: int) -> tuple[float, tuple[int, int], tuple[int, int]]:
+    """``(scale, (new_w, new_h), (pad_x, pad_y))`` of the letterbox of an ``h x w`` image to ``size``.
+
+    ``scale = size / max(h, w)``; the image is resized to the rounded ``new_w x new_h`` (so the
+    exact per-axis factors are ``new_w / w`` and ``new_h / h``) and centred with that padding.
+
+    >>> letterbox_geometry(100, 200, 416)
+    (2.08, (416, 208), (0, 104))
+    """
+    scale = size / max(h, w)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    return scale, (new_w, new_h), ((size - new_w) // 2, (size - new_h) // 2)
 
 
 def letterbox_array(image: np.ndarray, size: int, pad_value: int = PAD_VALUE) -> tuple[np.ndarray, float, tuple[int, int]]:
@@ -64,9 +78,7 @@ def letterbox_array(image: np.ndarray, size: int, pad_value: int = PAD_VALUE) ->
     h, w = image.shape[:2]
     if h == 0 or w == 0:
         raise ValueError(f"image of shape {image.shape} is empty")
-    scale = size / max(h, w)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
+    scale, (new_w, new_h), (pad_x, pad_y) = letterbox_geometry(h, w, size)
     canvas = np.full((size, size, 3), pad_value, dtype=np.uint8)
     canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resize(image, new_w, new_h)
     return canvas, float(scale), (int(pad_x), int(pad_y))

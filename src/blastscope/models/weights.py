@@ -183,13 +183,20 @@ def default_cache_dir() -> Path:
     return base / "blastscope"
 
 
+#: (real path, size, mtime_ns) -> sha256: a file is hashed once per process, not at every model build
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 def sha256_of(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    """Hex sha256 of a file (:func:`blastscope.data.images.sha256_file`), remembered while the file's
+    size and modification time stay the same (weights files are 14-35 MB)."""
+    from blastscope.data.images import sha256_file
+
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(path)
+    return _DIGESTS[key]
 
 
 def _spec(name: str) -> WeightSpec:
