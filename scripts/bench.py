@@ -158,10 +158,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from blastscope._atomic import atomic_write
     from blastscope.data.images import read_image
-    from blastscope.engine.checkpoint import make_checkpoint, save_checkpoint
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
     from blastscope.engine.config import load_config
     from blastscope.inference import Predictor
-    from blastscope.engine.transforms import letterbox
+    from blastscope.data.transforms import letterbox
     from blastscope.models import create_model, resolve_weights
 
     if args.threads:

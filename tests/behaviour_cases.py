@@ -25,7 +25,7 @@ def _save(model, path: Path, input_size: int) -> Path:
     try:  # new layout (issue 8)
         from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
     except ImportError:  # commit 9614dcb
-        from blastscope.engine.checkpoint import make_checkpoint, save_checkpoint
+        from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
     return save_checkpoint(make_checkpoint(model, epoch=0, input_size=input_size), path)
 
 

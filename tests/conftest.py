@@ -88,7 +88,7 @@ def _toy_detector():
 @pytest.fixture(scope="session")
 def toy_detector_ckpt(tmp_path_factory) -> Path:
     """A blastscope checkpoint of :func:`_toy_detector` (classes ALL, HEM; input 256 px)."""
-    from blastscope.engine.checkpoint import make_checkpoint, save_checkpoint
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
 
     path = tmp_path_factory.mktemp("toy_ckpt") / "det.pt"
     save_checkpoint(make_checkpoint(_toy_detector(), epoch=0, input_size=TOY_IMGSZ), path)

@@ -75,7 +75,7 @@ def run_a(cells, tmp_path_factory) -> Path:
 
 
 def test_run_folder_and_checkpoints(run_a):
-    from blastscope.engine.checkpoint import FORMAT, load_model
+    from blastscope.models.checkpoint import FORMAT, load_model
     from blastscope.engine.config import load_config
 
     rows = _rows(run_a)
@@ -278,7 +278,7 @@ def test_loss_balance_weights_the_classes():
 
 def test_annotate_with_a_detector(tmp_path, capsys):
     from blastscope.data.formats.voc import read_voc
-    from blastscope.engine.checkpoint import make_checkpoint, save_checkpoint
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
     from blastscope.inference.predictor import Predictor
     from blastscope.models import create_model
 
@@ -356,7 +356,7 @@ def test_evaluate_multiclass_classifier_reports_recall_and_precision_per_class(p
     from sklearn.metrics import precision_score, recall_score
 
     from blastscope.data.importer import import_dataset
-    from blastscope.engine.checkpoint import make_checkpoint, save_checkpoint
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
     from blastscope.engine.evaluate import evaluate_checkpoint
     from blastscope.models import create_model
 

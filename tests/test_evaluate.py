@@ -258,7 +258,7 @@ def test_plain_metrics_nan_is_null(tmp_path):
 
 
 def _untrained_detector(path: Path, classes: list[str]) -> Path:
-    from blastscope.engine.checkpoint import make_checkpoint, save_checkpoint
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
     from blastscope.models import create_model
 
     import torch
@@ -269,7 +269,7 @@ def _untrained_detector(path: Path, classes: list[str]) -> Path:
 
 
 def _untrained_classifier(path: Path, classes: list[str]) -> Path:
-    from blastscope.engine.checkpoint import make_checkpoint, save_checkpoint
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
     from blastscope.models import create_model
 
     import torch

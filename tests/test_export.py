@@ -41,7 +41,7 @@ def _private_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def coco_ckpt(tmp_path_factory) -> Path:
-    from blastscope.engine.checkpoint import make_checkpoint, save_checkpoint
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
     from blastscope.models import create_model
 
     model = create_model("yolov3-tiny", num_classes=80, pretrained=True).eval()
@@ -114,7 +114,7 @@ def test_onnx_backend_matches_torch_on_real_images(exported, coco_ckpt, real_ima
 def test_metadata_round_trip(exported, coco_ckpt):
     import onnx
 
-    from blastscope.engine.checkpoint import load_checkpoint
+    from blastscope.models.checkpoint import load_checkpoint
     from blastscope.models.weights import sha256_of
 
     path, _ = exported
@@ -205,7 +205,7 @@ def test_missing_onnxruntime_is_one_line(coco_ckpt, monkeypatch, tmp_path, capsy
 
 @pytest.fixture(scope="module")
 def classifier_ckpt(tmp_path_factory) -> Path:
-    from blastscope.engine.checkpoint import make_checkpoint, save_checkpoint
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
     from blastscope.models import create_model
 
     torch.manual_seed(1)

@@ -42,7 +42,7 @@ def detector_ckpt(toy_detector_ckpt) -> Path:
 
 @pytest.fixture(scope="module")
 def classifier_ckpt(tmp_path_factory) -> Path:
-    from blastscope.engine.checkpoint import make_checkpoint, save_checkpoint
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
     from blastscope.models import create_model
 
     model = create_model("mobilenet_v2", num_classes=2, class_names=["ALL", "HEM"], pretrained=False)

@@ -22,7 +22,7 @@ from blastscope._problems import BlastscopeError
 from blastscope.cli.main import main
 from blastscope.data.manifest import new_manifest, read_manifest, write_manifest
 from blastscope.engine import transforms as T
-from blastscope.engine.checkpoint import FORMAT, load_checkpoint, load_model
+from blastscope.models.checkpoint import FORMAT, load_checkpoint, load_model
 from blastscope.engine.config import TrainConfig, load_config, merge_cli, save_config
 
 COLUMNS = [

@@ -9,9 +9,9 @@
 back to file pixels as ``(box - [pad_x, pad_y, pad_x, pad_y]) / scale``).
 
 Boxes come from the manifest ``annotation`` column (VOC, YOLO or COCO, via
-:func:`blastscope.data.formats.load_annotation`) or, with ``auto_boxes=True``, from
-:func:`blastscope.annotate.autobox.cell_box` on the image itself (single cells on black, C-NMC),
-labelled with the row's ``label``. Rows whose annotation cannot be used are skipped when the
+:func:`blastscope.data.formats.load_annotation`) or, with a ``box_fn``, from
+the image itself (``box_fn(image) -> box | None``, e.g. :func:`blastscope.annotate.autobox.cell_box`
+for single cells on black, C-NMC), labelled with the row's ``label``. Rows whose annotation cannot be used are skipped when the
 dataset is built, each with a ``skipped: <file>: <problem>; <fix>`` line (a :class:`ProblemLog`);
 an image that turns out unreadable while training stops the run with an error naming the file.
 
@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 
 from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.data.images import read_image
+from blastscope.data.transforms import AugmentConfig, Letterbox
 
 __all__ = ["DetectionDataset", "ClassificationDataset", "collate_fn"]
 
@@ -86,11 +87,12 @@ class DetectionDataset(Dataset):
     imgsz : int
         Side of the square output image in pixels.
     transform : callable, optional
-        ``transform(sample, rng) -> sample`` (:mod:`blastscope.engine.transforms`); its output image
+        ``transform(sample, rng) -> sample`` (:mod:`blastscope.data.transforms`); its output image
         must be ``imgsz`` x ``imgsz``. Default: the deterministic letterbox.
-    auto_boxes : bool
-        Box each image with :func:`~blastscope.annotate.autobox.cell_box` (one box, the row's
-        ``label``) instead of reading ``annotation``. Every image is read once when the dataset is
+    box_fn : callable, optional
+        ``box_fn(image HxWx3 uint8) -> (4,) xyxy float | None``: box each image with it (one box,
+        the row's ``label``) instead of reading ``annotation`` (the engine passes
+        :func:`~blastscope.annotate.autobox.cell_box` for ``auto_boxes``). Every image is read once when the dataset is
         built.
     seed : int
         Seed of the augmentation (with the epoch and the index).
@@ -113,17 +115,15 @@ class DetectionDataset(Dataset):
         *,
         imgsz: int,
         transform: Callable | None = None,
-        auto_boxes: bool = False,
+        box_fn: Callable | None = None,
         seed: int = 0,
         log: ProblemLog | None = None,
         pad_value: int = 127,
     ):
-        from blastscope.engine.transforms import Letterbox
-
         self.classes = [str(c) for c in classes]
         self.imgsz = int(imgsz)
         self.transform = transform if transform is not None else Letterbox(self.imgsz, pad_value)
-        self.auto_boxes = auto_boxes
+        self.box_fn = box_fn
         self.seed = int(seed)
         self.epoch = 0
         self.split = split
@@ -136,7 +136,7 @@ class DetectionDataset(Dataset):
 
     def _load_row(self, row, log: ProblemLog) -> _Item | None:
         image = str(row.image)
-        if self.auto_boxes:
+        if self.box_fn is not None:
             return self._auto_box(row, log)
         spec = str(getattr(row, "annotation", "") or "")
         if not spec:
@@ -153,14 +153,12 @@ class DetectionDataset(Dataset):
         return _Item(image, ann.boxes.astype(np.float32).reshape(-1, 4), labels)
 
     def _auto_box(self, row, log: ProblemLog) -> _Item | None:
-        from blastscope.annotate.autobox import cell_box
-
         image, label = str(row.image), str(row.label)
         if label not in self.classes:
             log.add(image, f"label {label!r} is not one of the classes {self.classes}", "set the row's label")
             return None
         try:
-            box = cell_box(read_image(image))
+            box = self.box_fn(read_image(image))
         except BlastscopeError as e:
             log.add(image, str(e).removeprefix(f"{image}: "))
             return None
@@ -285,8 +283,6 @@ class ClassificationDataset(Dataset):
         from blastscope.data.crops import DEFAULT_MARGIN
 
         if aug is None:
-            from blastscope.engine.config import AugmentConfig
-
             aug = AugmentConfig()
         self.classes = [str(c) for c in classes]
         self.imgsz = int(imgsz)
@@ -334,7 +330,7 @@ class ClassificationDataset(Dataset):
         return [_Cell(image, boxes[k].copy(), self.classes.index(name)) for k, name in enumerate(ann.labels) if name in self.classes]
 
     def _augmentations(self):
-        from blastscope.engine.transforms import Compose, stain_and_orientation
+        from blastscope.data.transforms import Compose, stain_and_orientation
 
         return Compose(stain_and_orientation(self.aug))
 

@@ -4,8 +4,8 @@
 >>> result = train(load_config("my.yaml"))            # doctest: +SKIP
 
 Modules: :mod:`~blastscope.engine.config` (``TrainConfig``, YAML defaults),
-:mod:`~blastscope.engine.transforms` (box-aware augmentations, letterbox),
-:mod:`~blastscope.engine.checkpoint` (self-describing checkpoints, ``load_model``),
+:mod:`~blastscope.data.transforms` (box-aware augmentations, letterbox),
+:mod:`~blastscope.models.checkpoint` (self-describing checkpoints, ``load_model``),
 :mod:`~blastscope.engine.tasks` (what is specific to detection / classification) and
 :mod:`~blastscope.engine.trainer` (``train``, ``train_one_epoch``), :mod:`~blastscope.engine.evaluate`
 (``evaluate_checkpoint``). Names are imported

@@ -32,24 +32,12 @@ import yaml
 
 from blastscope._atomic import atomic_write
 from blastscope._problems import BlastscopeError
+from blastscope.data.transforms import AugmentConfig
 
 __all__ = ["AugmentConfig", "TrainConfig", "BALANCE_MODES", "load_config", "merge_cli", "save_config", "config_from_dict"]
 
 #: values of ``TrainConfig.balance`` (classification)
 BALANCE_MODES = ("none", "sampler", "loss")
-
-
-@dataclass
-class AugmentConfig:
-    """Training augmentations (see :mod:`blastscope.engine.transforms`); all off with ``augment: false``."""
-
-    fliplr: float = 0.5
-    flipud: float = 0.5
-    rot90: float = 0.5
-    hsv_h: float = 0.015
-    hsv_s: float = 0.5
-    hsv_v: float = 0.3
-    scale: float = 0.25
 
 
 @dataclass

@@ -690,7 +690,7 @@ def evaluate_checkpoint(
         usable in the split, bad settings.
     """
     from blastscope.data.manifest import read_manifest
-    from blastscope.engine.checkpoint import load_model
+    from blastscope.models.checkpoint import load_model
     from blastscope.engine.tasks import get_task
     from blastscope.inference.predictor import CropClassifier, Predictor, TorchBackend
 

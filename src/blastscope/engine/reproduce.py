@@ -490,7 +490,7 @@ def _same_run(run_dir: Path, config: Any, manifest: pd.DataFrame) -> str | None:
 def _train_or_reuse(config: Any, manifest: pd.DataFrame, *, overwrite: bool, progress: bool,
                     echo: Callable[[str], None]) -> str:
     """Train ``config``, or reuse / resume the same run in ``config.out``; returns how."""
-    from blastscope.engine.checkpoint import load_checkpoint
+    from blastscope.models.checkpoint import load_checkpoint
     from blastscope.engine.config import load_config
     from blastscope.engine.trainer import train
 

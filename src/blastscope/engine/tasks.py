@@ -114,7 +114,7 @@ class DetectTask(Task):
 
     def build_datasets(self, config: Any, manifest: pd.DataFrame, classes: Sequence[str], log: ProblemLog):
         from blastscope.data.dataset import DetectionDataset
-        from blastscope.engine.transforms import build_transforms
+        from blastscope.data.transforms import build_transforms
 
         def make(split: str, train: bool) -> DetectionDataset:
             return DetectionDataset(
@@ -123,7 +123,7 @@ class DetectTask(Task):
                 classes,
                 imgsz=config.imgsz,
                 transform=build_transforms(config.imgsz, train=train, augment=config.augment, aug=config.aug, pad_value=config.pad_value),
-                auto_boxes=config.auto_boxes,
+                box_fn=cell_box if config.auto_boxes else None,
                 seed=config.seed,
                 log=log,
                 pad_value=config.pad_value,

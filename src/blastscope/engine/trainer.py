@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 from blastscope._atomic import atomic_write
 from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.data.manifest import manifest_classes, read_manifest, write_manifest
-from blastscope.engine.checkpoint import get_rng_state, load_checkpoint, make_checkpoint, save_checkpoint, set_rng_state
+from blastscope.models.checkpoint import get_rng_state, load_checkpoint, make_checkpoint, save_checkpoint, set_rng_state
 from blastscope.engine.config import TrainConfig, config_to_dict, save_config
 from blastscope.engine.tasks import Task, get_task
 

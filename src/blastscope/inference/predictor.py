@@ -198,7 +198,7 @@ def _letterbox(image: np.ndarray, size: int):
     coordinate maps to ``x_in = x * sx + pad_x``, ``y_in = y * sy + pad_y`` (``sx``, ``sy`` are the
     exact per-axis factors of the rounded resized size, as the training transform uses for boxes).
     """
-    from blastscope.models._letterbox import letterbox_array, letterbox_geometry
+    from blastscope.data.letterbox import letterbox_array, letterbox_geometry
 
     h, w = image.shape[:2]
     canvas, _, pad = letterbox_array(image, size)
@@ -518,7 +518,7 @@ def _check_image(image: np.ndarray, source: str = "") -> np.ndarray:
 
 def _load(path: Path):
     """``engine.checkpoint.load_model`` with user errors for missing/foreign files; returns (model, info dict)."""
-    from blastscope.engine.checkpoint import load_model
+    from blastscope.models.checkpoint import load_model
 
     model, ckpt = load_model(path)  # checks the format and the model record (class names included)
     return model, ckpt["model"]

@@ -4,7 +4,7 @@
 >>> model = create_model("yolov3-tiny", num_classes=2, pretrained=False)  # doctest: +SKIP
 """
 
-from blastscope.models._letterbox import letterbox, letterbox_array, unletterbox_boxes
+from blastscope.data.letterbox import letterbox, letterbox_array, unletterbox_boxes
 from blastscope.models.registry import ModelInfo, create_model, list_models, register_model
 from blastscope.models.weights import WEIGHTS, WeightSpec, install_torch_hub_copy, resolve_weights
 

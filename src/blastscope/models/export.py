@@ -381,7 +381,7 @@ def _parity(model, info: dict, run_onnx: Callable[[np.ndarray], list[np.ndarray]
     import cv2
     import torch
 
-    from blastscope.models._letterbox import letterbox, unletterbox_boxes
+    from blastscope.data.letterbox import letterbox, unletterbox_boxes
 
     mean = np.asarray(info.get("mean", (0, 0, 0)), np.float32).reshape(3, 1, 1)
     std = np.asarray(info.get("std", (1, 1, 1)), np.float32).reshape(3, 1, 1)
@@ -577,7 +577,7 @@ def export_onnx(
     ``out`` defaults to the checkpoint's path with the suffix ``.onnx`` (where ``predict
     --backend onnx`` looks for it).
     """
-    from blastscope.engine.checkpoint import load_model
+    from blastscope.models.checkpoint import load_model
     from blastscope.models.weights import sha256_of
 
     checkpoint = Path(checkpoint)

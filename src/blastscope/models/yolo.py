@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss
 
 from blastscope.models._darknet import DarknetHeader, load_darknet_convs
-from blastscope.models._letterbox import letterbox, unletterbox_boxes
+from blastscope.data.letterbox import letterbox, unletterbox_boxes
 from blastscope.models.registry import register_model
 
 __all__ = [

@@ -26,15 +26,17 @@ Examples
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 
-from blastscope.models._letterbox import letterbox_geometry, resize
+from blastscope.data.letterbox import letterbox_geometry, resize
 
 __all__ = [
+    "AugmentConfig",
     "Sample",
     "letterbox_sample",
     "Compose",
@@ -55,6 +57,19 @@ Transform = Callable[[Sample, np.random.Generator], Sample]
 MIN_VISIBLE = 0.25
 #: boxes narrower or lower than this (pixels) after a transform are dropped
 MIN_SIDE = 2.0
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentations (see :mod:`blastscope.data.transforms`); all off with ``augment: false``."""
+
+    fliplr: float = 0.5
+    flipud: float = 0.5
+    rot90: float = 0.5
+    hsv_h: float = 0.015
+    hsv_s: float = 0.5
+    hsv_v: float = 0.3
+    scale: float = 0.25
 
 
 def clip_boxes(boxes: np.ndarray, labels: np.ndarray, width: int, height: int, before_area: np.ndarray | None = None):
@@ -236,13 +251,11 @@ def build_transforms(size: int, *, train: bool, augment: bool = True, aug: Any =
     augment : bool
         False gives the letterbox only, also in training (the paper's setting).
     aug : AugmentConfig, optional
-        Probabilities and strengths (:class:`blastscope.engine.config.AugmentConfig`).
+        Probabilities and strengths (:class:`AugmentConfig`).
     """
     if not (train and augment):
         return Compose([Letterbox(size, pad_value)])
     if aug is None:
-        from blastscope.engine.config import AugmentConfig
-
         aug = AugmentConfig()
     first = RandomScaleLetterbox(size, aug.scale, pad_value) if aug.scale > 0 else Letterbox(size, pad_value)
     return Compose([first, *stain_and_orientation(aug)])
@@ -252,7 +265,7 @@ def stain_and_orientation(aug) -> list[Transform]:
     """The microscopy augmentations that keep a cell's size: HSV (stain) jitter, flips, 90-degree turns.
 
     Shared by the detector's and the classifier's training pipelines (``aug`` an
-    :class:`~blastscope.engine.config.AugmentConfig`).
+    :class:`~AugmentConfig`).
     """
     steps: list[Transform] = [HSVJitter(aug.hsv_h, aug.hsv_s, aug.hsv_v)]
     if aug.fliplr > 0:
