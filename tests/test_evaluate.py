@@ -25,10 +25,10 @@ from blastscope.engine.evaluate import (
     detection_metrics,
     diagnostic_summary,
     evaluate_checkpoint,
-    image_calls,
     select_split,
 )
 from blastscope.engine.report import plain_metrics, write_report
+from blastscope.metrics.calls import image_calls
 
 IMGSZ = 64
 TEST_PATIENTS = ("syn3", "syn4", "synH3", "synH4")
@@ -232,12 +232,12 @@ def test_multicell_fraction_rule_and_count_baseline():
         (["ALL", "ALL", "HEM", "ALL"], [0.9, 0.8, 0.7, 0.1]),  # 2 of 3 cells ALL -> ALL
         (["ALL", "HEM", "HEM", "HEM", "HEM"], [0.9, 0.9, 0.8, 0.5, 0.3]),  # 1 of 5 -> HEM
         (["ALL", "HEM"], [0.6, 0.6]),  # 1 of 2 -> ALL (at least half)
-        ([], []),  # no cells -> HEM
+        ([], []),  # no cells -> "none" (scored 0, so not positive)
     ]
     cells = [{"names": n, "scores": np.array(s, float), "p_pos": None} for n, s in smears]
     s, pred, n = image_calls(cells, positive="ALL", single_cell=False, cell_conf=0.25, negative="HEM")
     np.testing.assert_allclose(s, [2 / 3, 1 / 5, 1 / 2, 0.0])
-    assert pred == ["ALL", "HEM", "ALL", "HEM"]
+    assert pred == ["ALL", "HEM", "ALL", "none"]
     assert n.tolist() == [3, 5, 2, 0]
     m, roc = diagnostic_summary(["ALL", "ALL", "HEM", "HEM"], s, pred, positive="ALL", counts=n, n_boot=50)
     assert m["accuracy"] == 0.5

@@ -4,7 +4,12 @@
 writes one XML per image in the structure of the paper's Fig. 4 (LabelImg opens it).
 """
 
-from blastscope.annotate.annotator import AnnotateResult, annotate, annotate_manifest, folder_rows
+from blastscope.annotate.annotator import (
+    AnnotateResult,
+    annotate,
+    annotate_manifest,
+    folder_rows,
+)
 from blastscope.annotate.autobox import cell_box, cell_mask
 
 __all__ = ["AnnotateResult", "annotate", "annotate_manifest", "cell_box", "cell_mask", "folder_rows"]

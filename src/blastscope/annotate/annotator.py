@@ -25,6 +25,7 @@ from PIL import Image
 
 from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.annotate.autobox import MIN_AREA, cell_box
+from blastscope.data.formats.voc import write_voc
 from blastscope.data.images import is_image_file, read_image
 from blastscope.data.manifest import new_manifest
 from blastscope.data.types import ImageAnnotation
@@ -210,7 +211,6 @@ def annotate_manifest(
     AnnotateResult
         The manifest with ``annotation`` filled, and the counts.
     """
-    from blastscope.data.formats.voc import write_voc  # sibling module; imported when needed
     from tqdm.auto import tqdm
 
     log = ProblemLog() if log is None else log

@@ -92,7 +92,12 @@ def run(args: argparse.Namespace) -> int:
     from blastscope._problems import ProblemLog
     from blastscope.inference.predictor import Predictor
     from blastscope.inference.sources import open_source
-    from blastscope.inference.writers import AnnotatedImageWriter, AnnotatedVideoWriter, CsvWriter, SummaryWriter
+    from blastscope.inference.writers import (
+        AnnotatedImageWriter,
+        AnnotatedVideoWriter,
+        CsvWriter,
+        SummaryWriter,
+    )
 
     _check_args(args)
     out: Path = args.out

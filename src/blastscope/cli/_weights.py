@@ -34,10 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from blastscope._problems import BlastscopeError
     from blastscope.models import weights as w
-
-    from pathlib import Path
 
     cache = args.cache_dir
     if args.action == "list":

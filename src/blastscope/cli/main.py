@@ -11,8 +11,8 @@ import argparse
 import importlib
 import sys
 
-from blastscope import __version__
 from blastscope._problems import BlastscopeError
+from blastscope._version import __version__
 
 __all__ = ["main", "COMMANDS"]
 

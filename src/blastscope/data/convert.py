@@ -31,6 +31,7 @@ from blastscope._atomic import atomic_write
 from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.data.formats import coco, load_annotation, voc, yolo
 from blastscope.data.formats._common import Record, log_error
+from blastscope.data.manifest import read_manifest
 
 __all__ = ["FORMATS", "detect_format", "read_records", "convert_dataset", "DatasetSummary", "summarize_dataset"]
 
@@ -64,7 +65,6 @@ def detect_format(src: str | Path) -> str:
 
 
 def _manifest_records(csv: Path, log: ProblemLog, names: Sequence[str] | None) -> tuple[list[Record], list[str]]:
-    from blastscope.data.manifest import read_manifest
 
     df = read_manifest(csv)
     known = list(names) if names else [str(c) for c in df.attrs.get("classes") or []] or None

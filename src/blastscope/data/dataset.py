@@ -39,8 +39,15 @@ import torch
 from torch.utils.data import Dataset
 
 from blastscope._problems import BlastscopeError, ProblemLog
+from blastscope.data.crops import DEFAULT_MARGIN, square_crop
+from blastscope.data.formats import load_annotation
 from blastscope.data.images import read_image
-from blastscope.data.transforms import AugmentConfig, Letterbox
+from blastscope.data.transforms import (
+    AugmentConfig,
+    Compose,
+    Letterbox,
+    stain_and_orientation,
+)
 
 __all__ = ["DetectionDataset", "ClassificationDataset", "collate_fn"]
 
@@ -142,7 +149,6 @@ class DetectionDataset(Dataset):
         if not spec:
             log.add(image, "no annotation", "box it with 'blastscope annotate', or train with --auto-boxes (single cells on black)")
             return None
-        from blastscope.data.formats import load_annotation
 
         try:
             ann = load_annotation(spec, classes=self.classes, image=image, width=getattr(row, "width", None), height=getattr(row, "height", None))
@@ -280,7 +286,6 @@ class ClassificationDataset(Dataset):
         log: ProblemLog | None = None,
         pad_value: int = 0,
     ):
-        from blastscope.data.crops import DEFAULT_MARGIN
 
         if aug is None:
             aug = AugmentConfig()
@@ -310,7 +315,6 @@ class ClassificationDataset(Dataset):
                 log.add(image, f"label {label!r} is not one of the classes {self.classes}", "set the row's label")
                 return []
             return [_Cell(image, None, self.classes.index(label))]
-        from blastscope.data.formats import load_annotation
 
         try:  # YOLO files name classes by index: they need the manifest's classes
             hint = self.classes if spec.lower().endswith(".txt") else None
@@ -330,7 +334,6 @@ class ClassificationDataset(Dataset):
         return [_Cell(image, boxes[k].copy(), self.classes.index(name)) for k, name in enumerate(ann.labels) if name in self.classes]
 
     def _augmentations(self):
-        from blastscope.data.transforms import Compose, stain_and_orientation
 
         return Compose(stain_and_orientation(self.aug))
 
@@ -347,7 +350,6 @@ class ClassificationDataset(Dataset):
 
     def crop(self, index: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """The ``(imgsz, imgsz, 3)`` uint8 crop of sample ``index``, augmented when ``rng`` is given."""
-        from blastscope.data.crops import square_crop
 
         cell = self.cells[index]
         image = read_image(cell.image)

@@ -26,8 +26,11 @@ import pandas as pd
 from PIL import Image
 
 from blastscope._problems import BlastscopeError, ProblemLog
+from blastscope.data import _cnmc, _folder
+from blastscope.data._cnmc import find_fold_dirs
 from blastscope.data.images import decode_image, is_image_file, sha256_file
 from blastscope.data.manifest import new_manifest
+from blastscope.data.synth import _MARKER
 
 __all__ = ["LAYOUTS", "detect_layout", "import_dataset", "VerifyReport", "verify_manifest"]
 
@@ -100,7 +103,6 @@ def detect_layout(src: str | Path) -> str:
     BlastscopeError
         For a missing path, an empty folder, a non-JSON file or a folder with no images.
     """
-    from blastscope.data._cnmc import find_fold_dirs
 
     src = Path(src)
     _check_source(src)
@@ -138,11 +140,9 @@ def _dataset_root(src: Path, layout: str) -> Path:
 def _scan(layout: str, src: Path, log: ProblemLog, names: list[str] | None,
           patient_regex: str | None) -> tuple[list[dict], list[str]]:
     if layout == "cnmc":
-        from blastscope.data import _cnmc
 
         return _cnmc.scan(src, log, names)
     if layout == "folder":
-        from blastscope.data import _folder
 
         return _folder.scan(src, log, names, patient_regex=patient_regex)
     import importlib
@@ -349,7 +349,6 @@ def _synthetic_marker(root: Path) -> Path | None:
 
     Rows of a synthetic tree get ``source`` ``synthetic`` so every later number from them says so.
     """
-    from blastscope.data.synth import _MARKER
 
     for folder in (root, root.parent):
         if (folder / _MARKER).is_file():

@@ -33,6 +33,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from blastscope._atomic import atomic_write
+from blastscope._problems import BlastscopeError
+from blastscope._version import __version__
+from blastscope.data.formats.voc import write_voc
+from blastscope.data.manifest import new_manifest, write_manifest
+from blastscope.data.types import ImageAnnotation
+
 __all__ = [
     "CLASSES",
     "Stain",
@@ -380,7 +387,6 @@ def patient_ids(label: str, n: int) -> list[str]:
 
 def _prepare_tree(root: Path, overwrite: bool) -> None:
     """Empty ``root`` if it is ours (marker file) or ``overwrite``; refuse to touch anything else."""
-    from blastscope._problems import BlastscopeError
 
     if root.exists():
         if not (root / _MARKER).is_file() and not overwrite and any(root.iterdir()):
@@ -402,14 +408,12 @@ def _encode(image: np.ndarray, fmt: str) -> bytes:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    from blastscope._atomic import atomic_write
 
     with atomic_write(path, "wb") as f:
         f.write(data)
 
 
 def _write_text(path: Path, text: str) -> None:
-    from blastscope._atomic import atomic_write
 
     with atomic_write(path) as f:
         f.write(text)
@@ -485,8 +489,6 @@ def generate_dataset(
     """
     from tqdm import tqdm
 
-    from blastscope import __version__
-    from blastscope.data.manifest import new_manifest, write_manifest
 
     if layout != "cnmc":
         raise ValueError(f"layout {layout!r} is not supported; use 'cnmc'")
@@ -572,8 +574,6 @@ def generate_smears(
     Path
         The VOC root ``out_dir/synthetic_smears``.
     """
-    from blastscope.data.formats.voc import write_voc  # lazy: the VOC writer lives with the formats
-    from blastscope.data.types import ImageAnnotation
 
     root = Path(out_dir) / _SMEARS
     _prepare_tree(root, overwrite)

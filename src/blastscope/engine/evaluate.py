@@ -64,13 +64,29 @@ import numpy as np
 import pandas as pd
 
 from blastscope._problems import BlastscopeError, ProblemLog
+from blastscope.annotate.autobox import cell_box
 from blastscope.data.crops import DEFAULT_MARGIN
+from blastscope.data.formats import image_size, load_annotation
+from blastscope.data.images import read_image
+from blastscope.data.manifest import manifest_classes, read_manifest
+from blastscope.engine.tasks import get_task
+from blastscope.inference.predictor import CropClassifier, Predictor, TorchBackend
+from blastscope.metrics.calls import image_calls
+from blastscope.metrics.classification import (
+    bootstrap_ci,
+    confusion,
+    count_baseline,
+    diagnostic_metrics,
+    patient_level,
+    roc_curve_points,
+)
+from blastscope.metrics.detection import box_iou, evaluate_detections
+from blastscope.models.checkpoint import load_model
 
 __all__ = [
     "EvaluationResult",
     "evaluate_checkpoint",
     "detection_metrics",
-    "image_calls",
     "diagnostic_summary",
     "select_split",
 ]
@@ -211,7 +227,6 @@ def detection_metrics(
     >>> m["map50_voc"], m["ap50_voc.cell"]
     (1.0, 1.0)
     """
-    from blastscope.metrics.detection import evaluate_detections
 
     result = evaluate_detections(preds, gts, classes, iou_threshold=iou)
     out = result.as_dict()
@@ -220,77 +235,6 @@ def detection_metrics(
     if min_score > 0:
         out.update(evaluate_detections(preds, gts, classes, iou_threshold=iou, min_score=min_score).as_dict())
     return out, result
-
-
-def image_calls(
-    cells: Sequence[dict],
-    *,
-    positive: str,
-    single_cell: bool,
-    cell_conf: float = 0.25,
-    negative: str = "not positive",
-) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """The image-level call of each image from its cells (the rule of the module docstring).
-
-    Parameters
-    ----------
-    cells : sequence of dict
-        Per image ``{"names": list of str, "scores": (K,) detector score, "p_pos": (K,) or None}``:
-        the class name called for each cell, its detector score, and (with a classifier) its
-        probability of ``positive``. Without ``p_pos`` the detector's own classes are the calls.
-    positive : str
-        The class of interest.
-    single_cell : bool
-        Single-cell images (top-cell rule) or multi-cell images (fraction rule).
-    cell_conf : float
-        Multi-cell images: cells scoring below it are not cells (ignored).
-    negative : str
-        Name of a negative call of a multi-cell image (the other image label, e.g. ``HEM``).
-
-    Returns
-    -------
-    score : ndarray, shape (n,), float64
-        Probability-like score of ``positive`` in ``[0, 1]`` (``>= 0.5`` is a positive call).
-    pred : list of str
-        The call: a class name, or ``"none"`` for a single-cell image without any detection.
-    n_cells : ndarray, shape (n,), int64
-        Cells scoring ``>= cell_conf``.
-
-    Examples
-    --------
-    >>> s, p, n = image_calls([{"names": ["HEM", "ALL"], "scores": [0.9, 0.3], "p_pos": None}],
-    ...                       positive="ALL", single_cell=True)
-    >>> s.round(2).tolist(), p, n.tolist()
-    ([0.25], ['HEM'], [2])
-    """
-    score = np.zeros(len(cells), dtype=np.float64)
-    pred: list[str] = []
-    n_cells = np.zeros(len(cells), dtype=np.int64)
-    for i, c in enumerate(cells):
-        names = list(c["names"])
-        s = np.asarray(c["scores"], dtype=np.float64).reshape(-1)
-        p_pos = None if c.get("p_pos") is None else np.asarray(c["p_pos"], dtype=np.float64).reshape(-1)
-        keep = s >= cell_conf
-        n_cells[i] = int(keep.sum())
-        if single_cell:
-            if len(names) == 0:
-                score[i], call = 0.0, "none"
-            elif p_pos is not None:
-                top = int(np.argmax(s))
-                score[i], call = float(p_pos[top]), names[top]
-            else:
-                is_pos = np.array([n == positive for n in names])
-                s_pos = float(s[is_pos].max()) if is_pos.any() else 0.0
-                s_other = float(s[~is_pos].max()) if (~is_pos).any() else 0.0
-                total = s_pos + s_other
-                score[i] = s_pos / total if total > 0 else 0.5
-                call = positive if score[i] >= 0.5 else names[int(np.argmax(np.where(is_pos, -np.inf, s)))]
-        else:
-            called = [n for n, k in zip(names, keep, strict=True) if k]
-            score[i] = float(np.mean([n == positive for n in called])) if called else 0.0
-            call = positive if score[i] >= 0.5 else negative
-        pred.append(call)
-    return score, pred, n_cells
 
 
 _ONE_VS_REST = ("sensitivity", "specificity", "precision", "npv", "f1", "roc_auc", "tp", "fp", "tn", "fn")
@@ -341,16 +285,12 @@ def diagnostic_summary(
     roc : dict of str to dict
         ``"model"``, ``"patient"``, ``"count baseline"``: ``fpr``, ``tpr``, ``auc``.
     """
-    from blastscope.metrics.classification import (
-        bootstrap_ci,
-        count_baseline,
-        diagnostic_metrics,
-        patient_level,
-        roc_curve_points,
-    )
 
     yt = np.asarray([str(v) for v in y_true], dtype=object)
     yp = np.asarray([str(v) for v in pred], dtype=object)
+    others = sorted(set(yt) - {positive})
+    if len(others) == 1:  # positive vs one other class: an image without cells ("none") is not positive
+        yp[yp == "none"] = others[0]
     s = np.asarray(score, dtype=np.float64).reshape(-1)
     has_pos = bool((yt == positive).any())
     labels = set(yt) | set(yp)
@@ -404,7 +344,6 @@ def detection_confusion(
     detection matching no box), columns the predicted classes plus ``missed`` (a box no detection
     matched). Returns an ``(n_classes + 1, n_classes + 1)`` int64 array.
     """
-    from blastscope.metrics.detection import box_iou
 
     cm = np.zeros((n_classes + 1, n_classes + 1), dtype=np.int64)
     for p, g in zip(preds, gts, strict=True):
@@ -453,9 +392,6 @@ def _ground_truth(
     BCCD is scored on the WBC boxes), except for a one-class detector none of whose boxes carry
     its class name: then every box is that class (a class-agnostic cell detector).
     """
-    from blastscope.annotate.autobox import cell_box
-    from blastscope.data.formats import load_annotation
-    from blastscope.data.images import read_image
 
     kept, gts = [], []
     dropped: dict[str, int] = {}
@@ -544,7 +480,6 @@ def _detect(predictor, paths: list[str], batch: int, progress: bool, log: Proble
     """Detector output per row index (file pixels); unreadable images go to ``log``."""
     from tqdm import tqdm
 
-    from blastscope.data.images import read_image
 
     out: dict[int, dict] = {}
     bar = tqdm(total=len(paths), desc="evaluate", unit="img", disable=not progress, file=sys.stderr, mininterval=0.5)
@@ -574,7 +509,6 @@ def _detect(predictor, paths: list[str], batch: int, progress: bool, log: Proble
 
 def _classify_cells(classifier, path: str, boxes: np.ndarray, margin: float) -> np.ndarray:
     """Classifier probabilities ``(K, C)`` of square crops around ``boxes`` of the image at ``path``."""
-    from blastscope.data.images import read_image
 
     if len(boxes) == 0:
         return np.zeros((0, len(classifier.class_names)), np.float32)
@@ -595,7 +529,6 @@ def _negative_name(labels: Sequence[str], positive: str) -> str:
 
 def _errors(result_rows: pd.DataFrame, dets: list[dict], gts: list[dict | None], *, iou: float, cell_conf: float) -> list[dict]:
     """The most confident errors: misclassified images, then confident false positives and missed cells."""
-    from blastscope.metrics.detection import box_iou
 
     errors: list[dict] = []
     for i, row in result_rows.iterrows():
@@ -689,10 +622,6 @@ def evaluate_checkpoint(
         Unreadable checkpoint or manifest, an empty split (naming the splits present), nothing
         usable in the split, bad settings.
     """
-    from blastscope.data.manifest import read_manifest
-    from blastscope.models.checkpoint import load_model
-    from blastscope.engine.tasks import get_task
-    from blastscope.inference.predictor import CropClassifier, Predictor, TorchBackend
 
     if patient_rule not in ("mean", "majority"):
         raise BlastscopeError(f"patient rule '{patient_rule}': unknown; use 'mean' or 'majority'")
@@ -732,7 +661,6 @@ def evaluate_checkpoint(
     pr_curves: dict[str, dict] = {}
     single_cell = True
     confusions: dict[str, dict] = {}
-    from blastscope.data.manifest import manifest_classes
 
     names_hint = manifest_classes(df) or None
 
@@ -793,7 +721,6 @@ def evaluate_checkpoint(
                 if i in gts_by_row:
                     boxes, margin = gts_by_row[i]["boxes"], CROP_MARGIN
                 else:
-                    from blastscope.data.formats._common import image_size
 
                     w, h = (int(rows.at[i, "width"]), int(rows.at[i, "height"])) if rows.at[i, "width"] else image_size(paths[i])
                     boxes, margin = np.array([[0, 0, w, h]], np.float32), 0.0
@@ -810,7 +737,6 @@ def evaluate_checkpoint(
             cell_true += truth
             cell_probs.append(probs)
         if not single_cell and cell_true:
-            from blastscope.metrics.classification import confusion, diagnostic_metrics
 
             probs = np.concatenate(cell_probs)
             y = np.array([cell_classes.index(t) for t in cell_true])
@@ -875,7 +801,6 @@ def evaluate_checkpoint(
         metrics.update(diag)
         table["correct"] = [bool(t == p) if t else None for t, p in zip(table["label"], table["pred_label"], strict=True)]
         if can_call:
-            from blastscope.metrics.classification import confusion
 
             yt = [labels[order[k]] for k in sel]
             yp = [pred[k] for k in sel]

@@ -33,6 +33,8 @@ import numpy as np
 import pandas as pd
 
 from blastscope._atomic import atomic_write
+from blastscope._problems import BlastscopeError
+from blastscope.data.images import read_image
 
 __all__ = ["write_report", "write_metrics_json", "key_metrics", "plain_metrics"]
 
@@ -254,8 +256,6 @@ def _tile(result, err: dict, size: int = 256) -> np.ndarray | None:
     """The image of one error, resized to ``size`` px on its longer side, with its boxes drawn."""
     import cv2
 
-    from blastscope._problems import BlastscopeError
-    from blastscope.data.images import read_image
 
     i = err["index"]
     try:

@@ -63,6 +63,17 @@ import pandas as pd
 
 from blastscope._atomic import atomic_write
 from blastscope._problems import BlastscopeError, ProblemLog
+from blastscope.annotate.annotator import annotate_manifest
+from blastscope.data.importer import import_dataset
+from blastscope.data.manifest import manifest_classes, read_manifest, write_manifest
+from blastscope.data.splits import SplitWarning, paper_split, patient_split
+from blastscope.data.synth import generate_dataset
+from blastscope.engine.config import config_to_dict, load_config
+from blastscope.engine.evaluate import evaluate_checkpoint
+from blastscope.engine.report import write_report
+from blastscope.engine.trainer import _device, train
+from blastscope.models.checkpoint import load_checkpoint
+from blastscope.models.registry import list_models
 
 __all__ = [
     "PAPER_REPORTED",
@@ -247,11 +258,9 @@ def load_source(
     BlastscopeError
         ``data`` missing, not a folder or a ``.csv`` file, or not importable / readable.
     """
-    from blastscope.data.manifest import read_manifest, write_manifest
 
     out = Path(out)
     if data is None:
-        from blastscope.data.synth import generate_dataset
 
         n_patients = synthetic_patients or _synthetic_patients(synthetic_n)
         if not 1 <= n_patients <= synthetic_n:
@@ -292,7 +301,6 @@ def load_source(
         df = read_manifest(data)
         text = f"manifest {data}"
     else:
-        from blastscope.data.importer import import_dataset
 
         cache = out / "data" / "manifest.csv"
         source = str(data.resolve())
@@ -327,7 +335,6 @@ def draw_paper_split(df: pd.DataFrame, per_class: int, seed: int) -> tuple[pd.Da
     BlastscopeError
         No labels, or a class with fewer than ``per_class`` images (the fix names ``--per-class``).
     """
-    from blastscope.data.splits import paper_split
 
     name = df.attrs.get("manifest_path", "manifest")
     pool = df[df["label"] != ""]
@@ -377,7 +384,6 @@ def patient_protocol_split(
         No patient ids, or a class with fewer than 3 patients among the drawn images (train, val and
         test each need one), or a split left without images.
     """
-    from blastscope.data.splits import SplitWarning, patient_split
 
     name = drawn.attrs.get("manifest_path", "manifest")
     pid = drawn["patient_id"]
@@ -450,7 +456,6 @@ def _facts(df: pd.DataFrame, eval_split: str) -> tuple[dict[str, Any], list[str]
 
 def _check_detector(model: str) -> None:
     """Raise :class:`BlastscopeError` unless ``model`` is a registered detector (the paper trains one)."""
-    from blastscope.models.registry import list_models
 
     names = list_models()
     detectors = list_models("detect")
@@ -461,8 +466,6 @@ def _check_detector(model: str) -> None:
 
 def _same_run(run_dir: Path, config: Any, manifest: pd.DataFrame) -> str | None:
     """``None`` when ``run_dir`` holds a run of ``config`` on ``manifest``'s split, else the difference."""
-    from blastscope.data.manifest import read_manifest
-    from blastscope.engine.config import config_to_dict, load_config
 
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "splits.csv").is_file():
         return "no config.yaml / splits.csv"
@@ -490,9 +493,6 @@ def _same_run(run_dir: Path, config: Any, manifest: pd.DataFrame) -> str | None:
 def _train_or_reuse(config: Any, manifest: pd.DataFrame, *, overwrite: bool, progress: bool,
                     echo: Callable[[str], None]) -> str:
     """Train ``config``, or reuse / resume the same run in ``config.out``; returns how."""
-    from blastscope.models.checkpoint import load_checkpoint
-    from blastscope.engine.config import load_config
-    from blastscope.engine.trainer import train
 
     run_dir = Path(config.out)
     last = run_dir / "last.pt"
@@ -692,12 +692,6 @@ def reproduce(
     KeyboardInterrupt
         Ctrl-C during training; running the same call again resumes.
     """
-    from blastscope.annotate.annotator import annotate_manifest
-    from blastscope.data.manifest import manifest_classes, write_manifest
-    from blastscope.engine.config import load_config
-    from blastscope.engine.evaluate import evaluate_checkpoint
-    from blastscope.engine.trainer import _device
-    from blastscope.engine.report import write_report
 
     out = Path(out)
     for flag, value, low in (("--epochs", epochs, 1), ("--per-class", per_class, 3), ("--batch", batch, 1)):

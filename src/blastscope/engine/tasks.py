@@ -32,6 +32,11 @@ import torch
 from torch import nn
 
 from blastscope._problems import BlastscopeError, ProblemLog
+from blastscope.annotate.autobox import cell_box
+from blastscope.data.dataset import ClassificationDataset, DetectionDataset, collate_fn
+from blastscope.data.transforms import build_transforms
+from blastscope.metrics.detection import evaluate_detections
+from blastscope.models.registry import create_model
 
 __all__ = ["Task", "DetectTask", "ClassifyTask", "TASKS", "get_task", "apply_task_defaults", "classification_scores"]
 
@@ -60,7 +65,6 @@ class Task:
         return {}
 
     def build_model(self, config: Any, classes: Sequence[str], *, pretrained: bool) -> nn.Module:
-        from blastscope.models.registry import create_model
 
         model = create_model(
             config.model, num_classes=len(classes), class_names=list(classes), pretrained=pretrained, **self.model_kwargs(config)
@@ -113,8 +117,6 @@ class DetectTask(Task):
         return {"input_size": int(config.imgsz)}  # sets the objectness prior of fresh heads
 
     def build_datasets(self, config: Any, manifest: pd.DataFrame, classes: Sequence[str], log: ProblemLog):
-        from blastscope.data.dataset import DetectionDataset
-        from blastscope.data.transforms import build_transforms
 
         def make(split: str, train: bool) -> DetectionDataset:
             return DetectionDataset(
@@ -133,7 +135,6 @@ class DetectTask(Task):
 
     @staticmethod
     def collate_fn(batch):
-        from blastscope.data.dataset import collate_fn
 
         return collate_fn(batch)
 
@@ -154,7 +155,6 @@ class DetectTask(Task):
         Boxes are compared in the letterboxed frame (IoU does not change under the letterbox's
         uniform scale). When the loss is not finite the metrics are NaN and not computed.
         """
-        from blastscope.metrics.detection import evaluate_detections
 
         model.eval()
         total, n = 0.0, 0
@@ -300,7 +300,6 @@ class ClassifyTask(Task):
             )
 
     def build_datasets(self, config: Any, manifest: pd.DataFrame, classes: Sequence[str], log: ProblemLog):
-        from blastscope.data.dataset import ClassificationDataset
 
         def make(split: str, train: bool) -> ClassificationDataset:
             return ClassificationDataset(

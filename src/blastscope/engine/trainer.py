@@ -44,9 +44,16 @@ from torch.utils.data import DataLoader
 from blastscope._atomic import atomic_write
 from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.data.manifest import manifest_classes, read_manifest, write_manifest
-from blastscope.models.checkpoint import get_rng_state, load_checkpoint, make_checkpoint, save_checkpoint, set_rng_state
+from blastscope.data.splits import patient_split
 from blastscope.engine.config import TrainConfig, config_to_dict, save_config
 from blastscope.engine.tasks import Task, get_task
+from blastscope.models.checkpoint import (
+    get_rng_state,
+    load_checkpoint,
+    make_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 
 __all__ = [
     "RunResult",
@@ -259,7 +266,6 @@ def carve_val_split(df: pd.DataFrame, *, val_fraction: float, seed: int) -> tupl
         )
     if (split == "val").any():
         return df, None
-    from blastscope.data.splits import patient_split
 
     train_rows = df[split == "train"].copy()
     with warnings.catch_warnings(record=True) as caught:

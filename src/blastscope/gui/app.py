@@ -54,7 +54,12 @@ from PySide6.QtWidgets import (
 )
 
 from blastscope.gui.widgets import CountsTable, DetectionTable, FrameView
-from blastscope.gui.worker import CallWorker, InferenceWorker, SourceInfo, start_in_thread
+from blastscope.gui.worker import (
+    CallWorker,
+    InferenceWorker,
+    SourceInfo,
+    start_in_thread,
+)
 
 __all__ = ["MainWindow", "run_app", "MODES"]
 
@@ -84,11 +89,12 @@ class _ModeState:
         self.current, self.drawn, self.want_index, self.ended, self.error = None, None, 0, False, ""
 
 
-def summary_call(counts: dict[str, int], classes) -> str:
-    """The call of ``summary.csv`` (``blastscope predict``) for per-class counts, with ALL positive."""
-    from blastscope.inference.writers import cell_call
+def summary_call(counts: dict[str, int], classes, positive: str = "ALL", threshold: float = 0.5) -> str:
+    """The call of ``summary.csv`` (``blastscope predict``) for per-class counts: the one rule of
+    :mod:`blastscope.metrics.calls`, with the same positive class and threshold as ``predict``."""
+    from blastscope.metrics.calls import count_call
 
-    return cell_call(counts, classes, positive="ALL", threshold=0.5)
+    return count_call(counts, classes, positive=positive, threshold=threshold)
 
 
 class MainWindow(QMainWindow):

@@ -10,7 +10,12 @@ Typical use (what ``blastscope predict`` does)::
             csv.write(result)
 """
 
-from blastscope.inference.predictor import Classification, Detection, FrameResult, Predictor
+from blastscope.inference.predictor import (
+    Classification,
+    Detection,
+    FrameResult,
+    Predictor,
+)
 from blastscope.inference.sources import Frame, FrameSource, open_source
 from blastscope.inference.writers import (
     CSV_COLUMNS,

@@ -30,8 +30,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from blastscope._problems import BlastscopeError
-from blastscope.data.crops import DEFAULT_MARGIN
+from blastscope.data.crops import DEFAULT_MARGIN, square_crops
+from blastscope.data.letterbox import letterbox_array, letterbox_geometry
 from blastscope.inference.sources import Frame, FrameSource, open_source
+from blastscope.models.checkpoint import load_model
+from blastscope.models.export import OnnxModel, onnx_for_checkpoint, require_onnxruntime
 
 __all__ = ["Detection", "Classification", "FrameResult", "Backend", "TorchBackend", "OnnxBackend", "Predictor"]
 
@@ -198,7 +201,6 @@ def _letterbox(image: np.ndarray, size: int):
     coordinate maps to ``x_in = x * sx + pad_x``, ``y_in = y * sy + pad_y`` (``sx``, ``sy`` are the
     exact per-axis factors of the rounded resized size, as the training transform uses for boxes).
     """
-    from blastscope.data.letterbox import letterbox_array, letterbox_geometry
 
     h, w = image.shape[:2]
     canvas, _, pad = letterbox_array(image, size)
@@ -267,7 +269,6 @@ def _make_backend(name: str, model, path: Path, *, conf: float, iou: float, devi
     if name == "torch":
         return TorchBackend(model, conf=conf, iou=iou, device=device)
     if name == "onnx":
-        from blastscope.models.export import OnnxModel, onnx_for_checkpoint, require_onnxruntime
 
         require_onnxruntime()
         if isinstance(model, OnnxModel):
@@ -288,7 +289,6 @@ def _load_onnx(path: Path, backend: str, device: str):
     if backend != "onnx":
         raise BlastscopeError(f"{path}: an ONNX model runs with the onnx backend; add --backend onnx, "
                               "or give the .pt checkpoint it was exported from")
-    from blastscope.models.export import OnnxModel, require_onnxruntime
 
     require_onnxruntime()
     import torch
@@ -518,7 +518,6 @@ def _check_image(image: np.ndarray, source: str = "") -> np.ndarray:
 
 def _load(path: Path):
     """``engine.checkpoint.load_model`` with user errors for missing/foreign files; returns (model, info dict)."""
-    from blastscope.models.checkpoint import load_model
 
     model, ckpt = load_model(path)  # checks the format and the model record (class names included)
     return model, ckpt["model"]
@@ -574,7 +573,6 @@ class CropClassifier:
         The crops of training (:func:`blastscope.data.crops.square_crop`, black padding); ``margin``
         defaults to :attr:`margin` (0 for whole images given as one full-image box).
         """
-        from blastscope.data.crops import square_crops
 
         return square_crops(image, boxes, self.margin if margin is None else margin, self.input_size, pad_value=0)
 

@@ -19,9 +19,11 @@ from typing import IO
 import numpy as np
 
 from blastscope._atomic import atomic_write
+from blastscope._problems import BlastscopeError
 from blastscope.inference.predictor import FrameResult
+from blastscope.metrics.calls import count_call
 
-__all__ = ["CSV_COLUMNS", "CsvWriter", "SummaryWriter", "cell_call", "draw_detections", "AnnotatedImageWriter",
+__all__ = ["CSV_COLUMNS", "CsvWriter", "SummaryWriter", "draw_detections", "AnnotatedImageWriter",
            "AnnotatedVideoWriter", "format_rows"]
 
 CSV_COLUMNS = ("source", "frame", "time_s", "class", "confidence", "xmin", "ymin", "xmax", "ymax", "model")
@@ -108,35 +110,6 @@ class CsvWriter(_StreamingCsv):
         self.n_frames += 1
 
 
-def cell_call(counts: dict[str, int], classes: Sequence[str], *, positive: str = "ALL", threshold: float = 0.5) -> str:
-    """The call of an image or video from its per-class cell counts (``summary.csv``, the GUI).
-
-    - ``"none"`` when no cell was detected;
-    - if ``positive`` is one of ``classes``: ``positive`` when its fraction of the cells is
-      ``>= threshold``, otherwise the most frequent of the other classes;
-    - otherwise the most frequent class (ties go to the earlier class in ``classes``).
-
-    >>> cell_call({"ALL": 3, "HEM": 3}, ["ALL", "HEM"])
-    'ALL'
-    >>> cell_call({"ALL": 1, "HEM": 3}, ["ALL", "HEM"])
-    'HEM'
-    >>> cell_call({}, ["ALL", "HEM"])
-    'none'
-    """
-    classes = [str(c) for c in classes]
-    total = sum(counts.values())
-    if total == 0:
-        return "none"
-    order = {c: i for i, c in enumerate(classes)}
-    ranked = sorted(counts, key=lambda c: (-counts[c], order.get(c, len(order)), c))
-    if positive in classes:
-        if counts.get(positive, 0) / total >= threshold:
-            return positive
-        others = [c for c in ranked if c != positive and counts[c] > 0]
-        return others[0] if others else positive
-    return ranked[0]
-
-
 class SummaryWriter(_StreamingCsv):
     """``summary.csv``: one row per image or per video / camera with cell counts and the call.
 
@@ -144,7 +117,7 @@ class SummaryWriter(_StreamingCsv):
     A source's row is written when the next source starts and at :meth:`close`, so an interrupted
     run has a row for every source begun, counting the frames processed so far. For a video the
     counts are detections summed over its processed frames (a cell seen in 10 frames counts 10 times).
-    The call follows :func:`cell_call`.
+    The call follows :func:`blastscope.metrics.calls.count_call`.
 
     Parameters
     ----------
@@ -174,8 +147,8 @@ class SummaryWriter(_StreamingCsv):
         self.n_sources = 0
 
     def call(self, counts: dict[str, int]) -> str:
-        """The call for per-class cell counts (see :func:`cell_call`)."""
-        return cell_call(counts, self.classes, positive=self.positive, threshold=self.threshold)
+        """The call for per-class cell counts (see :func:`blastscope.metrics.calls.count_call`)."""
+        return count_call(counts, self.classes, positive=self.positive, threshold=self.threshold)
 
     def write(self, result: FrameResult) -> None:
         if result.source != self._current:
@@ -337,7 +310,6 @@ class AnnotatedVideoWriter:
             print(f"note: OpenCV cannot write mp4v video here; writing Motion-JPEG {self.path} instead",
                   file=stream or sys.stderr)
             if not self._vw.isOpened():
-                from blastscope._problems import BlastscopeError
 
                 raise BlastscopeError(f"{path}: OpenCV cannot open a video writer (mp4v or MJPG); pass --no-draw")
         self.n_frames = 0

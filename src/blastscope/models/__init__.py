@@ -5,8 +5,18 @@
 """
 
 from blastscope.data.letterbox import letterbox, letterbox_array, unletterbox_boxes
-from blastscope.models.registry import ModelInfo, create_model, list_models, register_model
-from blastscope.models.weights import WEIGHTS, WeightSpec, install_torch_hub_copy, resolve_weights
+from blastscope.models.registry import (
+    ModelInfo,
+    create_model,
+    list_models,
+    register_model,
+)
+from blastscope.models.weights import (
+    WEIGHTS,
+    WeightSpec,
+    install_torch_hub_copy,
+    resolve_weights,
+)
 
 __all__ = [
     "ModelInfo",

@@ -35,6 +35,7 @@ import torch
 
 from blastscope._atomic import atomic_save_torch
 from blastscope._problems import BlastscopeError
+from blastscope.models.registry import create_model
 
 __all__ = [
     "FORMAT",
@@ -197,7 +198,6 @@ def load_model(path: str | Path, *, task: str | None = None, map_location: str |
     ckpt : dict
         The checkpoint (see the module docstring).
     """
-    from blastscope.models.registry import create_model
 
     ckpt = load_checkpoint(path, task=task, map_location=map_location)
     meta = ckpt["model"]

@@ -54,7 +54,13 @@ from typing import Any
 
 import numpy as np
 
+from blastscope._atomic import atomic_write, refuse_overwrite
 from blastscope._problems import BlastscopeError
+from blastscope._version import __version__
+from blastscope.data.letterbox import letterbox, unletterbox_boxes
+from blastscope.models.checkpoint import load_model
+from blastscope.models.registry import create_model
+from blastscope.models.weights import default_cache_dir, sha256_of
 
 __all__ = [
     "ONNX_FORMAT",
@@ -109,7 +115,6 @@ def _require_onnx():
 def _metadata(info: dict[str, Any], *, model, imgsz: int, opset: int, dynamic_batch: bool,
               outputs: Sequence[str], source: Path | None, source_sha256: str | None) -> dict[str, str]:
     """The ``metadata_props`` of an export (all values strings)."""
-    from blastscope import __version__
 
     meta = {
         "format": ONNX_FORMAT,
@@ -269,7 +274,6 @@ class OnnxModel:
         """
         import torch
 
-        from blastscope.models.registry import create_model
 
         meta = self.metadata
         if meta["task"] != "detect":
@@ -381,7 +385,6 @@ def _parity(model, info: dict, run_onnx: Callable[[np.ndarray], list[np.ndarray]
     import cv2
     import torch
 
-    from blastscope.data.letterbox import letterbox, unletterbox_boxes
 
     mean = np.asarray(info.get("mean", (0, 0, 0)), np.float32).reshape(3, 1, 1)
     std = np.asarray(info.get("std", (1, 1, 1)), np.float32).reshape(3, 1, 1)
@@ -498,7 +501,6 @@ def export_model_onnx(
 
     import torch
 
-    from blastscope._atomic import atomic_write, refuse_overwrite
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -577,14 +579,11 @@ def export_onnx(
     ``out`` defaults to the checkpoint's path with the suffix ``.onnx`` (where ``predict
     --backend onnx`` looks for it).
     """
-    from blastscope.models.checkpoint import load_model
-    from blastscope.models.weights import sha256_of
 
     checkpoint = Path(checkpoint)
     if checkpoint.suffix.lower() == ".onnx":
         raise BlastscopeError(f"{checkpoint}: already an ONNX model; give the .pt checkpoint it was exported from")
     out = Path(out) if out is not None else checkpoint.with_suffix(".onnx")
-    from blastscope._atomic import refuse_overwrite
 
     refuse_overwrite(out, overwrite)  # before the slow part
     model, ckpt = load_model(checkpoint)
@@ -612,7 +611,6 @@ def onnx_for_checkpoint(checkpoint: str | os.PathLike, model, info: dict[str, An
     say : callable, optional
         Receives one-line messages (default: print to stderr).
     """
-    from blastscope.models.weights import default_cache_dir, sha256_of
 
     say = say or (lambda msg: print(msg, file=sys.stderr))
     checkpoint = Path(checkpoint)

@@ -42,6 +42,7 @@ from typing import IO, Literal
 
 from blastscope._atomic import atomic_write
 from blastscope._problems import BlastscopeError
+from blastscope.data.images import sha256_file
 
 __all__ = [
     "WeightSpec",
@@ -190,7 +191,6 @@ _DIGESTS: dict[tuple[str, int, int], str] = {}
 def sha256_of(path: str | Path) -> str:
     """Hex sha256 of a file (:func:`blastscope.data.images.sha256_file`), remembered while the file's
     size and modification time stay the same (weights files are 14-35 MB)."""
-    from blastscope.data.images import sha256_file
 
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)

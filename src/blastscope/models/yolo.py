@@ -38,9 +38,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss
 
-from blastscope.models._darknet import DarknetHeader, load_darknet_convs
 from blastscope.data.letterbox import letterbox, unletterbox_boxes
+from blastscope.models._darknet import DarknetHeader, load_darknet_convs
 from blastscope.models.registry import register_model
+from blastscope.models.weights import resolve_weights
 
 __all__ = [
     "YOLOv3Tiny",
@@ -433,7 +434,6 @@ def yolov3_tiny(*, num_classes: int, pretrained: bool = True, input_size: int = 
     ``input_size`` (a multiple of 32) is only recorded in ``model.info``; ``anchors`` (six
     ``(w, h)`` pairs in input pixels) defaults to the COCO anchors of the cfg.
     """
-    from blastscope.models.weights import resolve_weights
 
     if input_size % 32:
         raise ValueError(f"input_size={input_size}; must be a multiple of 32")

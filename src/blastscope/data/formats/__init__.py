@@ -22,7 +22,7 @@ from blastscope.data.types import ImageAnnotation
 from . import coco, voc, yolo
 from ._common import image_size
 
-__all__ = ["load_annotation", "coco", "voc", "yolo", "SCANNERS"]
+__all__ = ["load_annotation", "image_size", "coco", "voc", "yolo", "SCANNERS"]
 
 # layout name -> scan(root, log, names) -> (manifest rows, ordered classes)
 SCANNERS = {"voc": voc.scan, "yolo": yolo.scan, "coco": coco.scan}

@@ -29,7 +29,15 @@ from blastscope._atomic import atomic_write, refuse_overwrite
 from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.data.types import ImageAnnotation
 
-from ._common import Record, image_size, log_error, normalise_split, ordered_classes, rows_from_records, safe_join
+from ._common import (
+    Record,
+    image_size,
+    log_error,
+    normalise_split,
+    ordered_classes,
+    rows_from_records,
+    safe_join,
+)
 
 __all__ = ["read_coco", "read_coco_indexed", "write_coco", "coco_dict", "find_json_files", "read_dataset", "scan"]
 

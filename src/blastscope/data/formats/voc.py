@@ -41,7 +41,14 @@ from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.data.images import IMAGE_SUFFIXES
 from blastscope.data.types import ImageAnnotation
 
-from ._common import Record, image_size, log_error, ordered_classes, rows_from_records, safe_join
+from ._common import (
+    Record,
+    image_size,
+    log_error,
+    ordered_classes,
+    rows_from_records,
+    safe_join,
+)
 
 __all__ = ["OVERHANG_PX", "read_voc", "write_voc", "voc_element_tree", "read_dataset", "scan", "is_voc_tree"]
 
