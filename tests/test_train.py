@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from blastscope.annotate.autobox import cell_box
 from blastscope._problems import BlastscopeError
 from blastscope.cli.main import main
 from blastscope.data.manifest import new_manifest, read_manifest, write_manifest
@@ -286,7 +287,7 @@ def test_bad_rows_are_skipped_and_named(tmp_path, capsys):
     (root / "images" / "HEM_1.png").write_bytes(b"not a png")
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(root / "images" / "HEM_0.png")  # no cell
     log = ProblemLog()
-    ds = DetectionDataset(df, "train", ["ALL", "HEM"], imgsz=IMGSZ, auto_boxes=True, log=log)
+    ds = DetectionDataset(df, "train", ["ALL", "HEM"], imgsz=IMGSZ, box_fn=cell_box, log=log)
     assert [Path(p).name for p in ds.images] == ["ALL_0.png", "ALL_1.png"]
     err = capsys.readouterr().err
     assert "HEM_1.png" in err and "cannot decode image" in err
@@ -445,7 +446,7 @@ def test_dataset_targets_in_letterboxed_frame(data):
     from blastscope.data.images import read_image
 
     df = read_manifest(data)
-    ds = DetectionDataset(df, "train", ["ALL", "HEM"], imgsz=IMGSZ, auto_boxes=True)
+    ds = DetectionDataset(df, "train", ["ALL", "HEM"], imgsz=IMGSZ, box_fn=cell_box)
     image, target = ds[0]
     assert image.shape == (3, IMGSZ, IMGSZ) and image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
     assert target["labels"].tolist() == [0] and target["orig_size"].tolist() == [80, 80]
