@@ -8,7 +8,7 @@ classifier the ``(B, K)`` logits. Decoding, the score threshold and NMS stay out
 are done by the very same code as for PyTorch (the detector's ``predict(raw, conf, iou, max_det)``,
 which uses ``torchvision.ops.batched_nms``), so the two back-ends cannot drift apart and ``conf`` /
 ``iou`` can still change between calls. The input is ``images`` ``(B, 3, S, S)`` float32: RGB
-letterboxed to ``S`` (classifiers: resized), scaled to ``[0, 1]`` and normalised with the
+letterboxed to ``S`` (classifiers: the square cell crop of training), scaled to ``[0, 1]`` and normalised with the
 checkpoint's mean/std, as for the torch model. ``S`` is fixed at export; ``B`` is 1 unless the
 export asked for a dynamic batch.
 
@@ -57,7 +57,7 @@ import numpy as np
 from blastscope._atomic import atomic_write, refuse_overwrite
 from blastscope._problems import BlastscopeError
 from blastscope._version import __version__
-from blastscope.data.letterbox import letterbox, unletterbox_boxes
+from blastscope.data.preprocess import Preprocess
 from blastscope.models.checkpoint import load_model
 from blastscope.models.registry import create_model
 from blastscope.models.weights import default_cache_dir, sha256_of
@@ -370,7 +370,7 @@ def _match_boxes(a: dict, b: dict) -> tuple[bool, float]:
         for j in range(len(b["boxes"])):
             if j in used or int(b["labels"][j]) != int(a["labels"][i]):
                 continue
-            d = float((a["boxes"][i] - b["boxes"][j]).abs().max())
+            d = float(np.abs(np.asarray(a["boxes"][i]) - np.asarray(b["boxes"][j])).max())
             if d < best_d:
                 best, best_d = j, d
         if best is None:
@@ -382,22 +382,20 @@ def _match_boxes(a: dict, b: dict) -> tuple[bool, float]:
 
 def _parity(model, info: dict, run_onnx: Callable[[np.ndarray], list[np.ndarray]], imgsz: int,
             images: Sequence[tuple[str, np.ndarray]]) -> ParityReport:
-    import cv2
     import torch
 
 
-    mean = np.asarray(info.get("mean", (0, 0, 0)), np.float32).reshape(3, 1, 1)
-    std = np.asarray(info.get("std", (1, 1, 1)), np.float32).reshape(3, 1, 1)
+    pre = Preprocess.from_info(info, size=imgsz)  # the pixels predict gives the model
     report = ParityReport([name for name, _ in images], 0.0)
     if info["task"] == "detect":
         report.box_max_abs = 0.0
     for name, image in images:
         if info["task"] == "detect":
-            tensor, scale, pad = letterbox(image, imgsz)
-            x = tensor.numpy()
-        else:
-            x = cv2.resize(image, (imgsz, imgsz), interpolation=cv2.INTER_AREA).transpose(2, 0, 1).astype(np.float32) / 255.0
-        x = ((x - mean) / std)[None].astype(np.float32)
+            xt, (geometry,) = pre([image])
+        else:  # a whole image, as predict and evaluate classify one: its full box, no margin
+            h, w = image.shape[:2]
+            xt = pre.cells(image, np.array([[0, 0, w, h]], np.float32), margin=0.0)
+        x = xt.numpy().astype(np.float32)
         with torch.inference_mode():
             ref = model(torch.from_numpy(x))
         ref_list = ref if isinstance(ref, (list, tuple)) else [ref]
@@ -411,7 +409,7 @@ def _parity(model, info: dict, run_onnx: Callable[[np.ndarray], list[np.ndarray]
             det_t = model.predict(list(ref_list), **kw)[0]
             det_o = model.predict([torch.from_numpy(g) for g in got], **kw)[0]  # the same post-processing
             for d in (det_t, det_o):
-                d["boxes"] = unletterbox_boxes(d["boxes"], scale, pad, image.shape[:2])
+                d["boxes"] = geometry.to_image(d["boxes"]).astype(np.float32)
             same, diff = _match_boxes(det_t, det_o)
             report.counts.append((len(det_t["boxes"]), len(det_o["boxes"])))
             report.same_classes &= same

@@ -38,7 +38,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss
 
-from blastscope.data.letterbox import letterbox, unletterbox_boxes
 from blastscope.models._darknet import DarknetHeader, load_darknet_convs
 from blastscope.models.registry import register_model
 from blastscope.models.weights import resolve_weights
@@ -48,8 +47,6 @@ __all__ = [
     "ANCHORS",
     "COCO_CLASSES",
     "load_darknet_weights",
-    "letterbox",
-    "unletterbox_boxes",
 ]
 
 # (w, h) in input pixels and the anchor indices of each head, from yolov3-tiny.cfg.
