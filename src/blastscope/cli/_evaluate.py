@@ -15,6 +15,7 @@ cells called --positive (at least half: positive) for multi-cell images; see
 blastscope.engine.evaluate for the exact rules.
 
 Writes to --out DIR: metrics.json (a flat object metric -> number, null for undefined),
+predictions.csv (one row per detection or cell: what the model said; --predictions rescores it),
 report.html (self-contained: plots embedded) and the plots as PNG files.
 """
 
@@ -44,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="patient call: mean image score >= 0.5, or at least half of the images positive (default mean)")
     a("--positive", default="ALL", help="class of interest for sensitivity, specificity and ROC (default ALL)")
     a("--device", default="cpu", help="torch device (default cpu)")
+    a("--predictions", type=Path, default=None, metavar="CSV",
+      help="rescore the predictions.csv of an earlier evaluation of this CHECKPOINT without running the model")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, split=args.split, classifier=args.classifier, conf=args.conf, iou=args.iou,
         min_score=args.min_score, imgsz=args.imgsz, batch=args.batch, positive=args.positive,
         patient_rule=args.patient_rule, cell_conf=args.cell_conf, progress=args.progress, device=args.device,
+        predictions=args.predictions,
     )  # fmt: skip
     report = write_report(result, args.out)
     n = len(result.predictions)
