@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import Dataset
 
 from blastscope._problems import BlastscopeError, ProblemLog
-from blastscope.data.images import read_image
+from blastscope.data.images import image_size, read_image
 
 __all__ = ["DetectionDataset", "ClassificationDataset", "collate_fn"]
 
@@ -62,6 +62,11 @@ def _load_split(manifest_df: pd.DataFrame, split: str | None, load_row: Callable
     n_problems = len(log)
     samples: list = []
     for row in rows.itertuples(index=False):
+        try:  # the header only: a missing, corrupt or over-limit image is a problem now, not mid-epoch
+            image_size(str(row.image))
+        except BlastscopeError as e:
+            log.add(row.image, str(e).removeprefix(f"{row.image}: "))
+            continue
         samples.extend(load_row(row, log))
     if not samples:
         where = manifest_df.attrs.get("manifest_path", "manifest")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -250,9 +251,24 @@ def coco_dict(
     """
     cat_id = {name: i for i, name in enumerate(classes, start=1)}
     images, annotations = [], []
+    # both sides absolute: a relative --out (``pbc_coco``) against resolved image paths used to fail
+    root = Path(os.path.abspath(image_root)) if image_root is not None else None
     for image_id, ann in enumerate(anns, start=1):
         path = Path(ann.image)
-        file_name = path.relative_to(image_root).as_posix() if image_root is not None else path.name
+        if root is None:
+            file_name = path.name
+        else:
+            absolute = Path(os.path.abspath(path))
+            try:
+                file_name = absolute.relative_to(root).as_posix()
+            except ValueError:  # a link or another spelling of the folder: compare resolved paths
+                try:
+                    file_name = absolute.resolve().relative_to(root.resolve()).as_posix()
+                except ValueError:
+                    raise BlastscopeError(
+                        f"{ann.image}: image is not inside the COCO image folder {root}; "
+                        "copy it there, or write without an image folder"
+                    ) from None
         images.append({"id": image_id, "file_name": file_name, "width": int(ann.width), "height": int(ann.height)})
         for box, name, diff in zip(ann.boxes.astype(np.float64), ann.labels, ann.difficult, strict=True):
             if name not in cat_id:

@@ -1,0 +1,353 @@
+"""The defects found by a break-it pass (issue 9): hostile or careless inputs get one clear line
+and lose nothing. Each test failed on commit 9614dcb and passes now.
+
+Images are tiny synthetic PNGs (SYNTHETIC data); the detector is the untrained toy of conftest.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from blastscope._problems import BlastscopeError
+from blastscope.cli.main import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _png(path: Path, h: int = 48, w: int = 64, value: int = 120, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.normal(value, 30, size=(h, w, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(img).save(path)
+    return path
+
+
+def _bomb(path: Path, width: int = 100_000, height: int = 100_000) -> Path:
+    """A PNG of a few hundred bytes whose header claims ``width x height`` pixels (one zlib stream
+    of a few rows: decoding would need tens of gigabytes before finding it short)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (3 * width + 1) * 4, 9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    return path
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# ------------------------------------------------------------------------ 1. decompression bombs
+def test_bomb_is_one_problem_for_the_image_reader(tmp_path):
+    from blastscope.data.images import image_size, read_image, set_max_pixels
+
+    bomb = _bomb(tmp_path / "bomb.png")
+    for reader in (read_image, image_size):
+        with pytest.raises(BlastscopeError, match=r"bomb.png: image header says 100000 x 100000 pixels.*--max-pixels"):
+            reader(bomb)
+    # the limit is configurable: a 13000 x 13000 header is refused at 64 MP, and a small image
+    # over a lowered limit too
+    with pytest.raises(BlastscopeError, match="13000 x 13000"):
+        image_size(_bomb(tmp_path / "big.png", 13000, 13000))
+    small = _png(tmp_path / "small.png")
+    try:
+        set_max_pixels(1000)
+        with pytest.raises(BlastscopeError, match="over the limit of 0.001 megapixels"):
+            read_image(small)
+        set_max_pixels(0)  # no limit
+        assert image_size(_bomb(tmp_path / "b2.png", 20000, 20000)) == (20000, 20000)
+    finally:
+        set_max_pixels(None)
+    assert read_image(small).shape == (48, 64, 3)
+
+
+def test_predict_skips_a_bomb_and_goes_on(toy_detector_ckpt, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    for i in range(4):
+        _png(folder / f"a{i}.png", seed=i)
+    _bomb(folder / "a1b.png")
+    rc, out, err = _run(["predict", str(toy_detector_ckpt), str(folder), "--out", str(tmp_path / "o"), "--no-progress"], capsys)
+    assert rc == 0, err
+    assert "a1b.png" in err and "100000 x 100000" in err and "Traceback" not in err
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "o" / "predictions.csv", dtype=str, keep_default_na=False)
+    assert sorted({Path(s).name for s in df["source"]}) == [f"a{i}.png" for i in range(4)]
+    # --max-pixels on the command line lowers the limit for this run only
+    rc, out, err = _run(["predict", str(toy_detector_ckpt), str(folder / "a0.png"), "--out", str(tmp_path / "o2"),
+                         "--no-progress", "--max-pixels", "100"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "a0.png" in err and "--max-pixels" in err
+
+
+def _yolo_tree(root: Path, n: int = 3) -> Path:
+    for i in range(n):
+        _png(root / "images" / f"c{i}.png", seed=i)
+        (root / "labels").mkdir(parents=True, exist_ok=True)
+        (root / "labels" / f"c{i}.txt").write_text("0 0.5 0.5 0.25 0.25\n")
+    (root / "classes.txt").write_text("blast\n")
+    return root
+
+
+def test_import_convert_annotate_skip_a_bomb(tmp_path, capsys):
+    src = _yolo_tree(tmp_path / "yolo")
+    _bomb(src / "images" / "zz.png")
+    (src / "labels" / "zz.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    rc, out, err = _run(["import", str(src), "--out", str(tmp_path / "m.csv")], capsys)
+    assert rc == 0, err
+    assert "zz.png" in err and "megapixels" in err and "Traceback" not in err
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "m.csv", dtype=str, keep_default_na=False)
+    assert sorted(Path(p).name for p in df["image"]) == ["c0.png", "c1.png", "c2.png"]
+    rc, out, err = _run(["convert", str(src), "--to", "voc", "--out", str(tmp_path / "voc")], capsys)
+    assert rc == 0, err
+    assert "zz.png" in err and "megapixels" in err
+    assert sorted(p.name for p in (tmp_path / "voc" / "Annotations").glob("*.xml")) == ["c0.xml", "c1.xml", "c2.xml"]
+    # annotate on a folder
+    cells = tmp_path / "cells" / "ALL"
+    _png(cells / "a.png")
+    _bomb(cells / "b.png")
+    rc, out, err = _run(["annotate", str(tmp_path / "cells"), "--out", str(tmp_path / "ann")], capsys)
+    assert "b.png" in err and "megapixels" in err and "Traceback" not in err
+
+
+def test_train_skips_a_bomb_row(tmp_path, capsys):
+    import io
+
+    from blastscope._problems import ProblemLog
+    from blastscope.data.dataset import DetectionDataset
+    from blastscope.data.manifest import new_manifest
+
+    rows = []
+    for i in range(2):
+        p = _png(tmp_path / f"c{i}.png", 64, 64, 10, seed=i)
+        rows.append({"image": str(p), "label": "ALL", "split": "train"})
+    rows.append({"image": str(_bomb(tmp_path / "bomb.png")), "label": "ALL", "split": "train"})
+    log = ProblemLog(stream=io.StringIO())
+    ds = DetectionDataset(new_manifest(rows), "train", ["ALL"], imgsz=64, auto_boxes=True, log=log)
+    assert [Path(p).name for p in ds.images] == ["c0.png", "c1.png"]
+    assert [Path(p.path).name for p in log] == ["bomb.png"]
+    assert "100000 x 100000" in log.stream.getvalue()
+
+
+# ------------------------------------------------------------------------------ 4. 16-bit images
+@pytest.mark.parametrize("fmt", ["png", "tiff"])
+def test_16_bit_grey_is_scaled_by_its_bit_depth(tmp_path, fmt, capsys):
+    from blastscope.data import images
+
+    ramp = np.linspace(0, 4095, 64 * 48).reshape(48, 64).astype(np.uint16)  # a 12-bit camera
+    path = tmp_path / f"g16.{fmt}"
+    Image.fromarray(ramp).save(path)
+    monkey_said = images._said_high_bit_depth
+    images._said_high_bit_depth = False
+    try:
+        rgb = images.read_image(path)
+        images.read_image(path)
+    finally:
+        images._said_high_bit_depth = monkey_said
+    assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8
+    expected = np.rint(ramp / 4095 * 255).astype(np.uint8)
+    np.testing.assert_array_equal(rgb[..., 0], expected)
+    assert (rgb == 255).mean() < 0.01  # was 99.7 % white
+    err = capsys.readouterr().err
+    assert err.count("scaled to 8 bits") == 1 and "12-bit" in err and path.name in err
+    # full 16-bit range: 65535 -> 255, 32768 -> 128
+    full = np.array([[0, 32768, 65535]], np.uint16)
+    Image.fromarray(full).save(tmp_path / "f.png")
+    assert images.read_image(tmp_path / "f.png")[0, :, 0].tolist() == [0, 128, 255]
+
+
+# ------------------------------------------------------------------------ 8. misleading messages
+def test_zero_byte_image_message_names_the_file(tmp_path):
+    from blastscope.data.images import decode_image, read_image
+
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(BlastscopeError) as e:
+        read_image(empty)
+    assert str(e.value).startswith(f"{empty}: the file is empty (0 bytes)") and "BytesIO" not in str(e.value)
+    (tmp_path / "text.png").write_text("hello")
+    with pytest.raises(BlastscopeError) as e:
+        decode_image((tmp_path / "text.png").read_bytes(), tmp_path / "text.png")
+    assert "not a recognised image format" in str(e.value) and "BytesIO" not in str(e.value)
+
+
+# ------------------------------------------------------------ 2. convert --to coco, relative --out
+def test_convert_to_coco_with_a_relative_out(tmp_path, monkeypatch, capsys):
+    import json
+
+    src = _yolo_tree(tmp_path / "data" / "yolo")
+    monkeypatch.chdir(tmp_path / "data")
+    rc, out, err = _run(["convert", "yolo", "--to", "coco", "--out", "pbc_coco"], capsys)  # the README's form
+    assert rc == 0, err
+    coco = json.loads((tmp_path / "data" / "pbc_coco" / "annotations" / "instances.json").read_text())
+    assert sorted(im["file_name"] for im in coco["images"]) == ["c0.png", "c1.png", "c2.png"]
+    assert len(coco["annotations"]) == 3
+    assert src.is_dir()
+
+
+# ------------------------------------ 3. a full disk mid-run: one line, and --resume gives the same
+class _FullDisk:
+    """A file whose disk fills up after ``room`` more bytes (characters in text mode)."""
+
+    def __init__(self, f, room: int):
+        self._f, self._room = f, room
+
+    def write(self, data):
+        if len(data) > self._room:
+            self._f.write(data[: self._room] if isinstance(data, str) else bytes(memoryview(data).cast("B")[: self._room]))
+            self._room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as write(2) reports it: no file name
+        self._room -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def _fill_disk_at(monkeypatch, target: str, nth: int) -> dict:
+    """Make the ``nth`` atomic write of the file ``target`` fail with ENOSPC after 100 bytes."""
+    import tempfile
+
+    real_mkstemp, real_fdopen = tempfile.mkstemp, os.fdopen
+    names: dict[int, str] = {}
+    seen = {"n": 0}
+
+    def mkstemp(*a, **k):
+        fd, p = real_mkstemp(*a, **k)
+        names[fd] = p
+        return fd, p
+
+    def fdopen(fd, *a, **k):
+        f = real_fdopen(fd, *a, **k)
+        if Path(names.pop(fd, "")).name.startswith(f".{target}."):
+            seen["n"] += 1
+            if seen["n"] == nth:
+                return _FullDisk(f, 100)
+        return f
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory) -> Path:
+    from test_train import make_manifest
+
+    return make_manifest(tmp_path_factory.mktemp("cells"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cells, tmp_path_factory) -> Path:
+    from test_train import _args
+
+    out = tmp_path_factory.mktemp("runs") / "ref"
+    assert main(_args(cells, out)) == 0
+    return out
+
+
+@pytest.mark.parametrize("target, nth", [("last.pt", 2), ("metrics.csv", 2), ("last.pt", 1)])
+def test_full_disk_during_training_resumes_to_the_same_weights(cells, uninterrupted, tmp_path, monkeypatch, capsys,
+                                                               target, nth):
+    import torch
+    from test_train import _args, _rows, _without_seconds
+
+    out = tmp_path / "full"
+    with monkeypatch.context() as m:
+        seen = _fill_disk_at(m, target, nth)
+        rc, stdout, err = _run(_args(cells, out), capsys)
+    assert seen["n"] == nth and rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert f"{out / target}: No space left on device (ENOSPC)" in lines[0]
+    assert f"--resume {out}" in lines[0]
+    assert not list(out.glob(".*.tmp"))  # no half-written copy left beside the checkpoints
+    epoch_done = 1 if (target, nth) != ("last.pt", 1) else 0
+    assert (f"holds epoch {epoch_done}" if epoch_done else "no epoch was completed") in lines[0]
+
+    rc, stdout, err = _run(["train", "--resume", str(out), "--no-progress"], capsys)
+    assert rc == 0, err
+    assert _without_seconds(_rows(out)) == _without_seconds(_rows(uninterrupted))
+    for name in ("last.pt", "best.pt", "epoch_002.pt"):
+        a, b = (torch.load(p / name, weights_only=True) for p in (uninterrupted, out))
+        assert a["epoch"] == b["epoch"], name
+        for k, v in a["state_dict"].items():
+            assert torch.equal(v, b["state_dict"][k]), (name, k)
+
+
+# ------------------------------------------- 5. --exist-ok checks the new data before replacing
+def test_exist_ok_keeps_the_old_run_until_the_new_one_has_a_checkpoint(cells, uninterrupted, tmp_path, capsys):
+    import shutil
+
+    from test_train import _args
+
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,label\n")  # no rows
+    rc, _, err = _run(_args(bad, out, "--exist-ok", epochs=1), capsys)
+    assert rc == 2 and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # a run stopped (Ctrl-C) before its first checkpoint puts the old run back
+    from blastscope.engine import tasks
+
+    loss = tasks.DetectTask.loss
+
+    def interrupted(self, *a, **k):
+        raise KeyboardInterrupt
+
+    tasks.DetectTask.loss = interrupted
+    try:
+        rc, stdout, _ = _run(_args(cells, out, "--exist-ok", epochs=1), capsys)
+    finally:
+        tasks.DetectTask.loss = loss
+    assert rc == 130 and "kept as it was" in stdout
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not (out / ".replaced-run").exists()
+    # a good one replaces it after its first epoch
+    rc, _, err = _run(_args(cells, out, "--exist-ok", epochs=1), capsys)
+    assert rc == 0, err
+    assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "epoch_001.pt", "last.pt"]
+    assert not (out / ".replaced-run").exists()
+
+
+# ------------------------------------------------- 6. stale temporary files of a killed write
+def test_resume_and_exist_ok_remove_stale_temporary_files(cells, uninterrupted, tmp_path, capsys):
+    import shutil
+
+    from test_train import _args
+
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    stale = out / ".last.pt.ab3_x9qz.tmp"  # as atomic_write names them
+    stale.write_bytes(b"\0" * 10_000)
+    keep = out / "notes.tmp"  # not ours: left alone
+    keep.write_text("mine")
+    rc, stdout, err = _run(["train", "--resume", str(out), "--no-progress"], capsys)
+    assert rc == 0, err
+    assert not stale.exists() and keep.exists()
+    assert "removed 1 temporary file(s)" in stdout and stale.name in stdout
+    stale.write_bytes(b"\0" * 10)
+    rc, stdout, err = _run(_args(cells, out, "--exist-ok", epochs=1), capsys)
+    assert rc == 0, err
+    assert not stale.exists() and keep.exists()
