@@ -351,3 +351,76 @@ def test_resume_and_exist_ok_remove_stale_temporary_files(cells, uninterrupted, 
     rc, stdout, err = _run(_args(cells, out, "--exist-ok", epochs=1), capsys)
     assert rc == 0, err
     assert not stale.exists() and keep.exists()
+
+
+# ----------------------------------------------- 3. an output folder that cannot be written
+def test_unwritable_outputs_are_one_line_naming_the_path(cells, toy_detector_ckpt, tmp_path, capsys):
+    from test_train import _args
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    images = tmp_path / "imgs"
+    _png(images / "a.png")
+    src = _yolo_tree(tmp_path / "yolo", 2)
+    commands = {
+        "import": ["import", str(src), "--out", str(blocker / "m.csv")],
+        "split": ["split", str(cells), "--out", str(blocker / "s.csv")],
+        "synth": ["synth", "--out", str(blocker / "syn"), "--n-per-class", "2", "--patients", "1", "--size", "64",
+                  "--no-progress"],
+        "predict": ["predict", str(toy_detector_ckpt), str(images), "--out", str(blocker / "p"), "--no-progress"],
+        "export": ["export", str(toy_detector_ckpt), "--out", str(blocker / "m.onnx")],
+        "evaluate": ["evaluate", str(toy_detector_ckpt), "--data", str(cells), "--split", "train", "--out",
+                     str(blocker / "e"), "--no-progress"],
+        "convert": ["convert", str(src), "--to", "coco", "--out", str(blocker / "c")],
+        "train": _args(cells, blocker / "run", epochs=1),
+    }
+    for name, argv in commands.items():
+        rc, out, err = _run(argv, capsys)
+        lines = err.strip().splitlines()
+        assert rc == 2, (name, err)
+        assert "Traceback" not in err and lines[-1].startswith("error: "), (name, err)
+        assert str(blocker) in lines[-1], (name, lines[-1])
+        assert "Not a directory (ENOTDIR)" in lines[-1] or "File exists (EEXIST); a file of that name" in lines[-1], lines
+        if name == "convert":  # the output folder is blamed, not the source image
+            assert "cannot copy image" not in err, err
+
+
+# --------------------------------------------------------------------- 7. silent overwrites
+def test_synth_keeps_a_manifest_the_user_changed(tmp_path, capsys):
+    argv = ["synth", "--out", str(tmp_path), "--n-per-class", "2", "--patients", "1", "--size", "48", "--no-progress"]
+    assert _run(argv, capsys)[0] == 0
+    assert _run(argv, capsys)[0] == 0  # unchanged since synth wrote it: replaced
+    manifest = tmp_path / "synthetic_manifest.csv"
+    rc, _, err = _run(["split", str(manifest), "--seed", "0"], capsys)
+    assert rc == 0, err
+    split = manifest.read_bytes()
+    rc, _, err = _run(argv, capsys)
+    assert rc == 2 and "synthetic_manifest.csv: exists and was changed" in err and "--overwrite" in err
+    assert manifest.read_bytes() == split
+    assert _run([*argv, "--overwrite"], capsys)[0] == 0
+    assert manifest.read_bytes() != split
+
+
+def test_evaluate_refuses_to_replace_a_report(toy_detector_ckpt, tmp_path, capsys):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "report.html").write_text("my earlier report")
+    rc, _, err = _run(["evaluate", str(toy_detector_ckpt), "--data", str(tmp_path / "none.csv"), "--out", str(out)], capsys)
+    assert rc == 2 and "report.html: already exists" in err and "--overwrite" in err
+    assert (out / "report.html").read_text() == "my earlier report"
+
+
+def test_predict_overwrite_leaves_no_stale_annotated_images(toy_detector_ckpt, tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    _png(first / "a.png")
+    _png(first / "sub" / "b.png", seed=1)
+    _png(second / "c.png", seed=2)
+    out = tmp_path / "pred"
+    assert _run(["predict", str(toy_detector_ckpt), str(first), "--out", str(out), "--no-progress"], capsys)[0] == 0
+    assert sorted(p.name for p in (out / "images").rglob("*.png")) == ["a.png", "b.png"]
+    (out / "my_notes.txt").write_text("keep")
+    rc, _, err = _run(["predict", str(toy_detector_ckpt), str(second), "--out", str(out), "--no-progress", "--overwrite"],
+                      capsys)
+    assert rc == 0, err
+    assert sorted(p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*.png")) == ["c.png"]
+    assert (out / "my_notes.txt").read_text() == "keep"

@@ -33,6 +33,7 @@ _OS_FIXES = {
     errno.ENOENT: "check that the folder exists",
     errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
     errno.EISDIR: "the path is a folder; give a file name",
+    errno.EEXIST: "a file of that name is in the way (a folder is needed there); move it or choose another path",
     errno.EIO: "the disk reported an input/output error; check it",
 }
 

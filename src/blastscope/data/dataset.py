@@ -62,11 +62,6 @@ def _load_split(manifest_df: pd.DataFrame, split: str | None, load_row: Callable
     n_problems = len(log)
     samples: list = []
     for row in rows.itertuples(index=False):
-        try:  # the header only: a missing, corrupt or over-limit image is a problem now, not mid-epoch
-            image_size(str(row.image))
-        except BlastscopeError as e:
-            log.add(row.image, str(e).removeprefix(f"{row.image}: "))
-            continue
         samples.extend(load_row(row, log))
     if not samples:
         where = manifest_df.attrs.get("manifest_path", "manifest")
@@ -141,6 +136,11 @@ class DetectionDataset(Dataset):
 
     def _load_row(self, row, log: ProblemLog) -> _Item | None:
         image = str(row.image)
+        try:  # the header only: a missing, corrupt or over-limit image is a problem now, not mid-epoch
+            image_size(image)
+        except BlastscopeError as e:
+            log.add(image, str(e).removeprefix(f"{image}: "))
+            return None
         if self.auto_boxes:
             return self._auto_box(row, log)
         spec = str(getattr(row, "annotation", "") or "")
