@@ -424,3 +424,49 @@ def test_predict_overwrite_leaves_no_stale_annotated_images(toy_detector_ckpt, t
     assert rc == 0, err
     assert sorted(p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*.png")) == ["c.png"]
     assert (out / "my_notes.txt").read_text() == "keep"
+
+
+def test_checkpoint_messages_say_what_the_file_is(toy_detector_ckpt, tmp_path, capsys):
+    import torch
+
+    from blastscope.engine.checkpoint import load_model
+
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes().replace(b"\x80", b"\x81"))
+    text = tmp_path / "text.pt"
+    text.write_text("this is not a checkpoint\n")
+    for path in (noise, text):
+        with pytest.raises(BlastscopeError) as e:
+            load_model(path)
+        assert "pickled Python objects" not in str(e.value) and "random bytes or text" in str(e.value)
+    # model arguments the architecture does not take: one line, no TypeError traceback
+    ckpt = torch.load(toy_detector_ckpt, weights_only=True)
+    ckpt["model"]["kwargs"] = {"no_such_argument": 3}
+    odd = tmp_path / "odd.pt"
+    torch.save(ckpt, odd)
+    with pytest.raises(BlastscopeError, match=r"odd.pt: its model arguments \['no_such_argument'\] do not fit"):
+        load_model(odd)
+    rc, _, err = _run(["predict", str(odd), str(_png(tmp_path / "a.png")), "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "Traceback" not in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------ 9. silent loss
+def test_truncated_video_is_reported(toy_detector_ckpt, tmp_path, capsys):
+    import cv2
+
+    full = tmp_path / "full.avi"
+    vw = cv2.VideoWriter(str(full), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        vw.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    vw.release()
+    cut = tmp_path / "cut.avi"
+    data = full.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.8)])
+    rc, out, err = _run(["predict", str(toy_detector_ckpt), str(cut), "--out", str(tmp_path / "o"), "--no-progress",
+                         "--no-draw"], capsys)
+    assert rc == 0, err
+    assert "cut.avi: video ended at frame" in err and "of the 6 its header announces (truncated or damaged)" in err
+    rc, out, err = _run(["predict", str(toy_detector_ckpt), str(full), "--out", str(tmp_path / "o2"), "--no-progress",
+                         "--no-draw"], capsys)
+    assert rc == 0 and "(truncated or damaged)" not in err
