@@ -470,3 +470,52 @@ def test_truncated_video_is_reported(toy_detector_ckpt, tmp_path, capsys):
     rc, out, err = _run(["predict", str(toy_detector_ckpt), str(full), "--out", str(tmp_path / "o2"), "--no-progress",
                          "--no-draw"], capsys)
     assert rc == 0 and "(truncated or damaged)" not in err
+
+
+def _voc_tree(root: Path, labels_per_image: list[list[str]]) -> Path:
+    from blastscope.data.formats.voc import write_voc
+    from blastscope.data.types import ImageAnnotation
+
+    for i, labels in enumerate(labels_per_image):
+        img = _png(root / "JPEGImages" / f"s{i}.png", 64, 64, seed=i)
+        boxes = np.array([[4 + 10 * k, 4, 12 + 10 * k, 12] for k in range(len(labels))], np.float32).reshape(-1, 4)
+        ann = ImageAnnotation(image=str(img), width=64, height=64, boxes=boxes, labels=labels,
+                              difficult=np.zeros(len(labels), bool))
+        write_voc(ann, root / "Annotations" / f"s{i}.xml", folder="JPEGImages")
+    return root
+
+
+def test_voc_classes_without_names_are_said_once_with_counts(tmp_path, capsys):
+    src = _voc_tree(tmp_path / "voc", [["WBC", "RBC"], ["RBC", "RBC"], ["WBc"]])  # a typo'd class
+    rc, out, err = _run(["import", str(src), "--out", str(tmp_path / "m.csv"), "--no-progress"], capsys)
+    assert rc == 0, err
+    notes = [line for line in (out + err).splitlines() if "no --names given" in line]
+    assert len(notes) == 1 and "RBC 3, WBC 1, WBc 1" in notes[0] and "3 class names" in notes[0]
+    rc, out, err = _run(["import", str(src), "--out", str(tmp_path / "n.csv"), "--no-progress", "--names", "RBC,WBC"],
+                        capsys)
+    assert "no --names given" not in out + err and "WBc" in err  # named as a problem instead
+
+
+def test_coco_annotation_naming_its_image_by_file_name_makes_that_image_a_problem(tmp_path, capsys):
+    import json
+
+    root = tmp_path / "coco"
+    images = [{"id": i, "file_name": f"s{i}.png", "width": 64, "height": 64} for i in range(3)]
+    for i in range(3):
+        _png(root / "images" / f"s{i}.png", 64, 64, seed=i)
+    anns = [{"id": 1, "image_id": 0, "category_id": 1, "bbox": [4, 4, 8, 8]},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [4, 4, 8, 8]},
+            {"id": 3, "image_id": "s1.png", "category_id": 1, "bbox": [20, 20, 8, 8]},  # s1's file name
+            {"id": 4, "image_id": 2, "category_id": 1, "bbox": [4, 4, 8, 8]},
+            {"id": 5, "image_id": 99, "category_id": 1, "bbox": [4, 4, 8, 8]}]  # nobody's
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "instances.json").write_text(json.dumps(
+        {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "WBC"}]}))
+    rc, out, err = _run(["import", str(root), "--out", str(tmp_path / "m.csv"), "--no-progress"], capsys)
+    assert rc == 0, err
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "m.csv", dtype=str, keep_default_na=False)
+    assert sorted(Path(p).name for p in df["image"]) == ["s0.png", "s2.png"]  # s1 not kept with fewer boxes
+    assert "instances.json#1: 1 annotation(s) give image_id 's1.png', this image's file name" in err
+    assert "1 annotation(s) refer to 1 image id(s) not in 'images' (e.g. 99)" in err

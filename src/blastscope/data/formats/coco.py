@@ -129,7 +129,33 @@ def read_coco_indexed(
         per_image[str(a["image_id"])].append(a)
     out: list[tuple[str, ImageAnnotation]] = []
     seen: set[str] = set()
+    ids = {str(im.get("id")) for im in data["images"] if isinstance(im, dict)}
+    unknown = set(per_image) - ids
+    # an annotation whose image_id is an image's file name (or stem) instead of its id belongs to
+    # that image: keeping the image without that box would teach "no cell here"; it is a problem
+    by_name: dict[str, list[str]] = {}
+    for uid in unknown:
+        by_name.setdefault(uid, [])
     for im in data["images"]:
+        if isinstance(im, dict) and im.get("file_name"):
+            name = str(im["file_name"])
+            for key in {name, Path(name).name, Path(name).stem}:
+                if key in by_name:
+                    by_name[key].append(str(im.get("id")))
+    misnamed = {str(i): uid for uid, owners in by_name.items() if len(owners) == 1 for i in owners}
+    for im in data["images"]:
+        if isinstance(im, dict) and str(im.get("id")) in misnamed:
+            uid = misnamed[str(im.get("id"))]
+            n = len(per_image[uid])
+            e = BlastscopeError(
+                f"{json_path}#{im.get('id')}: {n} annotation(s) give image_id {uid!r}, this image's file name, "
+                f"not its id {im.get('id')!r}, so the image would lose those boxes; not imported: "
+                "set their image_id to the image's id"
+            )
+            if log is None:
+                raise e
+            log_error(log, f"{json_path}#{im.get('id')}", e)
+            continue
         try:
             image_id, ann = _read_image_entry(im, per_image, cat_names, json_path, bases, check_image)
         except BlastscopeError as e:
@@ -142,12 +168,14 @@ def read_coco_indexed(
             raise BlastscopeError(f"{json_path}: image id {image_id} appears twice; ids must be unique")
         seen.add(image_id)
         out.append((image_id, ann))
-    unknown = set(per_image) - {str(im.get("id")) for im in data["images"] if isinstance(im, dict)}
+    unknown -= set(misnamed.values())
     if unknown:
-        msg = f"annotations refer to {len(unknown)} image id(s) not in 'images' (e.g. {sorted(unknown)[0]})"
+        n_boxes = sum(len(per_image[u]) for u in unknown)
+        msg = (f"{n_boxes} annotation(s) refer to {len(unknown)} image id(s) not in 'images' "
+               f"(e.g. {sorted(unknown)[0]}); the images they belong to cannot be told, so their boxes are lost")
         if log is None:
             raise BlastscopeError(f"{json_path}: {msg}; fix the file")
-        log.add(json_path, msg, "those boxes are ignored")
+        log.add(json_path, msg, "fix their image_id (or add the images), or pass --strict to stop")
     return out, classes
 
 
