@@ -519,3 +519,61 @@ def test_coco_annotation_naming_its_image_by_file_name_makes_that_image_a_proble
     assert sorted(Path(p).name for p in df["image"]) == ["s0.png", "s2.png"]  # s1 not kept with fewer boxes
     assert "instances.json#1: 1 annotation(s) give image_id 's1.png', this image's file name" in err
     assert "1 annotation(s) refer to 1 image id(s) not in 'images' (e.g. 99)" in err
+
+
+# ------------------------------------------------------------------------ 10. gui without display
+def test_gui_without_a_display_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    proc = subprocess.run([sys.executable, "-m", "blastscope.cli.main", "gui"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    if sys.platform.startswith(("win", "darwin")):
+        pytest.skip("Qt needs no DISPLAY here")
+    assert proc.returncode == 2, proc.stderr  # Qt aborted with 134 before
+    assert proc.stderr.count("\n") == 1 and "no display found" in proc.stderr
+    assert "QT_QPA_PLATFORM=offscreen" in proc.stderr and "ssh -X" in proc.stderr
+
+    from blastscope.cli._gui import check_display
+
+    check_display({"DISPLAY": ":0"}, "linux")
+    check_display({"QT_QPA_PLATFORM": "offscreen"}, "linux")
+    check_display({}, "darwin")
+    with pytest.raises(BlastscopeError, match="no display found"):
+        check_display({"QT_QPA_PLATFORM": "xcb"}, "linux")
+
+
+# ------------------------------------------------------------------ 11. links the user made
+def test_links_the_user_made_are_followed(tmp_path, capsys):
+    import pandas as pd
+
+    raw = tmp_path / "raw_download"
+    for i in range(2):
+        _png(raw / f"all_{i}.png", seed=i)
+        _png(raw / f"hem_{i}.png", seed=10 + i)
+    _png(raw / "more" / "hem_9.png", seed=20)
+    ds = tmp_path / "cells"
+    for cls in ("ALL", "HEM"):
+        (ds / cls).mkdir(parents=True)
+        for i in range(2):
+            (ds / cls / f"{cls.lower()}_{i}.png").symlink_to(raw / f"{cls.lower()}_{i}.png")
+    (ds / "HEM" / "more").symlink_to(raw / "more", target_is_directory=True)
+    rc, out, err = _run(["import", str(ds), "--out", str(tmp_path / "m.csv"), "--no-progress"], capsys)
+    assert rc == 0, err
+    df = pd.read_csv(tmp_path / "m.csv", dtype=str, keep_default_na=False)
+    assert sorted(Path(p).name for p in df["image"]) == ["all_0.png", "all_1.png", "hem_0.png", "hem_1.png", "hem_9.png"]
+    assert all(p.startswith("cells/") for p in df["image"])  # the link's name, inside the dataset
+    assert sorted(df["label"]) == ["ALL", "ALL", "HEM", "HEM", "HEM"]
+    # the strict rule on request
+    rc, out, err = _run(["import", str(ds), "--out", str(tmp_path / "s.csv"), "--no-progress", "--no-follow-links"],
+                        capsys)
+    assert rc == 2 and "path leads outside the dataset folder" in err
+    # names written in an annotation file that climb out of the dataset are refused either way
+    voc = _voc_tree(tmp_path / "voc", [["WBC"], ["WBC"]])
+    xml = voc / "Annotations" / "s1.xml"
+    xml.write_text(xml.read_text().replace("<filename>s1.png</filename>", "<filename>../../raw_download/all_0.png</filename>"))
+    rc, out, err = _run(["import", str(voc), "--out", str(tmp_path / "v.csv"), "--no-progress"], capsys)
+    assert rc == 0 and "escapes the dataset folder" in err
+    assert [Path(p).name for p in pd.read_csv(tmp_path / "v.csv", dtype=str)["image"]] == ["s0.png"]
