@@ -577,3 +577,23 @@ def test_links_the_user_made_are_followed(tmp_path, capsys):
     rc, out, err = _run(["import", str(voc), "--out", str(tmp_path / "v.csv"), "--no-progress"], capsys)
     assert rc == 0 and "escapes the dataset folder" in err
     assert [Path(p).name for p in pd.read_csv(tmp_path / "v.csv", dtype=str)["image"]] == ["s0.png"]
+
+
+# ------------------------------------------------------------- 12. split --folds without patients
+def test_split_folds_without_patient_ids_says_what_it_did(tmp_path, capsys):
+    from blastscope.data.manifest import new_manifest, write_manifest
+
+    rows = [{"image": str(_png(tmp_path / "i" / f"{lab}{i}.png", 8, 8, seed=i)), "label": lab}
+            for lab in ("ALL", "HEM") for i in range(30)]
+    df = new_manifest(rows)
+    df.attrs["classes"] = ["ALL", "HEM"]
+    manifest = write_manifest(df, tmp_path / "m.csv")
+    rc, out, err = _run(["split", str(manifest), "--folds", "3"], capsys)
+    assert rc == 0, err
+    table, _, rest = out.partition("folds")
+    assert "patients" not in table.splitlines()[0]  # was a column of zeros
+    assert "no patient ids in this manifest" in out
+    assert "3 folds (no patient ids: grouped by image)" in out and "patients" not in rest.split("rows without")[0]
+    n_test = out.split("rows without a fold (cv_fold empty): ")[1].split(" ")[0]
+    assert int(n_test) > 0 and "test)" in out and "held-out test split" in out
+    assert "patient-disjoint: cannot be checked (no patient ids)" in out
