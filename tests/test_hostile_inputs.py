@@ -144,19 +144,15 @@ def test_train_skips_a_bomb_row(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------ 4. 16-bit images
 @pytest.mark.parametrize("fmt", ["png", "tiff"])
-def test_16_bit_grey_is_scaled_by_its_bit_depth(tmp_path, fmt, capsys):
+def test_16_bit_grey_is_scaled_by_its_bit_depth(tmp_path, fmt, capsys, monkeypatch):
     from blastscope.data import images
 
     ramp = np.linspace(0, 4095, 64 * 48).reshape(48, 64).astype(np.uint16)  # a 12-bit camera
     path = tmp_path / f"g16.{fmt}"
     Image.fromarray(ramp).save(path)
-    monkey_said = images._said_high_bit_depth
-    images._said_high_bit_depth = False
-    try:
-        rgb = images.read_image(path)
-        images.read_image(path)
-    finally:
-        images._said_high_bit_depth = monkey_said
+    monkeypatch.setattr(images, "_said_high_bit_depth", False, raising=False)  # "said once" per process
+    rgb = images.read_image(path)
+    images.read_image(path)
     assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8
     expected = np.rint(ramp / 4095 * 255).astype(np.uint8)
     np.testing.assert_array_equal(rgb[..., 0], expected)
