@@ -160,6 +160,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 def _to_uint8(im: Image.Image, path: str | Path) -> np.ndarray:
     """RGB uint8 pixels; grey images of more than 8 bits scaled by their real bit depth."""
+    if im.mode == "RGB":  # no converted copy: a 64-megapixel smear is 192 MB per copy
+        return np.asarray(im, dtype=np.uint8)
     if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
     arr = np.asarray(im)

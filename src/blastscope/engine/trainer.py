@@ -318,7 +318,7 @@ def _read_metrics(path: Path) -> list[dict[str, float]]:
 
 
 #: the files of a run; ``--exist-ok`` replaces them (others in the folder are left alone)
-_RUN_FILES = ("metrics.csv", "splits.csv", "config.yaml")
+_RUN_FILES = ("metrics.csv", "splits.csv", "splits.meta.yaml", "config.yaml")
 _REPLACED = ".replaced-run"  # where --exist-ok keeps the old run until the new one has a checkpoint
 _STALE_TMP = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{8}\.tmp$")  # what atomic_write leaves when killed
 
