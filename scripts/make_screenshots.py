@@ -195,6 +195,18 @@ def main() -> int:
         args.classifier = args.classifier or trained_cls
     if args.detector is None or not args.detector.is_file():
         raise SystemExit("give --detector runs/bccd/best.pt (a detector trained on BCCD), or pass --train")
+    sys.path.insert(0, str(REPO / "src"))
+    from blastscope._problems import BlastscopeError
+    from blastscope.engine.checkpoint import load_checkpoint
+
+    for path in (args.detector, args.classifier):
+        try:
+            epoch = int(load_checkpoint(path).get("epoch", 0)) if path is not None else None
+        except BlastscopeError as e:
+            raise SystemExit(f"error: {e}") from None
+        if epoch == 0:
+            raise SystemExit(f"{path}: an untrained checkpoint (epoch 0); the screenshots need models trained on "
+                             "real data (the toy models of the tests stay in the tests)")
     make_screenshots(args.detector.resolve(), args.classifier.resolve() if args.classifier else None, shared, work,
                      args.out, args.conf)
     return 0
