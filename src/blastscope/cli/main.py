@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     except BlastscopeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into a program that stopped reading (``| head``)
+        return 141
     except OSError as e:  # a write (or read) the command could not do: the disk, not the code
         print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import hashlib
 import io
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def _env_limit() -> int:
 
 _limit: int | None = None  # read from the environment on first use
 _said_high_bit_depth = False
+_say_lock = threading.Lock()  # the importer decodes on a thread pool: say it once, not once per thread
 
 
 def max_pixels() -> int:
@@ -176,8 +178,9 @@ def _to_uint8(im: Image.Image, path: str | Path) -> np.ndarray:
         scaled = arr.astype(np.float64) * (255.0 / (2**bits - 1))
         how = f"by its {bits}-bit range (brightest pixel {int(arr.max())})"
     global _said_high_bit_depth
-    if not _said_high_bit_depth:
-        _said_high_bit_depth = True
+    with _say_lock:
+        say, _said_high_bit_depth = not _said_high_bit_depth, True
+    if say:
         print(f"note: {path}: {im.mode} image scaled to 8 bits {how}; other images of more than 8 bits are "
               "scaled the same way by their own range (said once)", file=sys.stderr)
     grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
