@@ -158,11 +158,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from blastscope._atomic import atomic_write
     from blastscope.data.images import read_image
-    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
+    from blastscope.data.preprocess import Preprocess
     from blastscope.engine.config import load_config
     from blastscope.inference import Predictor
-    from blastscope.data.preprocess import Preprocess
     from blastscope.models import create_model, resolve_weights
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)

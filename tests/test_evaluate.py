@@ -258,10 +258,10 @@ def test_plain_metrics_nan_is_null(tmp_path):
 
 
 def _untrained_detector(path: Path, classes: list[str]) -> Path:
-    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
-    from blastscope.models import create_model
-
     import torch
+
+    from blastscope.models import create_model
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     model = create_model("yolov3-tiny", num_classes=len(classes), class_names=classes, pretrained=False, input_size=IMGSZ)
@@ -269,10 +269,10 @@ def _untrained_detector(path: Path, classes: list[str]) -> Path:
 
 
 def _untrained_classifier(path: Path, classes: list[str]) -> Path:
-    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
-    from blastscope.models import create_model
-
     import torch
+
+    from blastscope.models import create_model
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     model = create_model("mobilenet_v2", num_classes=len(classes), class_names=classes, pretrained=False)

@@ -18,13 +18,13 @@ import pytest
 import torch
 from PIL import Image
 
-from blastscope.annotate.autobox import cell_box
 from blastscope._problems import BlastscopeError
+from blastscope.annotate.autobox import cell_box
 from blastscope.cli.main import main
-from blastscope.data.manifest import new_manifest, read_manifest, write_manifest
 from blastscope.data import transforms as T
-from blastscope.models.checkpoint import FORMAT, load_checkpoint, load_model
+from blastscope.data.manifest import new_manifest, read_manifest, write_manifest
 from blastscope.engine.config import TrainConfig, load_config, merge_cli, save_config
+from blastscope.models.checkpoint import FORMAT, load_checkpoint, load_model
 
 COLUMNS = [
     "epoch", "train_loss", "train_box", "train_obj", "train_cls", "val_loss",

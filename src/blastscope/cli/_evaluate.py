@@ -48,12 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--predictions", type=Path, default=None, metavar="CSV",
       help="rescore the predictions.csv of an earlier evaluation of this CHECKPOINT without running the model")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    a("--overwrite", action="store_true", help="replace the metrics.json and report.html of an earlier evaluation in DIR")
 
 
 def run(args: argparse.Namespace) -> int:
+    from blastscope._atomic import refuse_overwrite
     from blastscope.engine.evaluate import evaluate_checkpoint
     from blastscope.engine.report import key_metrics, write_report
 
+    for name in ("metrics.json", "report.html"):  # checked before the (long) evaluation
+        refuse_overwrite(args.out / name, args.overwrite)
     result = evaluate_checkpoint(
         args.checkpoint, args.data, split=args.split, classifier=args.classifier, conf=args.conf, iou=args.iou,
         min_score=args.min_score, imgsz=args.imgsz, batch=args.batch, positive=args.positive,

@@ -85,6 +85,28 @@ class _TqdmLines:
         sys.stderr.flush()
 
 
+def _remove_earlier_outputs(out: Path) -> None:
+    """--overwrite: delete what an earlier predict wrote in ``out`` (its CSVs, its annotated images
+    and videos), so that no stale annotated image of that run stays beside the new ones."""
+    from blastscope.data.images import is_image_file
+
+    if not out.is_dir():
+        return
+    for name in ("predictions.csv", "summary.csv"):
+        (out / name).unlink(missing_ok=True)
+    for video in [*out.glob("*_annotated.mp4"), *out.glob("*_annotated.avi")]:
+        video.unlink()
+    images = out / "images"
+    if images.is_dir():
+        for p in sorted(images.rglob("*"), reverse=True):  # files before their folders
+            if p.is_file() and is_image_file(p):
+                p.unlink()
+            elif p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        if not any(images.iterdir()):
+            images.rmdir()
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -109,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     log = ProblemLog(stream=_TqdmLines())
     source = open_source(args.source, every=args.every, max_frames=args.max_frames, log=log)
 
+    if args.overwrite:
+        _remove_earlier_outputs(out)
     out.mkdir(parents=True, exist_ok=True)
     writers: list = []
     video_writer = None

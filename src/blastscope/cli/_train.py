@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--auto-boxes", dest="auto_boxes", action="store_const", const=True, default=None, help="box single cells on black on the fly (C-NMC)")
     a("--no-pretrained", dest="pretrained", action="store_const", const=False, default=None, help="start from random weights")
     a("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last.pt")
-    a("--exist-ok", action="store_true", help="start a new run in an --out folder that holds checkpoints (deletes them)")
+    a("--exist-ok", action="store_true", help="start a new run in an --out folder that holds checkpoints (they are replaced once the new run has written its first checkpoint)")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
