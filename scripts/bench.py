@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         torch_pred = Predictor.from_checkpoint(ckpt, imgsz=size)
         onnx_pred, onnx_note = None, ""
         try:
-            from blastscope.models.export import export_model_onnx
+            from blastscope.inference.onnx import export_model_onnx
 
             say("exporting to ONNX (dynamic batch) with the parity check")
             export = export_model_onnx(model, Path(tmp) / "yolov3-tiny-coco.onnx", imgsz=size, dynamic_batch=True)

@@ -26,7 +26,7 @@ from blastscope._problems import BlastscopeError  # noqa: E402
 from blastscope.cli.main import main  # noqa: E402
 from blastscope.data.images import read_image  # noqa: E402
 from blastscope.inference import Predictor  # noqa: E402
-from blastscope.models.export import OnnxModel, export_onnx, read_onnx_metadata  # noqa: E402
+from blastscope.inference.onnx import OnnxModel, export_onnx, read_onnx_metadata  # noqa: E402
 
 BCCD_IMAGES = ("BloodImage_00001.jpg", "BloodImage_00002.jpg")
 

@@ -32,7 +32,7 @@ from blastscope.engine.trainer import train as _engine_train
 from blastscope.inference.predictor import FrameResult, Predictor
 from blastscope.inference.sources import Frame
 from blastscope.models.checkpoint import load_checkpoint
-from blastscope.models.export import export_onnx
+from blastscope.inference.onnx import export_onnx
 
 __all__ = ["Run", "Model", "Metrics", "train", "load", "evaluate"]
 

@@ -47,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--batch", type=int, default=1, help="frames per network call (default 1)")
     parser.add_argument("--positive", default="ALL", help="class that makes a positive call in summary.csv")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="fraction of --positive cells for a positive call (default 0.5)")
+    parser.add_argument("--threshold", type=float, default=0.2,
+                        help="blast fraction: share of white cells called --positive for a positive call (default 0.2, the WHO criterion)")
     parser.add_argument("--no-draw", action="store_true", help="do not write annotated images / video")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in DIR")

@@ -26,7 +26,8 @@ Image calls (when the rows carry image labels)
     ``"none"`` with score 0 (a miss: it counts as a negative call).
     *Multi-cell images* (smears): the cells are the detections scoring ``>= cell_conf``; the
     image's score is the fraction of its cells called ``positive`` (0 without cells) and the image
-    is called ``positive`` when at least half of its cells are. Beside the model, the count-only
+    is called ``positive`` when at least ``blast_threshold`` of its cells are (default 20 %, the WHO
+    criterion; :mod:`blastscope.metrics.calls`, the rule ``summary.csv`` and the GUI use too). Beside the model, the count-only
     baseline scores each image by its number of cells (``count_baseline.<metric>``; its count
     threshold is chosen on these data by Youden's J, see
     :func:`blastscope.metrics.classification.count_baseline`).
@@ -71,7 +72,7 @@ from blastscope.data.images import read_image
 from blastscope.data.manifest import manifest_classes, read_manifest
 from blastscope.engine.tasks import get_task
 from blastscope.inference.predictor import CropClassifier, Predictor, TorchBackend
-from blastscope.metrics.calls import image_calls
+from blastscope.metrics.calls import BLAST_THRESHOLD, image_calls
 from blastscope.metrics.classification import (
     bootstrap_ci,
     confusion,
@@ -807,11 +808,13 @@ def _cell_part(preds: Predictions, truth: Truth, positive: str) -> tuple[dict, d
     return metrics, {"cells (annotated boxes): true class vs classifier call": {"matrix": cm, "labels": list(cc)}}
 
 
-def _image_table(preds: Predictions, truth: Truth, order: list[int], labels: list[str], *, cell_conf: float):
+def _image_table(preds: Predictions, truth: Truth, order: list[int], labels: list[str], *, cell_conf: float,
+                 blast_threshold: float = BLAST_THRESHOLD):
     """Per-image calls and the per-image table (``EvaluationResult.predictions``)."""
     negative = _negative_name(labels, preds.positive)
     score, pred, n_cells = image_calls([preds.cells[i] for i in order], positive=preds.positive,
-                                       single_cell=truth.single_cell, cell_conf=cell_conf, negative=negative)
+                                       single_cell=truth.single_cell, cell_conf=cell_conf, negative=negative,
+                                       threshold=blast_threshold)
     if preds.task == "classify":
         n_cells = np.array([len(preds.cells[i]["names"]) for i in order], np.int64)
     table = pd.DataFrame({
@@ -851,7 +854,7 @@ def _multiclass_part(yt: list[str], yp: list[str], positive: str) -> tuple[dict,
 
 
 def _diagnostic_part(preds: Predictions, truth: Truth, table, order, labels, score, pred, n_cells, *,
-                     patient_rule: str, cell_conf: float, notes: list[str]):
+                     patient_rule: str, cell_conf: float, notes: list[str], blast_threshold: float = BLAST_THRESHOLD):
     """Image- and patient-level diagnostic metrics, ROC curves and the image confusion matrix."""
     positive, cc = preds.positive, preds.cell_classes
     labelled = np.array([bool(labels[i]) for i in order], bool)
@@ -878,13 +881,14 @@ def _diagnostic_part(preds: Predictions, truth: Truth, table, order, labels, sco
         more, confusions = _multiclass_part([labels[order[k]] for k in sel], [pred[k] for k in sel], positive)
         metrics.update(more)
     rule = ("top-scoring detection's class (single-cell images)" if truth.single_cell
-            else f"fraction of cells (detections >= {cell_conf:g}) called {positive}, positive at >= 0.5")
+            else f"blast fraction: white cells (detections >= {cell_conf:g}) called {positive}, positive at >= {blast_threshold:g}")
     notes.append(f"image call: {rule}; patient call: '{patient_rule}' rule over the patient's image scores, positive at >= 0.5")
     return metrics, roc, confusions
 
 
 def score(preds: Predictions, truth: Truth, *, min_score: float = 0.0, patient_rule: str = "mean",
-          cell_conf: float = 0.25, notes: list[str] | None = None, log: ProblemLog | None = None) -> dict[str, Any]:
+          cell_conf: float = 0.25, blast_threshold: float = BLAST_THRESHOLD, notes: list[str] | None = None,
+          log: ProblemLog | None = None) -> dict[str, Any]:
     """Every metric that applies to ``preds`` against ``truth`` (pure: no model, no image decoding).
 
     Returns the fields of :class:`EvaluationResult` that depend on the predictions: ``metrics``,
@@ -908,9 +912,10 @@ def score(preds: Predictions, truth: Truth, *, min_score: float = 0.0, patient_r
     if len(log):
         notes.append(f"{len(log)} rows of the split were skipped (see the 'skipped:' lines of the command)")
     order = [i for i in usable if i in preds.cells]
-    table, s, pred, n_cells = _image_table(preds, truth, order, labels, cell_conf=cell_conf)
+    table, s, pred, n_cells = _image_table(preds, truth, order, labels, cell_conf=cell_conf, blast_threshold=blast_threshold)
     diag, roc, image_confusions = _diagnostic_part(preds, truth, table, order, labels, s, pred, n_cells,
-                                                   patient_rule=patient_rule, cell_conf=cell_conf, notes=notes)
+                                                   patient_rule=patient_rule, cell_conf=cell_conf, notes=notes,
+                                                   blast_threshold=blast_threshold)
     metrics.update(diag)
     confusions = {**image_confusions, **confusions}
     metrics.setdefault("n_images", float(len(order)))
@@ -965,6 +970,7 @@ def evaluate_checkpoint(
     progress: bool = True,
     device: str = "cpu",
     predictions: str | Path | pd.DataFrame | None = None,
+    blast_threshold: float = BLAST_THRESHOLD,
 ) -> EvaluationResult:
     """Run a checkpoint over one split of a manifest and compute every metric that applies.
 
@@ -1001,10 +1007,12 @@ def evaluate_checkpoint(
         table = predictions if isinstance(predictions, pd.DataFrame) else pd.read_csv(predictions, keep_default_na=False, na_values=[""])
         kind = "detect+classify" if classifier is not None else task
         preds = Predictions.from_frame(table, task=kind, classes=classes, cell_classes=cell_classes, positive=positive)
-    scored = score(preds, truth, min_score=min_score, patient_rule=patient_rule, cell_conf=cell_conf, notes=notes, log=log)
+    scored = score(preds, truth, min_score=min_score, patient_rule=patient_rule, cell_conf=cell_conf,
+                   blast_threshold=blast_threshold, notes=notes, log=log)
     arch = meta["arch"] + (f" + {Path(str(classifier)).name} classifier" if classifier is not None else "")
     settings = {"conf": conf, "iou": iou, "min_score": min_score, "imgsz": imgsz or meta.get("input_size"), "positive": positive,
-                "patient_rule": patient_rule, "cell_conf": cell_conf, "classifier": str(classifier) if classifier else None}
+                "patient_rule": patient_rule, "cell_conf": cell_conf, "classifier": str(classifier) if classifier else None,
+                "blast_threshold": blast_threshold}
     best_name = str((ckpt.get("config") or {}).get("task", task))
     return EvaluationResult(
         checkpoint=str(checkpoint), manifest=manifest_name, split=split, task=preds.task, arch=arch,

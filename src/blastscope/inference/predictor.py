@@ -34,9 +34,8 @@ from blastscope.data.crops import DEFAULT_MARGIN
 from blastscope.data.preprocess import Preprocess
 from blastscope.inference.sources import Frame, FrameSource, open_source
 from blastscope.models.checkpoint import load_model
-from blastscope.models.export import OnnxModel, onnx_for_checkpoint, require_onnxruntime
 
-__all__ = ["Detection", "Classification", "FrameResult", "Backend", "TorchBackend", "OnnxBackend", "Predictor"]
+__all__ = ["Detection", "Classification", "FrameResult", "Backend", "TorchBackend", "Predictor"]
 
 BACKENDS = ("torch", "onnx")
 
@@ -205,44 +204,6 @@ def _as_int_size(value, what: str) -> int:
     return size
 
 
-class OnnxBackend:
-    """Runs an exported ONNX detector with onnxruntime; decoding and NMS are the torch back-end's.
-
-    The ONNX graph computes the raw head outputs (see :mod:`blastscope.models.export`); they are
-    decoded, thresholded and suppressed by ``postprocess.predict(raw, conf, iou, max_det)``, the
-    same method :class:`TorchBackend` calls, so both back-ends give the same boxes up to float
-    rounding of the network itself.
-
-    Parameters
-    ----------
-    onnx_model : OnnxModel
-        The session and metadata (:class:`blastscope.models.export.OnnxModel`).
-    conf, iou : float
-        Confidence threshold and NMS IoU threshold.
-    postprocess : nn.Module, optional
-        A detector whose ``predict`` decodes the outputs; default ``onnx_model.postprocessor()``
-        (built from the file's metadata).
-    max_det : int
-        At most this many detections per image.
-    """
-
-    def __init__(self, onnx_model, *, conf: float, iou: float, postprocess=None, max_det: int = 300):
-        if onnx_model.task != "detect":
-            raise BlastscopeError(f"{onnx_model.path}: a {onnx_model.task!r} ONNX model, not a detector; "
-                                  "export a detector checkpoint (e.g. yolov3-tiny)")
-        self.onnx_model = onnx_model
-        self.postprocess = postprocess if postprocess is not None else onnx_model.postprocessor()
-        self.conf, self.iou, self.max_det = conf, iou, max_det
-
-    def __call__(self, batch) -> list[dict]:
-        import torch
-
-        x = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch, np.float32)
-        raw = [torch.from_numpy(o) for o in self.onnx_model(x)]
-        out = self.postprocess.predict(raw, conf=self.conf, iou=self.iou, max_det=self.max_det)
-        return [{k: v.detach().cpu() for k, v in d.items()} for d in out]
-
-
 def _make_backend(name: str, model, path: Path, *, conf: float, iou: float, device: str,
                   imgsz: int | None = None, info: dict | None = None) -> Backend:
     """The back-end ``name`` for a loaded checkpoint.
@@ -250,11 +211,17 @@ def _make_backend(name: str, model, path: Path, *, conf: float, iou: float, devi
     ``model`` is the torch module of a ``.pt`` checkpoint, or an ``OnnxModel`` when ``path`` is an
     ``.onnx`` file. For ``"onnx"`` with a ``.pt``, the sibling ``.onnx`` exported from it at
     ``imgsz`` is used, else one is exported into the cache (see
-    :func:`blastscope.models.export.onnx_for_checkpoint`).
+    :func:`blastscope.inference.onnx.onnx_for_checkpoint`).
     """
     if name == "torch":
         return TorchBackend(model, conf=conf, iou=iou, device=device)
     if name == "onnx":
+        from blastscope.inference.onnx import (  # optional part
+            OnnxBackend,
+            OnnxModel,
+            onnx_for_checkpoint,
+            require_onnxruntime,
+        )
 
         require_onnxruntime()
         if isinstance(model, OnnxModel):
@@ -266,7 +233,7 @@ def _make_backend(name: str, model, path: Path, *, conf: float, iou: float, devi
         import torch
 
         return OnnxBackend(OnnxModel(onnx_path, device=device, threads=torch.get_num_threads()),
-                           conf=conf, iou=iou, postprocess=model.cpu().eval())
+                           conf=conf, iou=iou, postprocess=model.cpu().eval().decoder())
     raise BlastscopeError(f"backend={name!r}: unknown backend; use one of {', '.join(BACKENDS)}")
 
 
@@ -275,6 +242,11 @@ def _load_onnx(path: Path, backend: str, device: str):
     if backend != "onnx":
         raise BlastscopeError(f"{path}: an ONNX model runs with the onnx backend; add --backend onnx, "
                               "or give the .pt checkpoint it was exported from")
+
+    from blastscope.inference.onnx import (  # optional part
+        OnnxModel,
+        require_onnxruntime,
+    )
 
     require_onnxruntime()
     import torch
