@@ -68,12 +68,17 @@ def run(args: argparse.Namespace) -> int:
     from blastscope.annotate.annotator import annotate_manifest
     from blastscope.data.manifest import write_manifest
 
+    from blastscope._problems import BlastscopeError
+
     log = ProblemLog(strict=args.strict)
     detector = None
     if args.detector is not None:
         from blastscope.inference.predictor import Predictor
 
         detector = Predictor.from_checkpoint(args.detector, conf=args.conf, device=args.device)
+        if detector.task != "detect":
+            raise BlastscopeError(f"{args.detector}: a cell classifier checkpoint, not a detector; give --detector a "
+                                  "detector checkpoint (e.g. yolov3-tiny trained with 'blastscope train --task detect')")
     rows = _load_source(args.src, args.label)
     result = annotate_manifest(rows, args.out, overwrite=args.overwrite, log=log, progress=not args.no_progress,
                                detector=detector)
