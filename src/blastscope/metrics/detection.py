@@ -34,8 +34,7 @@ COCO (:func:`match_coco`)
     are not counted as positives.
 
 AP from a precision/recall curve is :func:`ap_from_pr`. :func:`evaluate_detections` runs both
-matchings and returns a :class:`DetectionResult`; :class:`DetectionEvaluator` accumulates images
-batch by batch.
+matchings and returns a :class:`DetectionResult`.
 """
 
 from __future__ import annotations
@@ -50,7 +49,6 @@ __all__ = [
     "AP_METHODS",
     "COCO_IOU_THRESHOLDS",
     "COCO_MAX_DETS",
-    "DetectionEvaluator",
     "DetectionResult",
     "PRCurve",
     "ap_from_pr",
@@ -624,56 +622,3 @@ def evaluate_detections(
     )
 
 
-class DetectionEvaluator:
-    """Accumulates images batch by batch, then runs :func:`evaluate_detections`.
-
-    Parameters
-    ----------
-    classes : sequence of str
-    iou_threshold, min_score : float
-        As in :func:`evaluate_detections`.
-
-    Examples
-    --------
-    >>> ev = DetectionEvaluator(["cell"])
-    >>> ev.update([{"boxes": [[0, 0, 10, 10]], "scores": [0.9], "labels": [0]}],
-    ...           [{"boxes": [[0, 0, 10, 10]], "labels": [0]}])
-    >>> ev.compute().map_voc
-    1.0
-    >>> ev.reset(); len(ev)
-    0
-    """
-
-    def __init__(
-        self, classes: Sequence[str], *, iou_threshold: float = 0.5, min_score: float = 0.0
-    ):
-        self.classes = [str(c) for c in classes]
-        self.iou_threshold = float(iou_threshold)
-        self.min_score = float(min_score)
-        self._preds: list[dict[str, np.ndarray]] = []
-        self._gts: list[dict[str, np.ndarray]] = []
-
-    def update(self, preds: Sequence[Mapping[str, Any]], gts: Sequence[Mapping[str, Any]]) -> None:
-        """Add one batch (lists of per-image dicts, as in :func:`evaluate_detections`).
-
-        The batch is validated and copied to numpy now, so tensors may be reused by the caller.
-        """
-        p, g = _check_inputs(preds, gts, len(self.classes))
-        self._preds += [{"boxes": x.boxes, "scores": x.scores, "labels": x.labels} for x in p]
-        self._gts += [{"boxes": x.boxes, "labels": x.labels, "difficult": x.difficult} for x in g]
-
-    def compute(self) -> DetectionResult:
-        """Evaluate everything added since the last :meth:`reset`."""
-        return evaluate_detections(
-            self._preds,
-            self._gts,
-            self.classes,
-            iou_threshold=self.iou_threshold,
-            min_score=self.min_score,
-        )
-
-    def reset(self) -> None:
-        self._preds, self._gts = [], []
-
-    def __len__(self) -> int:
-        return len(self._preds)
