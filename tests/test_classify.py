@@ -53,7 +53,8 @@ def cells(tmp_path_factory) -> Path:
 def _train_args(manifest: Path, out: Path, *extra: str, epochs: int = 2) -> list[str]:
     return [
         "train", "--task", "classify", "--data", str(manifest), "--epochs", str(epochs), "--imgsz", str(IMGSZ),
-        "--batch", "8", "--freeze-backbone-epochs", "2", "--seed", "0", "--out", str(out), "--no-progress", *extra,
+        "--batch", "8", "--freeze-backbone-epochs", "2", "--seed", "0", "--save-period", "1", "--out", str(out),
+        "--no-progress", *extra,
     ]  # fmt: skip
 
 
@@ -227,7 +228,7 @@ def test_unknown_box_classes_are_skipped_and_logged(tmp_path):
 # class imbalance
 
 
-def _imbalanced(n_all: int, n_hem: int) -> "object":
+def _imbalanced(n_all: int, n_hem: int) -> object:
     rows = [{"image": f"/nonexistent/{k}.png", "label": "ALL" if k < n_all else "HEM", "split": "train"} for k in range(n_all + n_hem)]
     return new_manifest(rows)
 

@@ -374,16 +374,16 @@ def test_csv_writer_rows(tmp_path):
 def test_summary_call_rule(tmp_path):
     path = tmp_path / "s.csv"
     with SummaryWriter(path, ["ALL", "HEM"]) as w:
-        w.write(_result("a.bmp", 0, ["ALL", "HEM"]))             # 1/2 ALL -> ALL (>= 0.5)
-        w.write(_result("b.bmp", 0, ["ALL", "HEM", "HEM"]))      # 1/3 -> HEM
+        w.write(_result("a.bmp", 0, ["ALL", "HEM"]))             # 1/2 ALL -> ALL (>= 20 %, WHO)
+        w.write(_result("b.bmp", 0, ["ALL"] + ["HEM"] * 5))      # 1/6 < 20 % -> HEM
         w.write(_result("c.bmp", 0, []))                         # none
         for i, cls in enumerate([["ALL"], ["HEM"], ["HEM"], []]):  # video: 1 ALL of 3 over 4 frames
             w.write(_result("v.mp4", i, cls))
     df = pd.read_csv(path, keep_default_na=False)
     assert df.columns.tolist() == ["source", "frames", "n_cells", "n_ALL", "n_HEM", "frac_ALL", "call"]
-    assert df["call"].tolist() == ["ALL", "HEM", "none", "HEM"]
+    assert df["call"].tolist() == ["ALL", "HEM", "none", "ALL"]  # the video: 1 of 3 >= 20 %
     assert df["frames"].tolist() == [1, 1, 1, 4]
-    assert df["n_ALL"].tolist() == [1, 1, 0, 1] and df["n_HEM"].tolist() == [1, 2, 0, 2]
+    assert df["n_ALL"].tolist() == [1, 1, 0, 1] and df["n_HEM"].tolist() == [1, 5, 0, 2]
     # another positive class / threshold, and a model without the positive class (majority)
     hem = SummaryWriter(tmp_path / "x.csv", ["ALL", "HEM"], positive="HEM", threshold=0.7)
     assert hem.call({"ALL": 1, "HEM": 2}) == "ALL"  # 2/3 HEM < 0.7

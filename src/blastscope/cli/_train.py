@@ -53,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
     a("--val-fraction", type=float, default=None, help="val share carved from train when the manifest has no val rows (default: 0.1)")
     a("--patience", type=int, default=None, help="stop after N epochs without improvement (default: 0, never)")
+    a("--save-period", type=int, default=None, metavar="N",
+      help="also keep every Nth epoch's weights as epoch_NNN.pt (default 0: only best.pt and last.pt)")
     a("--freeze-backbone-epochs", type=int, default=None, metavar="N", help="train only neck and heads for the first N epochs")
     a("--balance", choices=["none", "sampler", "loss"], default=None,
       help="classify: counter class imbalance by a class-balanced sampler of the training cells (when the "

@@ -8,7 +8,7 @@ A run folder (``config.out``, e.g. ``runs/NAME``) holds
                     ``blastscope evaluate --data runs/NAME/splits.csv --split val`` re-scores it
 ``metrics.csv``     one row per epoch: ``epoch``, ``train_loss`` and its parts, ``val_loss``, the
                     task's metrics, ``lr``, ``seconds`` (rewritten atomically after each epoch)
-``epoch_NNN.pt``    the weights after epoch NNN (self-describing, no optimizer state)
+``epoch_NNN.pt``    with ``save_period N``: the weights after every Nth epoch (no optimizer state)
 ``best.pt``         the epoch with the highest validation metric (``map50_voc`` for detection)
 ``last.pt``         the last completed epoch, with optimizer, scheduler and RNG states: ``--resume``
 ==================  ==========================================================================
@@ -581,7 +581,8 @@ def _run_epochs(config, task, run_dir, df, classes, note, ckpt, train_ds, val_ds
             if is_best:
                 best, best_epoch = value, epoch
             weights = make_checkpoint(model, epoch=epoch, metrics=metrics, config=config_dict, input_size=config.imgsz, best_metric=best, best_epoch=best_epoch)
-            save_checkpoint(weights, run_dir / f"epoch_{epoch:03d}.pt")
+            if config.save_period > 0 and epoch % config.save_period == 0:
+                save_checkpoint(weights, run_dir / f"epoch_{epoch:03d}.pt")  # weights only
             if is_best:
                 save_checkpoint(weights, run_dir / "best.pt")
             full = dict(weights, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=get_rng_state())
