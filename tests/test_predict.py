@@ -542,3 +542,25 @@ def test_ctrl_c_leaves_valid_csv(bccd_video, detector_ckpt, tmp_path, capsys, mo
     summary = pd.read_csv(out / "summary.csv")
     assert summary["frames"].tolist() == [3]
     assert len(_decoded(out / "smears_annotated.mp4")) == 3
+
+
+def test_shards_are_disjoint_and_cover_the_folder(detector_ckpt, cnmc_sample, tmp_path, capsys):
+    """``predict --shard I/N``: N jobs see disjoint parts whose CSVs concatenate into the whole."""
+    from blastscope.inference.sources import shard
+
+    items = list(range(11))
+    parts = [shard(items, (i, 4)) for i in range(4)]
+    assert sum(parts, []) == items and all(abs(len(a) - len(b)) <= 1 for a in parts for b in parts)
+    whole, _ = _run(["predict", str(detector_ckpt), str(cnmc_sample), "--out", str(tmp_path / "all"),
+                     "--no-draw", "--no-progress"], capsys)
+    assert whole == 0
+    lines = []
+    for i in range(3):
+        rc, _ = _run(["predict", str(detector_ckpt), str(cnmc_sample), "--shard", f"{i}/3", "--out",
+                      str(tmp_path / f"s{i}"), "--no-draw", "--no-progress"], capsys)
+        assert rc == 0
+        part = (tmp_path / f"s{i}" / "predictions.csv").read_text().splitlines()
+        lines += part[1:] if lines else part
+    assert lines == (tmp_path / "all" / "predictions.csv").read_text().splitlines()
+    rc, err = _run(["predict", str(detector_ckpt), str(cnmc_sample), "--shard", "3/3", "--out", str(tmp_path / "x")], capsys)
+    assert rc == 2 and "--shard 3/3" in err

@@ -267,8 +267,27 @@ def _glob_root(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
+def shard(paths: list, spec: tuple[int, int] | None) -> list:
+    """The ``i``-th of ``n`` contiguous, disjoint parts of ``paths`` (``spec = (i, n)``, 0-based).
+
+    The parts cover ``paths`` in order, so the CSVs of parts ``0..n-1`` concatenated are the
+    CSV of the whole; sizes differ by at most one.
+
+    >>> [shard(list(range(7)), (i, 3)) for i in range(3)]
+    [[0, 1, 2], [3, 4], [5, 6]]
+    """
+    if spec is None:
+        return paths
+    i, n = spec
+    if not (n >= 1 and 0 <= i < n):
+        raise BlastscopeError(f"--shard {i}/{n}: give I/N with 0 <= I < N (e.g. 0/4 .. 3/4)")
+    base, extra = divmod(len(paths), n)
+    start = i * base + min(i, extra)
+    return paths[start : start + base + (1 if i < extra else 0)]
+
+
 def open_source(source: str | int | os.PathLike, *, every: int = 1, max_frames: int | None = None,
-                log: ProblemLog | None = None) -> FrameSource:
+                log: ProblemLog | None = None, shard_spec: tuple[int, int] | None = None) -> FrameSource:
     """Open an image, a folder or glob of images, a video file or a camera as one frame iterator.
 
     Parameters
@@ -330,7 +349,8 @@ def open_source(source: str | int | os.PathLike, *, every: int = 1, max_frames: 
                 f"{path}: folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in it or below it; "
                 "check the path"
             )
-        return _ImageFiles(paths, kind="folder", name=text, root=path, every=every, max_frames=max_frames, log=log)
+        return _ImageFiles(shard(paths, shard_spec), kind="folder", name=text, root=path, every=every,
+                           max_frames=max_frames, log=log)
     if path.is_file():
         if is_image_file(path):
             return _ImageFiles([path], kind="image", name=text, root=path.parent, every=1,
@@ -344,7 +364,7 @@ def open_source(source: str | int | os.PathLike, *, every: int = 1, max_frames: 
                 f"{text}: the pattern matches no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                 "check the pattern (quote it so the shell does not expand it)"
             )
-        return _ImageFiles(paths, kind="folder", name=text, root=_glob_root(os.path.expanduser(text)),
+        return _ImageFiles(shard(paths, shard_spec), kind="folder", name=text, root=_glob_root(os.path.expanduser(text)),
                            every=every, max_frames=max_frames, log=log)
     raise BlastscopeError(
         f"{text}: no such file or folder; pass an image, a folder, a glob pattern, a video file or a camera index"
