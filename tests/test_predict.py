@@ -564,3 +564,27 @@ def test_shards_are_disjoint_and_cover_the_folder(detector_ckpt, cnmc_sample, tm
     assert lines == (tmp_path / "all" / "predictions.csv").read_text().splitlines()
     rc, err = _run(["predict", str(detector_ckpt), str(cnmc_sample), "--shard", "3/3", "--out", str(tmp_path / "x")], capsys)
     assert rc == 2 and "--shard 3/3" in err
+
+
+def test_video_seek_by_frame_index(bccd, tmp_path):
+    """A video source jumps to a frame index without decoding from the start (the GUI's seek)."""
+    import cv2
+
+    from blastscope.inference.sources import open_source
+
+    frames = [read_image(p) for p in sorted((bccd / "JPEGImages").glob("*.jpg"))[:6]]
+    path = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (640, 480))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    with open_source(str(path)) as src:
+        it = iter(src)
+        first = next(it)
+        assert first.frame == 0 and src.seek(4)
+        jumped = next(it)
+        assert jumped.frame == 4 and jumped.time_s == pytest.approx(4 / 5)
+        with open_source(str(path)) as ref:
+            fourth = [f for f in ref][4]
+        np.testing.assert_array_equal(jumped.image, fourth.image)  # the same pixels as reading through
+        assert next(it).frame == 5 and next(it, None) is None

@@ -170,6 +170,7 @@ class _Capture(FrameSource):
                 "program, or pass another index"
             )
         self._first = first
+        self._seek_to: int | None = None
         self._t0 = time.monotonic()
 
     def __iter__(self) -> Iterator[Frame]:
@@ -181,7 +182,14 @@ class _Capture(FrameSource):
         index, n_out = 0, 0
         bgr = first
         try:
-            while bgr is not None and (self._max is None or n_out < self._max):
+            while True:
+                if self._seek_to is not None:  # jump by frame index (the decoder seeks; no re-read from 0)
+                    index, self._seek_to = self._seek_to, None
+                    cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+                    ok, bgr = cap.read()
+                    bgr = bgr if ok else None
+                if bgr is None or (self._max is not None and n_out >= self._max):
+                    break
                 if self.kind == "camera":
                     time_s = time.monotonic() - self._t0
                 else:
@@ -212,6 +220,15 @@ class _Capture(FrameSource):
                             print(f"warning: {self.name}: {msg}; {fix}", file=sys.stderr)
         finally:
             self.close()
+
+    def seek(self, frame: int) -> bool:
+        """Make the next frame of the iteration the one at index ``frame`` (videos only).
+
+        Returns False when the source cannot seek (a camera, or a video already closed)."""
+        if self.kind != "video" or self._cap is None:
+            return False
+        self._seek_to = max(0, int(frame))
+        return True
 
     def close(self) -> None:
         if self._cap is not None:
