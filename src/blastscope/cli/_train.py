@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--auto-boxes", dest="auto_boxes", action="store_const", const=True, default=None, help="box single cells on black on the fly (C-NMC)")
     a("--no-pretrained", dest="pretrained", action="store_const", const=False, default=None, help="start from random weights")
     a("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last.pt")
+    a("--init", default=None, metavar="CKPT",
+      help="start from the weights of a blastscope checkpoint (few-shot calibration to a new lab: fine-tune on a "
+           "small labelled sample; its architecture, task and input size are the defaults)")
     a("--exist-ok", action="store_true", help="start a new run in an --out folder that holds checkpoints (they are replaced once the new run has written its first checkpoint)")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
 

@@ -48,6 +48,8 @@ class TrainConfig:
     data: str = ""
     model: str = "yolov3-tiny"
     pretrained: bool = True
+    #: a blastscope checkpoint whose weights start this run (fine-tuning to a new lab); "" for none
+    init: str = ""
     epochs: int = 25
     imgsz: int = 416
     batch: int = 8

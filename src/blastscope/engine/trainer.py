@@ -494,7 +494,9 @@ def train(
     if len(log):
         echo(f"{len(log)} images skipped (see the 'skipped:' lines); training on the rest")
     echo(f"data: {len(train_ds)} train / {len(val_ds)} val {task.sample_noun}, classes {classes}")
-    model = task.build_model(config, classes, pretrained=config.pretrained and ckpt is None).to(device)
+    model = task.build_model(config, classes, pretrained=config.pretrained and ckpt is None and not config.init).to(device)
+    if config.init and ckpt is None:
+        echo(_init_from(model, config, classes))
     if config.freeze_backbone_epochs and not hasattr(model, "set_backbone_frozen"):
         raise BlastscopeError(f"{config.model}: has no backbone to freeze; drop --freeze-backbone-epochs")
     echo(f"model: {config.model} ({'pretrained' if config.pretrained else 'random init'}), {config.imgsz} px, device {device}")
@@ -637,6 +639,33 @@ def _train_loader(task: Task, dataset, config: TrainConfig, epoch: int) -> DataL
         collate_fn=task.collate_fn,
         worker_init_fn=_seed_worker,
     )
+
+
+def _init_from(model, config, classes) -> str:
+    """Load the weights of ``config.init`` into ``model`` (fine-tuning); returns the line to print.
+
+    The architecture and task must match; with other classes (or another order) the layers whose
+    shapes differ (the classification head) start fresh and the rest is kept.
+    """
+    path = Path(config.init)
+    init = load_checkpoint(path)
+    meta = init["model"]
+    if meta["arch"] != config.model or meta["task"] != config.task:
+        raise BlastscopeError(f"--init {path}: a {meta['arch']} {meta['task']} checkpoint, but this run trains a "
+                              f"{config.model} {config.task} model; drop --model/--task or pass a matching checkpoint")
+    own = model.state_dict()
+    same_classes = list(meta["class_names"]) == list(classes)
+    keep = {k: v for k, v in init["state_dict"].items() if k in own and own[k].shape == v.shape and
+            (same_classes or not _is_head(k, model))}
+    model.load_state_dict(keep, strict=False)
+    fresh = len(own) - len(keep)
+    what = "all weights" if not fresh else f"{len(keep)} of {len(own)} tensors ({fresh} of the head start fresh: classes differ)"
+    return f"init: {what} from {path} (epoch {init.get('epoch')}, classes {list(meta['class_names'])})"
+
+
+def _is_head(key: str, model) -> bool:
+    """Classification / detection head parameters (replaced when the classes change)."""
+    return key.startswith(("classifier.", "head32.", "head16.", "fc.", "head.")) or "classifier" in key
 
 
 def _epoch_line(task: Task, m: dict[str, Any], epochs: int, is_best: bool) -> str:
