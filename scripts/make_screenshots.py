@@ -167,7 +167,7 @@ def make_screenshots(detector: Path, classifier: Path | None, shared: Path, work
     shot("gui_video.png")
     n = len(window.messages)
     window.start_camera(99)
-    _wait(app, lambda: len(window.messages) > n and window.camera_start_button.isEnabled(), "the camera message")
+    _wait(app, lambda: len(window.messages) > n and window.camera_panel.start_button.isEnabled(), "the camera message")
     shot("gui_camera.png")
     window.close()
     window.wait_idle(10)

@@ -164,15 +164,15 @@ def test_folder_steps_through_every_image(qtbot, make_window, detector_ckpt, cnm
     assert len(window.result_rows()) == n_images
     order = [f.source for f in open_source(cnmc_sample)]  # predict's order: sorted by path
     assert window.current_result().source == order[0]
-    assert not window.prev_button.isEnabled() and window.next_button.isEnabled()
+    assert not window.image_panel.prev_button.isEnabled() and window.image_panel.next_button.isEnabled()
 
     window.next_image()
     second = window.current_result()
     assert second.source == order[1]
     assert window.table.rowCount() == len(second.detections)
-    assert window.image_label.text().startswith(f"image 2 / {n_images}")
+    assert window.image_panel.label.text().startswith(f"image 2 / {n_images}")
     window.previous_image()
-    assert window.image_label.text().startswith("image 1 /")
+    assert window.image_panel.label.text().startswith("image 1 /")
 
     saved = window.save_csv(tmp_path / "folder.csv")
     assert main(["predict", str(detector_ckpt), str(cnmc_sample), "--out", str(tmp_path / "cli"),
@@ -185,7 +185,7 @@ def test_folder_steps_through_every_image(qtbot, make_window, detector_ckpt, cnm
     window.set_confidence(0.33)
     qtbot.waitUntil(lambda: window.predictor.conf == pytest.approx(0.33)
                     and window.states["image"].ended and window.current_result() is not None, timeout=WAIT_MS)
-    assert window.image_label.text() == f"image 2 / {n_images}"
+    assert window.image_panel.label.text() == f"image 2 / {n_images}"
     expected = Predictor.from_checkpoint(detector_ckpt, conf=0.33).predict(read_image(window.current_result().source))
     assert window.table.rowCount() == len(expected.detections)
     window.grab().save(str(shots / "gui_image.png"))
@@ -236,7 +236,7 @@ def test_video_plays_to_the_end_and_every_frame_is_processed(qtbot, make_window,
     results = window.result_rows("video")
     assert [r.frame for r in results] == list(range(len(expected))) == list(range(6))
     assert [format_rows(r) for r in results] == [format_rows(e) for e in expected]
-    assert window.seek_slider.value() == 5 and window.play_button.text() == "▶ Play"
+    assert window.video_panel.seek_slider.value() == 5 and window.video_panel.play_button.text() == "▶ Play"
 
     saved = window.save_csv(tmp_path / "video.csv")
     assert len(_csv_lines(saved)) == 1 + sum(len(format_rows(e)) for e in expected)
@@ -245,7 +245,7 @@ def test_video_plays_to_the_end_and_every_frame_is_processed(qtbot, make_window,
     window.seek(2)
     qtbot.waitUntil(lambda: window.current_result("video").frame == 2, timeout=WAIT_MS)
     assert window.table.rowCount() == len(expected[2].detections)
-    assert window.seek_slider.value() == 2
+    assert window.video_panel.seek_slider.value() == 2
     window.grab().save(str(shots / "gui_video.png"))
 
     # a new threshold predicts the frame on screen again; the results start afresh
@@ -258,6 +258,25 @@ def test_video_plays_to_the_end_and_every_frame_is_processed(qtbot, make_window,
     assert [r.frame for r in window.result_rows("video")] == [2]
 
 
+def test_each_tab_shows_its_own_state_and_leaving_a_playing_video_pauses_it(qtbot, make_window, detector_ckpt,
+                                                                            bccd_video):
+    """One panel per mode over one shared view: the Image tab shows its own (empty) state while the
+    video stays open, paused, and the Video tab shows its frame again."""
+    window = make_window()
+    _load(qtbot, window, detector_ckpt)
+    window.open_video(bccd_video)
+    qtbot.waitUntil(lambda: window.current_result("video") is not None, timeout=WAIT_MS)
+    window.play()
+    assert window.video_panel.play_button.text() == "❚❚ Pause"
+    window.set_mode("image")
+    worker = window.video_panel.worker()
+    assert worker is not None and not worker.playing  # paused, not stopped
+    assert window.view.image() is None and window.table.rowCount() == 0 and window.call_label.text() == ""
+    window.set_mode("video")
+    assert window.view.image() is not None and window.video_panel.play_button.text() == "▶ Play"
+    assert window.current_result() is window.current_result("video")
+
+
 def test_video_without_frames_gives_a_message(qtbot, make_window, detector_ckpt, tmp_path):
     window = make_window()
     _load(qtbot, window, detector_ckpt)
@@ -267,7 +286,7 @@ def test_video_without_frames_gives_a_message(qtbot, make_window, detector_ckpt,
     message = _wait_message(qtbot, window, 0)
     assert str(empty) in message and "video" in message
     qtbot.waitUntil(lambda: window._current_worker() is None, timeout=WAIT_MS)
-    assert not window.play_button.isEnabled()
+    assert not window.video_panel.play_button.isEnabled()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,8 +302,8 @@ def test_missing_camera_gives_a_message_and_the_app_stays_usable(qtbot, make_win
     assert "camera 99 did not open" in message
     assert window.message_box is not None and window.message_box.isVisible()
     assert not window.message_box.isModal()
-    qtbot.waitUntil(lambda: window.camera_start_button.isEnabled(), timeout=WAIT_MS)
-    assert window.camera_label.text() == "no camera"
+    qtbot.waitUntil(lambda: window.camera_panel.start_button.isEnabled(), timeout=WAIT_MS)
+    assert window.camera_panel.label.text() == "no camera"
     window.grab().save(str(shots / "gui_camera.png"))
 
     window.open_image(cnmc_image)  # still usable

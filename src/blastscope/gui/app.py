@@ -1,51 +1,49 @@
 """The blastscope desktop app: the paper's image, video and camera detection in one Qt 6 window.
 
 The window holds a detector checkpoint (chosen with a file dialog, remembered with ``QSettings``)
-and a confidence threshold, and three modes:
+and a confidence threshold, and three modes, one tab and one widget each
+(:mod:`blastscope.gui.panels`):
 
-- **Image**: open an image, or a folder whose images are all predicted and stepped through with
-  *Previous* / *Next*;
-- **Video**: open a video file; play, pause, step one frame, seek with the slider;
-- **Camera**: choose the camera index, start and stop.
+- **Image** (:class:`~blastscope.gui.panels.ImagePanel`): open an image, or a folder whose images
+  are all predicted and stepped through with *Previous* / *Next*;
+- **Video** (:class:`~blastscope.gui.panels.VideoPanel`): open a video file; play, pause, step one
+  frame, seek with the slider;
+- **Camera** (:class:`~blastscope.gui.panels.CameraPanel`): choose the camera index, start and stop.
 
-The current frame is shown with its boxes, class and confidence drawn
-(:func:`~blastscope.inference.writers.draw_detections`), its detections in a table, and the counts
-per class with the call (the ``summary.csv`` rule of ``blastscope predict``). *Save CSV* writes every
-frame processed since the source was opened with :class:`~blastscope.inference.writers.CsvWriter`
-(the ``predictions.csv`` columns), *Save annotated image* the frame on screen.
+Below the tabs one shared view shows the current tab's frame with its boxes, class and confidence
+drawn (:func:`~blastscope.inference.writers.draw_detections`); beside it one table lists its
+detections, and the counts per class come with the call (the ``summary.csv`` rule of ``blastscope
+predict``). *Save CSV* writes every frame the current tab processed since its source was opened with
+:class:`~blastscope.inference.writers.CsvWriter` (the ``predictions.csv`` columns), *Save annotated
+image* the frame on screen.
 
-Frames are read and predicted in an :class:`~blastscope.gui.worker.InferenceWorker` thread; the GUI
-thread only displays. User mistakes go through :meth:`MainWindow.show_message`: the status bar, the
-``messages`` list (what tests read) and a non-modal message box.
+Frames are read and predicted in an :class:`~blastscope.gui.worker.InferenceWorker` thread, one at
+a time, started by a panel through :meth:`MainWindow.start_job`; the GUI thread only displays. User
+mistakes go through :meth:`MainWindow.show_message`: the status bar, the ``messages`` list (what
+tests read) and a non-modal message box.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
-    QAbstractSlider,
     QApplication,
     QDoubleSpinBox,
     QFileDialog,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QMainWindow,
     QMessageBox,
-    QPushButton,
     QSizePolicy,
     QSlider,
-    QSpinBox,
     QSplitter,
     QTabWidget,
     QToolBar,
@@ -53,6 +51,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from blastscope.gui.panels import CameraPanel, ImagePanel, ModePanel, ModeState, VideoPanel, setting_float
 from blastscope.gui.widgets import CountsTable, DetectionTable, FrameView
 from blastscope.gui.worker import (
     CallWorker,
@@ -65,28 +64,7 @@ __all__ = ["MainWindow", "run_app", "MODES"]
 
 MODES = ("image", "video", "camera")
 DEFAULT_CONF = 0.25
-IMAGE_FILTER = "Images (*.bmp *.png *.jpg *.jpeg *.tif *.tiff);;All files (*)"
-VIDEO_FILTER = "Videos (*.mp4 *.avi *.mov *.mkv *.m4v *.mpg *.mpeg *.wmv);;All files (*)"
 CHECKPOINT_FILTER = "blastscope checkpoints (*.pt *.pth);;All files (*)"
-
-
-@dataclass
-class _ModeState:
-    """What one mode has processed since its source was opened."""
-
-    source: str | int | None = None
-    info: SourceInfo | None = None
-    results: dict = field(default_factory=dict)  # (source, frame) -> FrameResult without its image
-    order: list = field(default_factory=list)  # keys in arrival order
-    current: tuple | None = None  # key of the frame on screen
-    drawn: object = None  # that frame with boxes drawn, (H, W, 3) uint8 RGB
-    want_index: int = 0  # image mode: which image to show once it is processed
-    ended: bool = False
-    error: str = ""  # why the source gave nothing (shown in the empty view)
-
-    def reset(self, source=None) -> None:
-        self.source, self.info, self.results, self.order = source, None, {}, []
-        self.current, self.drawn, self.want_index, self.ended, self.error = None, None, 0, False, ""
 
 
 def summary_call(counts: dict[str, int], classes, positive: str = "ALL", threshold: float = 0.2) -> str:
@@ -98,7 +76,13 @@ def summary_call(counts: dict[str, int], classes, positive: str = "ALL", thresho
 
 
 class MainWindow(QMainWindow):
-    """The blastscope main window.
+    """The blastscope main window: the toolbar, one tab per mode over one shared view and results area.
+
+    The window owns the model (loaded in a worker thread), the confidence threshold, the messages
+    and the one running :class:`InferenceWorker`; each mode is a
+    :class:`~blastscope.gui.panels.ModePanel` (:attr:`image_panel`, :attr:`video_panel`,
+    :attr:`camera_panel`) that owns its controls and state. The mode methods (``open_image``,
+    ``play``, ``start_camera``, ...) are kept here as delegations to their panel.
 
     Parameters
     ----------
@@ -118,10 +102,13 @@ class MainWindow(QMainWindow):
         Every message shown to the user, oldest first.
     predictor : Predictor or None
         The loaded detector.
+    panels : dict of str to ModePanel
+        The panel of each mode, in :data:`MODES` order (the tabs' order).
     """
 
-    def __init__(self, settings: QSettings | None = None, *, dialogs: bool = True, realtime: bool = True,
-                 load_last_model: bool = True):
+    def __init__(
+        self, settings: QSettings | None = None, *, dialogs: bool = True, realtime: bool = True, load_last_model: bool = True
+    ):
         super().__init__()
         self.settings = settings if settings is not None else QSettings("blastscope", "blastscope")
         self.dialogs = dialogs
@@ -131,21 +118,19 @@ class MainWindow(QMainWindow):
         self.predictor = None
         self.model_path: Path | None = None
         self.classifier_path: Path | None = None
-        self.states = {m: _ModeState() for m in MODES}
         self._job = 0
-        self._job_mode: str | None = None
+        self._job_panel: ModePanel | None = None  # the panel whose worker is the running job
         self._jobs: dict[int, tuple[InferenceWorker, object]] = {}
         self._calls: list[tuple[CallWorker, object]] = []
         self._loading: Path | None = None
-        self._pending: tuple | None = None  # an open requested while the model loads
-        self._last_frame_time: float | None = None
-        self._fps = 0.0
+        self._loading_classifier: Path | None = None
+        self._pending: functools.partial | None = None  # an open requested while the model loads
 
         self.setWindowTitle("blastscope")
-        self._build_ui()
-        conf = _float(self.settings.value("model/conf", DEFAULT_CONF), DEFAULT_CONF)
+        self._build_toolbar()
+        self._build_central()
+        conf = setting_float(self.settings, "model/conf", DEFAULT_CONF)
         self.conf_spin.setValue(min(max(conf, 0.01), 1.0))
-        self.camera_spin.setValue(int(_float(self.settings.value("camera/index", 0), 0)))
         self._conf_timer = QTimer(self)
         self._conf_timer.setSingleShot(True)
         self._conf_timer.setInterval(400)
@@ -154,7 +139,7 @@ class MainWindow(QMainWindow):
         self.conf_slider.valueChanged.connect(self._on_conf_slider)
         self._on_conf_spin(self.conf_spin.value())
         self._conf_timer.stop()
-        self._refresh()
+        self.refresh()
         last = self.settings.value("model/path", "")
         last_cls = str(self.settings.value("model/classifier", "") or "")
         if load_last_model and last and Path(str(last)).is_file():
@@ -163,7 +148,7 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------------------------------
     # construction
-    def _build_ui(self) -> None:
+    def _build_toolbar(self) -> None:
         bar = QToolBar("Main", self)
         bar.setMovable(False)
         self.addToolBar(bar)
@@ -172,8 +157,10 @@ class MainWindow(QMainWindow):
         self.model_action.triggered.connect(self._choose_model)
         bar.addAction(self.model_action)
         self.classifier_action = QAction("Classifier…", self)
-        self.classifier_action.setToolTip("Optional second stage: a cell classifier checkpoint that classifies each "
-                                          "white cell the detector finds (red cells and platelets are only counted)")
+        self.classifier_action.setToolTip(
+            "Optional second stage: a cell classifier checkpoint that classifies each "
+            "white cell the detector finds (red cells and platelets are only counted)"
+        )
         self.classifier_action.triggered.connect(self._choose_classifier)
         bar.addAction(self.classifier_action)
         self.model_label = QLabel("no model chosen")
@@ -200,11 +187,14 @@ class MainWindow(QMainWindow):
         self.save_image_action.triggered.connect(self._choose_annotated)
         bar.addAction(self.save_image_action)
 
-        # the three modes: a tab of controls each, one shared view below
+    def _build_central(self) -> None:
+        # the three modes: a tab (panel) each, one shared view below and one results area beside
+        self.image_panel, self.video_panel, self.camera_panel = ImagePanel(self), VideoPanel(self), CameraPanel(self)
+        self.panels: dict[str, ModePanel] = {p.mode: p for p in (self.image_panel, self.video_panel, self.camera_panel)}
+        assert tuple(self.panels) == MODES
         self.tabs = QTabWidget()
-        self.tabs.addTab(self._image_controls(), "Image")
-        self.tabs.addTab(self._video_controls(), "Video")
-        self.tabs.addTab(self._camera_controls(), "Camera")
+        for panel in self.panels.values():
+            self.tabs.addTab(panel, panel.title)
         self.tabs.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
         self.tabs.currentChanged.connect(self._on_tab)
         self.view = FrameView()
@@ -216,6 +206,16 @@ class MainWindow(QMainWindow):
         self.frame_label = QLabel("")
         lay.addWidget(self.frame_label)
 
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(left)
+        split.addWidget(self._build_results())
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 1)
+        split.setSizes([760, 440])
+        self.setCentralWidget(split)
+        self.statusBar().showMessage("Ready (offline). Choose a model, then open an image, a video or a camera.")
+
+    def _build_results(self) -> QWidget:
         right = QWidget()
         rlay = QVBoxLayout(right)
         rlay.setContentsMargins(0, 0, 0, 0)
@@ -232,71 +232,7 @@ class MainWindow(QMainWindow):
         self.call_label.setWordWrap(True)
         clay.addWidget(self.call_label)
         rlay.addWidget(cbox)
-
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(left)
-        split.addWidget(right)
-        split.setStretchFactor(0, 3)
-        split.setStretchFactor(1, 1)
-        split.setSizes([760, 440])
-        self.setCentralWidget(split)
-        self.statusBar().showMessage("Ready (offline). Choose a model, then open an image, a video or a camera.")
-
-    def _row(self, *widgets) -> QWidget:
-        w = QWidget()
-        lay = QHBoxLayout(w)
-        for x in widgets:
-            if isinstance(x, int):
-                lay.addStretch(x)
-            else:
-                lay.addWidget(x)
-        return w
-
-    def _image_controls(self) -> QWidget:
-        self.open_image_button = QPushButton("Open image…")
-        self.open_image_button.clicked.connect(self._choose_image)
-        self.open_folder_button = QPushButton("Open folder…")
-        self.open_folder_button.clicked.connect(self._choose_folder)
-        self.prev_button = QPushButton("◀ Previous")
-        self.prev_button.setShortcut(QKeySequence("Ctrl+Left"))
-        self.prev_button.clicked.connect(self.previous_image)
-        self.next_button = QPushButton("Next ▶")
-        self.next_button.setShortcut(QKeySequence("Ctrl+Right"))
-        self.next_button.clicked.connect(self.next_image)
-        self.image_label = QLabel("")
-        return self._row(self.open_image_button, self.open_folder_button, self.prev_button, self.next_button,
-                         self.image_label, 1)
-
-    def _video_controls(self) -> QWidget:
-        self.open_video_button = QPushButton("Open video…")
-        self.open_video_button.clicked.connect(self._choose_video)
-        self.play_button = QPushButton("▶ Play")
-        self.play_button.clicked.connect(self.toggle_play)
-        self.step_back_button = QPushButton("◀ Step")
-        self.step_back_button.clicked.connect(self.step_back)
-        self.step_button = QPushButton("Step ▶")
-        self.step_button.clicked.connect(self.step)
-        self.seek_slider = QSlider(Qt.Orientation.Horizontal)
-        self.seek_slider.setRange(0, 0)
-        self.seek_slider.sliderReleased.connect(lambda: self.seek(self.seek_slider.value()))
-        self.seek_slider.actionTriggered.connect(self._on_slider_action)
-        self.video_label = QLabel("")
-        w = self._row(self.open_video_button, self.play_button, self.step_back_button, self.step_button)
-        w.layout().addWidget(self.seek_slider, 1)
-        w.layout().addWidget(self.video_label)
-        return w
-
-    def _camera_controls(self) -> QWidget:
-        self.camera_spin = QSpinBox()
-        self.camera_spin.setRange(0, 99)
-        self.camera_spin.setToolTip("OpenCV camera index (0 is the first camera)")
-        self.camera_start_button = QPushButton("Start camera")
-        self.camera_start_button.clicked.connect(lambda: self.start_camera())
-        self.camera_stop_button = QPushButton("Stop")
-        self.camera_stop_button.clicked.connect(self.stop_camera)
-        self.camera_label = QLabel("camera stopped")
-        return self._row(QLabel("Camera index"), self.camera_spin, self.camera_start_button,
-                         self.camera_stop_button, self.camera_label, 1)
+        return right
 
     # ------------------------------------------------------------------------------------------
     # messages
@@ -308,8 +244,13 @@ class MainWindow(QMainWindow):
             return
         if self.message_box is not None:
             self.message_box.close()
-        box = QMessageBox(QMessageBox.Icon.Warning if error else QMessageBox.Icon.Information,
-                          "blastscope", text, QMessageBox.StandardButton.Ok, self)
+        box = QMessageBox(
+            QMessageBox.Icon.Warning if error else QMessageBox.Icon.Information,
+            "blastscope",
+            text,
+            QMessageBox.StandardButton.Ok,
+            self,
+        )
         box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         box.setWindowModality(Qt.WindowModality.NonModal)
         box.finished.connect(lambda _=None, b=box: self._forget_box(b))
@@ -378,7 +319,7 @@ class MainWindow(QMainWindow):
         predictor, path, conf = loaded
         self._loading = None
         self.predictor, self.model_path = predictor, path
-        self.classifier_path = getattr(self, "_loading_classifier", None)
+        self.classifier_path = self._loading_classifier
         self.settings.setValue("model/path", str(path))
         self.settings.setValue("model/classifier", str(self.classifier_path or ""))
         self.settings.setValue("model/conf", conf)
@@ -418,8 +359,9 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("waiting for the model to load…")
             return False
         if self.predictor is None:
-            self.show_message("No model chosen: choose a detector checkpoint (.pt written by "
-                              "'blastscope train') with Model… first.")
+            self.show_message(
+                "No model chosen: choose a detector checkpoint (.pt written by 'blastscope train') with Model… first."
+            )
             return False
         return True
 
@@ -429,46 +371,32 @@ class MainWindow(QMainWindow):
         Its results start afresh (a CSV holds the rows of one model and threshold); the other
         tabs keep theirs (each row names its model).
         """
-        mode = self.current_mode()
-        st = self.states[mode]
-        if st.source is None:
-            return
-        worker = self._current_worker() if self._job_mode == mode else None
-        if mode == "image":
-            index = self._image_index()
-            self._open(mode, st.source)
-            self.states[mode].want_index = max(index, 0)
-        elif mode == "video":
-            # a new worker (frames in flight from the old one are dropped) at the same frame
-            frame = st.current[1] if st.current else 0
-            playing = worker is not None and worker.playing
-            self._open(mode, st.source, paused=not playing)
-            if frame:
-                self._current_worker().seek(frame, play=playing)
-        elif worker is not None:  # camera: reopening it would take seconds; swap between two frames
-            worker.set_predictor(self.predictor)
-            self._reset_results(st)
-
-    @staticmethod
-    def _reset_results(st: _ModeState) -> None:
-        st.results, st.order = {}, []
+        panel = self.current_panel()
+        if panel.state.source is not None:
+            panel.rerun()
 
     # ------------------------------------------------------------------------------------------
-    # jobs
+    # jobs: at most one InferenceWorker runs; its signals go to the panel that started it
     def _current_worker(self) -> InferenceWorker | None:
         """The worker of the current job while it runs (``None`` once stopped, failed or finished)."""
         pair = self._jobs.get(self._job)
-        return pair[0] if pair and self._job_mode is not None else None
+        return pair[0] if pair and self._job_panel is not None else None
 
-    def _open(self, mode: str, source, *, paused: bool = False) -> None:
-        if not self._need_model(functools.partial(self._open, mode, source, paused=paused)):
+    def worker_of(self, panel: ModePanel) -> InferenceWorker | None:
+        """The running worker if ``panel`` started it, else ``None``."""
+        return self._current_worker() if self._job_panel is panel else None
+
+    def start_job(self, panel: ModePanel, source: str | int, *, paused: bool = False) -> None:
+        """Stop any running worker and predict ``source`` for ``panel`` in a new one (shown in its tab).
+
+        Without a model this gives a message; while the model loads, the request waits for it.
+        """
+        if not self._need_model(functools.partial(self.start_job, panel, source, paused=paused)):
             return
         self.stop_all()
-        st = self.states[mode]
-        st.reset(source)
+        panel.state.reset(source)
         self._job += 1
-        self._job_mode = mode
-        self._last_frame_time, self._fps = None, 0.0
+        self._job_panel = panel
         worker = InferenceWorker(self._job, source, self.predictor, paused=paused, realtime=self.realtime)
         worker.opened.connect(self._on_opened)
         worker.frame_ready.connect(self._on_frame)
@@ -477,224 +405,128 @@ class MainWindow(QMainWindow):
         worker.finished.connect(self._on_worker_finished)
         thread = start_in_thread(worker)
         self._jobs[self._job] = (worker, thread)
-        if self.tabs.currentIndex() != MODES.index(mode):
-            self.tabs.setCurrentIndex(MODES.index(mode))
-        self._show_state()
-        self._refresh()
+        if self.current_panel() is not panel:
+            self.tabs.setCurrentWidget(panel)
+        self.show_state()
+        self.refresh()
 
     def stop_all(self) -> None:
         """Stop every running worker (they finish in their threads)."""
         for worker, _ in list(self._jobs.values()):
             worker.stop()
-        self._job_mode = None
-        self._refresh()
+        self._job_panel = None
+        self.refresh()
+
+    def _job_target(self, job: int) -> ModePanel | None:
+        """The panel a signal of ``job`` is for: ``None`` when that job is stopped or replaced."""
+        return self._job_panel if job == self._job else None
 
     @Slot(int)
     def _on_worker_finished(self, job: int) -> None:
         pair = self._jobs.pop(job, None)
         if pair is not None:
             pair[1].wait(2000)  # its loop has returned: the thread quits at once
+        panel = self._job_target(job)
+        if panel is not None:
+            panel.on_finished()
         if job == self._job:
-            if self._job_mode == "camera":
-                self.camera_label.setText("camera stopped" if not self.states["camera"].error else "no camera")
-            self._job_mode = None
-        self._refresh()
+            self._job_panel = None
+        self.refresh()
 
     @Slot(int, object)
     def _on_opened(self, job: int, info: SourceInfo) -> None:
-        if job != self._job:
+        panel = self._job_target(job)
+        if panel is None:
             return
-        st = self.states[self._job_mode]
-        st.info = info
-        if info.kind == "video" and info.length:
-            self.seek_slider.setRange(0, max(0, info.length - 1))
-        self._refresh()
+        panel.on_opened(info)
+        self.refresh()
 
     @Slot(int, object, object)
     def _on_frame(self, job: int, result, drawn) -> None:
-        if job != self._job or self._job_mode is None:
+        panel = self._job_target(job)
+        if panel is None:
             return
-        mode = self._job_mode
-        st = self.states[mode]
-        key = (result.source, result.frame)
-        if key not in st.results:
-            st.order.append(key)
-        st.results[key] = dataclasses.replace(result, image=None)
-        now = time.monotonic()
-        if self._last_frame_time is not None and now > self._last_frame_time:
-            rate = 1.0 / (now - self._last_frame_time)
-            self._fps = rate if self._fps == 0 else 0.8 * self._fps + 0.2 * rate
-        self._last_frame_time = now
-        if mode == "image":
-            if st.order.index(key) == st.want_index:
-                st.current, st.drawn = key, drawn
-        else:
-            st.current, st.drawn = key, drawn
-            if mode == "video" and not self.seek_slider.isSliderDown():
-                self.seek_slider.blockSignals(True)
-                if result.frame > self.seek_slider.maximum():
-                    self.seek_slider.setMaximum(result.frame)
-                self.seek_slider.setValue(result.frame)
-                self.seek_slider.blockSignals(False)
-        if MODES[self.tabs.currentIndex()] == mode:
-            self._show_state()
-        self._refresh()
+        panel.on_frame(result, drawn)
+        if self.current_panel() is panel:
+            self.show_state()
+        self.refresh()
 
     @Slot(int)
     def _on_ended(self, job: int) -> None:
-        if job != self._job or self._job_mode is None:
+        panel = self._job_target(job)
+        if panel is None:
             return
-        st = self.states[self._job_mode]
-        st.ended = True
-        n = len(st.results)
-        what = "images" if self._job_mode == "image" else "frames"
-        self.statusBar().showMessage(f"done: {n} {what} processed")
-        self._refresh()
+        panel.state.ended = True
+        self.statusBar().showMessage(f"done: {len(panel.state.results)} {panel.unit}s processed")
+        self.refresh()
 
     @Slot(int, str)
     def _on_failed(self, job: int, message: str) -> None:
-        if job != self._job or self._job_mode is None:
+        panel = self._job_target(job)
+        if panel is None:
             return
-        st = self.states[self._job_mode]
-        if not st.results:
-            st.error = message
-        if self._job_mode == "camera":
-            self.camera_label.setText("no camera")
+        if not panel.state.results:
+            panel.state.error = message
+        panel.on_failed(message)
         self.show_message(message)
-        self._show_state()
-        self._refresh()
+        self.show_state()
+        self.refresh()
 
     # ------------------------------------------------------------------------------------------
-    # image mode
-    def open_image(self, path: str | os.PathLike) -> None:
-        """Predict one image file and show it."""
-        from blastscope.data.images import IMAGE_SUFFIXES, is_image_file
+    # the modes: delegations to their panels (the public API the tests and scripts use)
+    @property
+    def states(self) -> dict[str, ModeState]:
+        """The :class:`ModeState` of each mode."""
+        return {mode: panel.state for mode, panel in self.panels.items()}
 
-        path = Path(path)
-        if not is_image_file(path):
-            self.show_message(f"{path}: not an image ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-                              "open a video in the Video tab")
-            return
-        self._remember_dir(path.parent)
-        self._open("image", str(path))
+    def open_image(self, path: str | os.PathLike) -> None:
+        """Predict one image file and show it (:meth:`ImagePanel.open_image`)."""
+        self.image_panel.open_image(path)
 
     def open_folder(self, path: str | os.PathLike) -> None:
-        """Predict every image under a folder (recursively, sorted) and step through them."""
-        path = Path(path)
-        self._remember_dir(path)
-        self._open("image", str(path))
-
-    def _image_index(self) -> int:
-        st = self.states["image"]
-        return st.order.index(st.current) if st.current in st.results else -1
+        """Predict every image under a folder and step through them (:meth:`ImagePanel.open_folder`)."""
+        self.image_panel.open_folder(path)
 
     def show_image(self, index: int) -> None:
-        """Show the ``index``-th processed image of the open folder (read again and drawn)."""
-        from blastscope._problems import BlastscopeError
-        from blastscope.data.images import read_image
-        from blastscope.inference.writers import draw_detections
-
-        st = self.states["image"]
-        if not 0 <= index < len(st.order):
-            return
-        key = st.order[index]
-        result = st.results[key]
-        try:
-            image = read_image(result.source)
-        except BlastscopeError as e:
-            self.show_message(str(e))
-            return
-        st.current, st.drawn, st.want_index = key, draw_detections(image, result), index
-        self._show_state()
-        self._refresh()
+        """Show the ``index``-th processed image of the open folder."""
+        self.image_panel.show_image(index)
 
     def next_image(self) -> None:
-        self.show_image(self._image_index() + 1)
+        self.image_panel.next_image()
 
     def previous_image(self) -> None:
-        self.show_image(self._image_index() - 1)
+        self.image_panel.previous_image()
 
-    # ------------------------------------------------------------------------------------------
-    # video mode
     def open_video(self, path: str | os.PathLike, *, play: bool = False) -> None:
-        """Open a video file: its first frame is predicted and shown; ``play`` starts playback."""
-        from blastscope.data.images import is_image_file
-
-        path = Path(path)
-        if is_image_file(path):
-            self.show_message(f"{path}: is an image; open it in the Image tab")
-            return
-        self._remember_dir(path.parent)
-        self._open("video", str(path), paused=not play)
-
-    def _video_worker(self) -> InferenceWorker | None:
-        return self._current_worker() if self._job_mode == "video" else None
+        """Open a video file, paused on its first frame unless ``play`` (:meth:`VideoPanel.open_video`)."""
+        self.video_panel.open_video(path, play=play)
 
     def play(self) -> None:
-        worker = self._video_worker()
-        if worker is None:
-            return
-        st = self.states["video"]
-        if st.ended:  # play again from the start
-            st.ended = False
-            worker.seek(0, play=True)
-        else:
-            worker.play()
-        self._refresh(playing=True)
+        self.video_panel.play()
 
     def pause(self) -> None:
-        worker = self._video_worker()
-        if worker is not None:
-            worker.pause()
-        self._refresh(playing=False)
+        self.video_panel.pause()
 
     def toggle_play(self) -> None:
-        worker = self._video_worker()
-        if worker is not None and worker.playing:
-            self.pause()
-        else:
-            self.play()
+        self.video_panel.toggle_play()
 
     def step(self) -> None:
-        """Predict and show the next frame, then stay paused."""
-        worker = self._video_worker()
-        if worker is not None and not self.states["video"].ended:
-            worker.step()
-        self._refresh(playing=False)
+        """Predict and show the next video frame, then stay paused."""
+        self.video_panel.step()
 
     def step_back(self) -> None:
-        st = self.states["video"]
-        if st.current is not None and st.current[1] > 0:
-            self.seek(st.current[1] - 1)
+        self.video_panel.step_back()
 
     def seek(self, frame: int) -> None:
-        """Show frame ``frame`` of the open video (paused or playing as before)."""
-        worker = self._video_worker()
-        if worker is None:
-            return
-        self.states["video"].ended = False
-        worker.seek(frame)
+        """Show frame ``frame`` (0-based index) of the open video (:meth:`VideoPanel.seek`)."""
+        self.video_panel.seek(frame)
 
-    def _on_slider_action(self, action: int) -> None:
-        if action != QAbstractSlider.SliderAction.SliderMove.value:
-            QTimer.singleShot(0, lambda: self.seek(self.seek_slider.value()))
-
-    # ------------------------------------------------------------------------------------------
-    # camera mode
     def start_camera(self, index: int | None = None) -> None:
         """Open camera ``index`` (default: the spin box) and predict its frames until stopped."""
-        if index is None:
-            index = self.camera_spin.value()
-        else:
-            self.camera_spin.setValue(index)
-        self.settings.setValue("camera/index", int(index))
-        self.camera_label.setText(f"opening camera {index}…")
-        self._open("camera", int(index))
+        self.camera_panel.start_camera(index)
 
     def stop_camera(self) -> None:
-        if self._job_mode == "camera":
-            self.stop_all()
-        self.camera_label.setText("camera stopped")
+        self.camera_panel.stop_camera()
 
     # ------------------------------------------------------------------------------------------
     # saving
@@ -703,12 +535,7 @@ class MainWindow(QMainWindow):
 
         Images in the order the folder gave them; video and camera frames by frame index.
         """
-        mode = mode or MODES[self.tabs.currentIndex()]
-        st = self.states[mode]
-        keys = list(st.order)
-        if mode != "image":
-            keys.sort(key=lambda k: k[1])
-        return [st.results[k] for k in keys]
+        return self._panel(mode).rows()
 
     def save_csv(self, path: str | os.PathLike) -> Path | None:
         """Write every processed frame of the current mode with :class:`CsvWriter`; returns the path.
@@ -731,7 +558,7 @@ class MainWindow(QMainWindow):
         except OSError as e:
             self.show_message(f"{path}: cannot write the CSV ({e.strerror or e}); choose another folder")
             return None
-        self._remember_dir(path.parent)
+        self.remember_dir(path.parent)
         self.statusBar().showMessage(f"saved {len(results)} frame(s) to {path}")
         return path
 
@@ -741,7 +568,7 @@ class MainWindow(QMainWindow):
 
         from blastscope._atomic import atomic_write
 
-        st = self.states[MODES[self.tabs.currentIndex()]]
+        st = self.current_panel().state
         if st.drawn is None:
             self.show_message("No frame to save yet: open an image, a video or a camera first.")
             return None
@@ -758,20 +585,21 @@ class MainWindow(QMainWindow):
         except OSError as e:
             self.show_message(f"{path}: cannot write the image ({e.strerror or e}); choose another folder")
             return None
-        self._remember_dir(path.parent)
+        self.remember_dir(path.parent)
         self.statusBar().showMessage(f"saved {path}")
         return path
 
     # ------------------------------------------------------------------------------------------
     # file dialogs (the methods above do the work; these only ask for the path)
-    def _last_dir(self) -> str:
+    def last_dir(self) -> str:
+        """The folder the last file was opened from or saved to (where file dialogs start)."""
         return str(self.settings.value("paths/last_dir", str(Path.home())))
 
-    def _remember_dir(self, folder: Path) -> None:
+    def remember_dir(self, folder: Path) -> None:
         self.settings.setValue("paths/last_dir", str(folder))
 
     def _choose_model(self) -> None:
-        start = str(self.model_path.parent) if self.model_path else self._last_dir()
+        start = str(self.model_path.parent) if self.model_path else self.last_dir()
         path, _ = QFileDialog.getOpenFileName(self, "Choose a detector checkpoint", start, CHECKPOINT_FILTER)
         if path:
             self.load_model(path)
@@ -785,40 +613,26 @@ class MainWindow(QMainWindow):
         if path:
             self.load_model(self.model_path, classifier=path)
 
-    def _choose_image(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open an image", self._last_dir(), IMAGE_FILTER)
-        if path:
-            self.open_image(path)
-
-    def _choose_folder(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Open a folder of images", self._last_dir())
-        if path:
-            self.open_folder(path)
-
-    def _choose_video(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open a video", self._last_dir(), VIDEO_FILTER)
-        if path:
-            self.open_video(path)
-
     def _choose_csv(self) -> None:
         if not self.result_rows():
             self.save_csv("")  # gives the "nothing to save" message
             return
-        start = str(Path(self._last_dir()) / "predictions.csv")
+        start = str(Path(self.last_dir()) / "predictions.csv")
         path, _ = QFileDialog.getSaveFileName(self, "Save detections as CSV", start, "CSV (*.csv)")
         if path:
             self.save_csv(path)
 
     def _choose_annotated(self) -> None:
-        st = self.states[MODES[self.tabs.currentIndex()]]
-        if st.drawn is None:
+        panel = self.current_panel()
+        if panel.state.drawn is None:
             self.save_annotated_image("")
             return
-        source, frame = st.current
-        stem = Path(str(source)).stem or str(source).replace(":", "")
-        name = f"{stem}_annotated.png" if MODES[self.tabs.currentIndex()] == "image" else f"{stem}_frame{frame:06d}.png"
-        path, _ = QFileDialog.getSaveFileName(self, "Save annotated image", str(Path(self._last_dir()) / name),
-                                              "PNG (*.png);;JPEG (*.jpg *.jpeg);;BMP (*.bmp)")
+        path, _ = QFileDialog.getSaveFileName(
+            self,
+            "Save annotated image",
+            str(Path(self.last_dir()) / panel.annotated_name()),
+            "PNG (*.png);;JPEG (*.jpg *.jpeg);;BMP (*.bmp)",
+        )
         if path:
             self.save_annotated_image(path)
 
@@ -830,32 +644,31 @@ class MainWindow(QMainWindow):
     def set_mode(self, mode: str) -> None:
         self.tabs.setCurrentIndex(MODES.index(mode))
 
+    def current_panel(self) -> ModePanel:
+        return self.panels[self.current_mode()]
+
+    def _panel(self, mode: str | None) -> ModePanel:
+        return self.panels[mode or self.current_mode()]
+
     def current_result(self, mode: str | None = None):
-        """The :class:`FrameResult` on screen (without its image), or ``None``."""
-        st = self.states[mode or self.current_mode()]
-        return st.results.get(st.current) if st.current is not None else None
+        """The :class:`FrameResult` on screen (without its image) of a mode (default: the current tab), or ``None``."""
+        return self._panel(mode).current_result()
 
     def _on_tab(self, index: int) -> None:
-        mode = MODES[index]
-        worker = self._current_worker()
-        if worker is not None and self._job_mode != mode:
-            if self._job_mode == "video":
-                self.pause()
-            elif self._job_mode == "camera":
-                self.stop_camera()
-        self._show_state()
-        self._refresh()
+        # leaving a playing video pauses it; leaving a running camera stops it
+        running = self._job_panel
+        if self._current_worker() is not None and running is not self.panels[MODES[index]]:
+            running.leave()
+        self.show_state()
+        self.refresh()
 
-    def _show_state(self) -> None:
-        mode = self.current_mode()
-        st = self.states[mode]
-        result = self.current_result(mode)
+    def show_state(self) -> None:
+        """Show the current tab's frame, detections, counts and call in the shared view and table."""
+        panel = self.current_panel()
+        st = panel.state
+        result = panel.current_result()
         self.view.set_image(st.drawn)
-        hint = {
-            "image": "Open an image or a folder of images",
-            "video": "Open a video file",
-            "camera": "Choose the camera index and press Start camera",
-        }[mode]
+        hint = panel.hint
         if st.error:
             hint = f"{st.error}\n\n{hint}"
         elif self.predictor is None:
@@ -864,67 +677,18 @@ class MainWindow(QMainWindow):
         self.table.set_result(result)
         classes = self.predictor.output_classes if self.predictor is not None else []
         frame_counts = result.counts() if result is not None else {}
-        total: dict[str, int] = {}
-        for r in st.results.values():
-            for k, v in r.counts().items():
-                total[k] = total.get(k, 0) + v
+        total = st.total_counts()
         self.counts.set_counts(classes, frame_counts, total)
         if result is None:
             self.call_label.setText("")
         else:
-            this = "image" if mode == "image" else "frame"
-            text = f"Call for this {this}: <b>{summary_call(frame_counts, classes)}</b>{_blast_text(frame_counts, classes)}"
-            if len(st.results) > 1:
-                text += (f" · all {len(st.results)} {this}s: <b>{summary_call(total, classes)}</b>"
-                         f"{_blast_text(total, classes)}")
-            self.call_label.setText(text + " <small>(the summary.csv rule: ALL if ≥ 20 % of the white cells are ALL)</small>")
-        self.frame_label.setText(self._frame_text(mode, result))
+            self.call_label.setText(_call_text(frame_counts, total, len(st.results), panel.unit, classes))
+        self.frame_label.setText(panel.frame_text(result))
 
-    def _frame_text(self, mode: str, result) -> str:
-        if result is None:
-            return ""
-        text = f"{result.source}"
-        if mode != "image":
-            text += f" · frame index {result.frame}"
-            if result.time_s is not None:
-                text += f" · {result.time_s:.2f} s"
-        text += f" · {len(result.detections)} cell(s)"
-        return text
-
-    def _refresh(self, playing: bool | None = None) -> None:
-        """Enable the controls that make sense now and update the small labels."""
-        running = self._current_worker() is not None and self._job_mode is not None
-        st = self.states["image"]
-        idx, n = self._image_index(), len(st.order)
-        self.prev_button.setEnabled(idx > 0)
-        self.next_button.setEnabled(0 <= idx < n - 1)
-        if st.source is not None and n:
-            total = st.info.length if st.info and st.info.length else n
-            done = "" if st.ended or n >= total else f" ({n} processed)"
-            self.image_label.setText(f"image {idx + 1} / {total}{done}")
-        else:
-            self.image_label.setText("")
-        video = self._video_worker() is not None
-        if playing is None:
-            playing = video and self._video_worker().playing
-        self.play_button.setText("❚❚ Pause" if playing else "▶ Play")
-        for w in (self.play_button, self.step_button, self.step_back_button, self.seek_slider):
-            w.setEnabled(video)
-        vs = self.states["video"]
-        if vs.info is not None and vs.current is not None:
-            total = vs.info.length or "?"
-            rate = f" · {self._fps:.1f} frames/s" if playing and self._fps else ""
-            self.video_label.setText(f"frame {vs.current[1] + 1} of {total}{rate}")
-        elif vs.source is None:
-            self.video_label.setText("")
-        camera_on = running and self._job_mode == "camera"
-        self.camera_stop_button.setEnabled(camera_on)
-        if camera_on:
-            cs = self.states["camera"]
-            if cs.current is not None:
-                rate = f" · {self._fps:.1f} frames/s" if self._fps else ""
-                self.camera_label.setText(f"camera {cs.source}: frame {cs.current[1]}{rate}")
-        self.camera_start_button.setEnabled(not camera_on)
+    def refresh(self) -> None:
+        """Enable the controls that make sense now and update the small labels (of every panel)."""
+        for panel in self.panels.values():
+            panel.refresh()
 
     # ------------------------------------------------------------------------------------------
     def wait_idle(self, timeout_s: float = 5.0) -> bool:
@@ -944,6 +708,14 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
 
+def _call_text(frame_counts: dict[str, int], total: dict[str, int], n: int, unit: str, classes) -> str:
+    """The call line: this frame's call and, over ``n`` > 1 frames, the call of all of them (HTML)."""
+    text = f"Call for this {unit}: <b>{summary_call(frame_counts, classes)}</b>{_blast_text(frame_counts, classes)}"
+    if n > 1:
+        text += f" · all {n} {unit}s: <b>{summary_call(total, classes)}</b>{_blast_text(total, classes)}"
+    return text + " <small>(the summary.csv rule: ALL if ≥ 20 % of the white cells are ALL)</small>"
+
+
 def _blast_text(counts: dict[str, int], classes, positive: str = "ALL") -> str:
     """`` (blasts 25 % of 4 white cells)`` when ``positive`` is a class, else ``""``."""
     from blastscope.metrics.calls import blast_fraction
@@ -955,15 +727,12 @@ def _blast_text(counts: dict[str, int], classes, positive: str = "ALL") -> str:
     return "" if frac != frac else f" (blasts {100 * frac:.0f} % of {n} white cells)"
 
 
-def _float(value, default: float) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return default
-
-
-def run_app(model: str | os.PathLike | None = None, conf: float | None = None, argv: list[str] | None = None,
-            classifier: str | os.PathLike | None = None) -> int:
+def run_app(
+    model: str | os.PathLike | None = None,
+    conf: float | None = None,
+    argv: list[str] | None = None,
+    classifier: str | os.PathLike | None = None,
+) -> int:
     """Start the app (``blastscope gui``); returns the Qt exit code.
 
     Parameters
