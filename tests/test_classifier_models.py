@@ -17,7 +17,7 @@ CATS = set(range(281, 286))
 
 def _chelsea(size: int, mean, std) -> torch.Tensor:
     img = Image.fromarray(data.chelsea()).resize((size, size), Image.BILINEAR)
-    x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 255.0
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255.0  # a writable copy
     return ((x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None])[None]
 
 

@@ -128,6 +128,7 @@ def test_train_skips_a_bomb_row(tmp_path, capsys):
     import io
 
     from blastscope._problems import ProblemLog
+    from blastscope.annotate.autobox import cell_box
     from blastscope.data.dataset import DetectionDataset
     from blastscope.data.manifest import new_manifest
 
@@ -137,7 +138,7 @@ def test_train_skips_a_bomb_row(tmp_path, capsys):
         rows.append({"image": str(p), "label": "ALL", "split": "train"})
     rows.append({"image": str(_bomb(tmp_path / "bomb.png")), "label": "ALL", "split": "train"})
     log = ProblemLog(stream=io.StringIO())
-    ds = DetectionDataset(new_manifest(rows), "train", ["ALL"], imgsz=64, auto_boxes=True, log=log)
+    ds = DetectionDataset(new_manifest(rows), "train", ["ALL"], imgsz=64, box_fn=cell_box, log=log)
     assert [Path(p).name for p in ds.images] == ["c0.png", "c1.png"]
     assert [Path(p.path).name for p in log] == ["bomb.png"]
     assert "100000 x 100000" in log.stream.getvalue()
@@ -427,7 +428,7 @@ def test_predict_overwrite_leaves_no_stale_annotated_images(toy_detector_ckpt, t
 def test_checkpoint_messages_say_what_the_file_is(toy_detector_ckpt, tmp_path, capsys):
     import torch
 
-    from blastscope.engine.checkpoint import load_model
+    from blastscope.models.checkpoint import load_model
 
     noise = tmp_path / "noise.pt"
     noise.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes().replace(b"\x80", b"\x81"))
