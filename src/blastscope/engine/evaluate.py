@@ -38,8 +38,9 @@ Image calls (when the rows carry image labels)
     ``patient_rule`` (``"mean"``: mean image score ``>= 0.5``; ``"majority"``: at least half of the
     patient's images called positive).
 Two stages (``classifier=``)
-    The detector finds the cells; each cell (the top detection for single-cell images, every
-    detection ``>= cell_conf`` otherwise) is cut as a square around its box with a margin, resized
+    The detector finds the cells; each white cell (the top white-cell detection for single-cell
+    images, every white-cell detection ``>= cell_conf`` left by class-agnostic NMS otherwise; the
+    detector's red cells and platelets are never classified) is cut as a square around its box with a margin, resized
     to the classifier's input size and classified. The cell's call is the classifier's arg-max, its
     score the classifier's probability of ``positive``; images are then called as above.
 Classifier (``task == "classify"``)
@@ -70,6 +71,7 @@ from blastscope.data.formats import image_size, load_annotation
 from blastscope.data.images import read_image
 from blastscope.data.manifest import manifest_classes, read_manifest
 from blastscope.engine.tasks import get_task
+from blastscope.inference.finder import agnostic_nms, cell_classes_of, resolve_cell_classes
 from blastscope.inference.predictor import CropClassifier, Predictor, TorchBackend
 from blastscope.metrics.calls import image_calls
 from blastscope.metrics.classification import (
@@ -579,6 +581,7 @@ def evaluate_checkpoint(
     cell_conf: float = 0.25,
     progress: bool = True,
     device: str = "cpu",
+    cell_classes: Sequence[str] | str | None = None,
 ) -> EvaluationResult:
     """Run a checkpoint over one split of a manifest and compute every metric that applies.
 
@@ -609,6 +612,11 @@ def evaluate_checkpoint(
         A detection scoring ``>= cell_conf`` counts as a cell (multi-cell calls, counts, errors).
     progress : bool
         Progress bar on stderr.
+    cell_classes : sequence of str or comma-separated str, optional
+        Two stages: the detector classes that are white cells, the only ones classified (after
+        class-agnostic NMS at ``iou`` over the detections ``>= cell_conf``); the others keep their
+        detector class and are left out of the image calls. Default: the detector checkpoint's
+        ``cell_classes`` record, else every class not named like red cells or platelets.
     device : str
         Torch device.
 
@@ -666,6 +674,8 @@ def evaluate_checkpoint(
 
     if task == "detect":
         backend = TorchBackend(model, conf=float(conf), iou=float(iou), device=device, max_det=MAX_DET)
+        white_classes = set(resolve_cell_classes(classes, cell_classes, str(checkpoint)) if cell_classes is not None
+                            else cell_classes_of(meta))
         predictor = Predictor(backend, classes, imgsz or int(meta.get("input_size", 416)),
                               model_name=f"{checkpoint.name} ({meta['arch']})", mean=meta.get("mean", (0, 0, 0)), std=meta.get("std", (1, 1, 1)))
         kept, gts = _ground_truth(rows, classes, log, names_hint, notes)
@@ -691,10 +701,15 @@ def evaluate_checkpoint(
             if stage2 is None:
                 cells[i] = {"names": d["names"], "scores": d["scores"], "p_pos": None}
                 continue
+            # only white cells are classified: one box per cell (class-agnostic NMS), then the
+            # detections of the white-cell classes; red cells and platelets keep their names
+            white = np.array([n in white_classes for n in d["names"]], bool)
             if single_cell:
-                sel = np.argsort(-d["scores"])[:1]
+                sel = np.argsort(-np.where(white, d["scores"], -np.inf))[: int(white.any())]
             else:
                 sel = np.flatnonzero(d["scores"] >= cell_conf)
+                sel = np.sort(sel[agnostic_nms(d["boxes"][sel], d["scores"][sel], float(iou))])
+                sel = sel[white[sel]]
             probs = _classify_cells(stage2, paths[i], d["boxes"][sel], CROP_MARGIN)
             names = [cell_classes[int(k)] for k in probs.argmax(axis=1)] if len(probs) else []
             d["names"] = list(d["names"])
