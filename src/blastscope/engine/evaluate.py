@@ -71,7 +71,7 @@ from blastscope.data.formats import image_size, load_annotation
 from blastscope.data.images import read_image
 from blastscope.data.manifest import manifest_classes, read_manifest
 from blastscope.engine.tasks import get_task
-from blastscope.inference.finder import agnostic_nms, cell_classes_of, resolve_cell_classes
+from blastscope.inference.finder import MERGE_IOU, agnostic_nms, cell_classes_of, resolve_cell_classes
 from blastscope.inference.predictor import CropClassifier, Predictor, TorchBackend
 from blastscope.metrics.calls import image_calls
 from blastscope.metrics.classification import (
@@ -708,7 +708,7 @@ def evaluate_checkpoint(
                 sel = np.argsort(-np.where(white, d["scores"], -np.inf))[: int(white.any())]
             else:
                 sel = np.flatnonzero(d["scores"] >= cell_conf)
-                sel = np.sort(sel[agnostic_nms(d["boxes"][sel], d["scores"][sel], float(iou))])
+                sel = np.sort(sel[agnostic_nms(d["boxes"][sel], d["scores"][sel], min(float(iou), MERGE_IOU))])
                 sel = sel[white[sel]]
             probs = _classify_cells(stage2, paths[i], d["boxes"][sel], CROP_MARGIN)
             names = [cell_classes[int(k)] for k in probs.argmax(axis=1)] if len(probs) else []

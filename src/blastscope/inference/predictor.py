@@ -324,6 +324,7 @@ class Predictor:
         Second-stage hook ``classifier(image, boxes) -> list[Classification]`` given the RGB frame
         and the ``(N, 4)`` xyxy boxes in its pixels (two-stage prediction). Only white cells go to
         it: with a classifier, the detections are first merged by class-agnostic NMS at ``iou``
+        (at most :data:`blastscope.inference.finder.MERGE_IOU`)
         (one box per cell even when the detector boxed it as two classes), then the detections of
         ``cell_classes`` are classified and the others keep their detector class.
     cell_classes : sequence of str, optional
@@ -537,10 +538,11 @@ class Predictor:
         Returns the kept detections (highest confidence first) and one entry per detection: a
         :class:`Classification` for a white cell, ``None`` for another detector class.
         """
-        from blastscope.inference.finder import agnostic_nms
+        from blastscope.inference.finder import MERGE_IOU, agnostic_nms
 
         boxes = np.array([d.box for d in dets], dtype=np.float32).reshape(-1, 4)
-        keep = sorted(agnostic_nms(boxes, np.array([d.confidence for d in dets], np.float32), self.iou).tolist())
+        keep = sorted(agnostic_nms(boxes, np.array([d.confidence for d in dets], np.float32),
+                                   min(self.iou, MERGE_IOU)).tolist())
         dets = [dets[i] for i in keep]
         white = [i for i, d in enumerate(dets) if d.class_name in self.cell_classes]
         cls: list[Classification | None] = [None] * len(dets)
