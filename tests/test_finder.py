@@ -12,7 +12,13 @@ import torch
 
 from blastscope._problems import BlastscopeError
 from blastscope.annotate.bench import TXL_PBC_SOURCES, score_finder, txl_pbc_images
-from blastscope.annotate.finder import FoundCells, StainFinder, StainSettings, default_cell_classes, red_cell_radius
+from blastscope.annotate.finder import (
+    FoundCells,
+    StainFinder,
+    StainSettings,
+    default_cell_classes,
+    red_cell_radius,
+)
 from blastscope.cli.main import main
 from blastscope.data.formats.voc import read_voc
 from blastscope.data.images import read_image

@@ -27,7 +27,7 @@ from blastscope.data.formats.yolo import read_yolo
 from blastscope.data.images import read_image
 from blastscope.metrics.detection import box_iou, evaluate_detections
 
-__all__ = ["FinderScore", "score_finder", "txl_pbc_images", "TXL_PBC_SOURCES", "DUPLICATE_IOU"]
+__all__ = ["DUPLICATE_IOU", "TXL_PBC_SOURCES", "FinderScore", "score_finder", "txl_pbc_images"]
 
 TXL_PBC_SOURCES = ("BCCD", "BCD", "PBC", "Raabin-WBC")
 #: two ground-truth boxes of one image overlapping this much are one cell listed twice

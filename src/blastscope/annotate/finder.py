@@ -29,11 +29,11 @@ import numpy as np
 from blastscope._problems import BlastscopeError
 
 __all__ = [
+    "NON_WHITE_CELL_NAMES",
     "CellFinder",
     "FoundCells",
-    "StainSettings",
     "StainFinder",
-    "NON_WHITE_CELL_NAMES",
+    "StainSettings",
     "default_cell_classes",
     "red_cell_radius",
     "stain_channel",

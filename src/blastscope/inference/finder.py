@@ -18,9 +18,14 @@ from typing import Any
 import numpy as np
 
 from blastscope._problems import BlastscopeError
-from blastscope.annotate.finder import CellFinder, FoundCells, StainFinder, default_cell_classes
+from blastscope.annotate.finder import (
+    CellFinder,
+    FoundCells,
+    StainFinder,
+    default_cell_classes,
+)
 
-__all__ = ["DetectorFinder", "make_finder", "cell_classes_of", "resolve_cell_classes", "agnostic_nms", "MERGE_IOU"]
+__all__ = ["MERGE_IOU", "DetectorFinder", "agnostic_nms", "cell_classes_of", "make_finder", "resolve_cell_classes"]
 
 
 def cell_classes_of(info: dict[str, Any]) -> list[str]:
