@@ -8,8 +8,9 @@ TXL-PBC images of one source (``sources.csv``) with their WBC boxes (YOLO class 
 table.
 
 Ground-truth boxes of one image that duplicate another (IoU >= 0.7; TXL-PBC has 7 such boxes in
-1,440 images, one PBC image lists its cell six times) are marked ``difficult``: they count neither
-as a cell to find nor as a false positive when matched.
+1,440 images, one PBC image lists its cell six times) are dropped before scoring: one cell is one
+cell to find (marking them VOC-``difficult`` instead would let the duplicate take the match and
+leave the cell counted as missed).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class FinderScore:
         At IoU 0.3 over every box the finder returned: found cells / cells, found cells / boxes.
     n_images, n_cells, n_found, n_boxes, n_duplicates : int
         Images, ground-truth cells (duplicates excluded), cells found at IoU 0.3, boxes returned,
-        duplicate ground-truth boxes marked difficult.
+        duplicate ground-truth boxes dropped.
     seconds_per_image : float
         Wall time of ``find`` per image (reading excluded).
     """
@@ -94,8 +95,9 @@ def score_finder(finder, items: Iterable[tuple[str | Path, np.ndarray]]) -> Find
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         dup = _duplicates(boxes)
         n_dup += int(dup.sum())
+        boxes = boxes[~dup]
         preds.append({"boxes": found.boxes, "scores": found.scores, "labels": np.zeros(len(found), np.int64)})
-        gts.append({"boxes": boxes, "labels": np.zeros(len(boxes), np.int64), "difficult": dup})
+        gts.append({"boxes": boxes, "labels": np.zeros(len(boxes), np.int64)})
     if not preds:
         raise BlastscopeError("score_finder: no images to score")
     at50 = evaluate_detections(preds, gts, ["WBC"], iou_threshold=0.5)

@@ -127,6 +127,14 @@ class StainSettings:
         give weak, small blobs).
     border_relax : float
         Both minima are multiplied by this for nuclei cut by the image border.
+    max_side : float
+        A nucleus group longer than this (in ``r``; a white cell spans at most about 2.5 red-cell
+        diameters) is two touching cells or a nucleus in stained debris: it is thresholded again
+        (Otsu of its own stain values) and split.
+    split_balance : float
+        The split is kept only when every part has at least this fraction of the largest part's
+        area (two touching cells give two nuclei of similar size, a nucleus in debris gives one
+        part; the lobes of one big nucleus differ); else the group stays whole.
     expand : float
         Box side = the nucleus's longer side times this (the cytoplasm around it). The sources'
         annotators differ (PBC boxes fit the cell tightly, Raabin-WBC boxes are larger); 1.2 is
@@ -143,6 +151,8 @@ class StainSettings:
     min_fraction: float = 0.25
     border_relax: float = 0.25
     expand: float = 1.2
+    max_side: float = 5.0
+    split_balance: float = 0.5
     radius_range: tuple[float, float] = (0.03, 0.15)
 
     def __post_init__(self):
@@ -181,8 +191,9 @@ def stain_channel(image: np.ndarray) -> np.ndarray:
 def red_cell_radius(image: np.ndarray, radius_range: tuple[float, float] = (0.03, 0.15)) -> float:
     """Typical red-cell radius in pixels, estimated from the image itself.
 
-    Cells are the pixels darker than the background (Otsu on grey, holes filled: red cells have
-    pale centres); the radius is the 75th percentile of the largest inscribed-circle radius of each
+    Cells are the pixels darker than the background (the upper threshold of a three-class Otsu on
+    grey, so that a dark white cell does not take the lower class alone; holes filled: red cells
+    have pale centres); the radius is the 75th percentile of the largest inscribed-circle radius of each
     cell blob (touching red cells form blobs whose inscribed circle is still about one cell).
 
     Returns
@@ -191,15 +202,17 @@ def red_cell_radius(image: np.ndarray, radius_range: tuple[float, float] = (0.03
         Pixels, clipped to ``radius_range`` times the shorter image side.
     """
     from scipy import ndimage
-    from skimage.filters import threshold_otsu
+    from skimage.filters import threshold_multiotsu
 
     rgb = _check_rgb(image)
     grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
     side = min(grey.shape)
     lo, hi = radius_range[0] * side, radius_range[1] * side
-    if grey.min() == grey.max():
+    try:  # three classes: white cells (darkest), red cells, background; cells = the two darker
+        t = threshold_multiotsu(grey, classes=3)[1]
+    except ValueError:  # fewer than three grey levels
         return float(lo)
-    fg = ndimage.binary_fill_holes(grey < threshold_otsu(grey)).astype(np.uint8)
+    fg = ndimage.binary_fill_holes(grey < t).astype(np.uint8)
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, _disk(3))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(fg)
     if n <= 1:
@@ -278,24 +291,48 @@ class StainFinder:
         except ValueError:  # fewer than three grey levels
             return FoundCells()
         nuclei = cv2.morphologyEx((c > t).astype(np.uint8), cv2.MORPH_OPEN, _disk(s.open * r))
-        groups = cv2.connectedComponents(cv2.dilate(nuclei, _disk(s.group * r)))[1] * nuclei
-        areas = np.bincount(groups.ravel())[1:]
-        if not len(areas) or areas.max() == 0:
+        blobs = self._split(c, nuclei, r, depth=2)  # (slice, area) per nucleus group
+        if not blobs:
             return FoundCells()
-        largest, red_area = float(areas.max()), np.pi * r * r
+        largest, red_area = max(a for _, a in blobs), np.pi * r * r
         boxes, scores = [], []
-        for i, sl in enumerate(ndimage.find_objects(groups)):
-            if sl is None:
-                continue
+        for sl, area in blobs:
             y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
             k = s.border_relax if (x0 == 0 or y0 == 0 or x1 == w or y1 == h) else 1.0
-            area = float(areas[i])
             if area < k * s.min_area * red_area or area < k * s.min_fraction * largest:
                 continue
             cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * s.expand / 2
             boxes.append([max(0.0, cx - half), max(0.0, cy - half), min(float(w), cx + half), min(float(h), cy + half)])
             scores.append(area / largest)
         return FoundCells(np.array(boxes, np.float32).reshape(-1, 4), np.array(scores, np.float32))
+
+    def _split(self, c: np.ndarray, nuclei: np.ndarray, r: float, depth: int) -> list[tuple[tuple[slice, slice], float]]:
+        """Nucleus groups of a mask as ``(slice, area)``; oversized groups are re-thresholded and split."""
+        from scipy import ndimage
+        from skimage.filters import threshold_otsu
+
+        s = self.config
+        groups = cv2.connectedComponents(cv2.dilate(nuclei, _disk(s.group * r)))[1] * nuclei
+        areas = np.bincount(groups.ravel())
+        out = []
+        for i, sl in enumerate(ndimage.find_objects(groups), start=1):
+            if sl is None or areas[i] == 0:
+                continue
+            side = max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
+            if side > s.max_side * r and depth > 0:
+                mine = groups[sl] == i
+                values = c[sl][mine]
+                if values.max() > values.min():
+                    sub = np.zeros_like(nuclei)
+                    sub[sl] = (mine & (c[sl] > threshold_otsu(values))).astype(np.uint8)
+                    sub = cv2.morphologyEx(sub, cv2.MORPH_OPEN, _disk(s.open * r))
+                    parts = self._split(c, sub, r, depth - 1)
+                    sizes = [a for _, a in parts]
+                    if parts and min(sizes) >= s.split_balance * max(sizes):
+                        out.extend(parts)
+                        continue
+            out.append((sl, float(areas[i])))
+        return out
 
     def __repr__(self) -> str:
         return f"StainFinder({self.config})"
