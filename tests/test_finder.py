@@ -237,3 +237,32 @@ def test_cell_classes_option_and_checkpoint_record(bccd, bccd_records, toy_detec
     finder = make_finder(path, conf=0.25)
     assert isinstance(finder, DetectorFinder) and finder.cell_classes == ["HEM"]
     assert finder.settings()["sha256"] and finder.settings()["cell_classes"] == ["HEM"]
+
+
+class _Fixed:
+    """A finder that returns given boxes (to check the scoring against hand-computed values)."""
+
+    kind = "fixed"
+
+    def __init__(self, boxes, scores):
+        self.boxes, self.scores = boxes, scores
+
+    def find(self, image):
+        return FoundCells(self.boxes, self.scores)
+
+    def settings(self):
+        return {}
+
+
+def test_score_finder_hand_computed(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(path)
+    gt = np.array([[0, 0, 20, 20], [50, 50, 70, 70], [50, 50, 70, 71]], np.float32)  # the last duplicates the second
+    # box 1: exact (IoU 1); box 2: IoU 0.4 with the second cell (found at 0.3, not at 0.5); box 3: nothing
+    finder = _Fixed([[0, 0, 20, 20], [50, 50, 70, 100], [80, 0, 100, 20]], [0.9, 0.8, 0.7])
+    s = score_finder(finder, [(path, gt)])
+    assert (s.n_cells, s.n_duplicates, s.n_found, s.n_boxes) == (2, 1, 2, 3)
+    assert s.recall30 == 1.0 and s.precision30 == pytest.approx(2 / 3)
+    assert s.ap50 == pytest.approx(0.5)  # at 0.5 only the first box is right: recall 0.5 at precision 1
