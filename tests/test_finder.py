@@ -237,6 +237,15 @@ def test_cell_classes_option_and_checkpoint_record(bccd, bccd_records, toy_detec
     finder = make_finder(path, conf=0.25)
     assert isinstance(finder, DetectorFinder) and finder.cell_classes == ["HEM"]
     assert finder.settings()["sha256"] and finder.settings()["cell_classes"] == ["HEM"]
+    # the detector finder keeps the white-cell classes' boxes only, after class-agnostic merging
+    found = finder.find(image)
+    dets = finder.predictor.predict(image).detections
+    assert {d.class_name for d in dets} == {"ALL", "HEM"}  # the toy detector gives both classes here
+    hem = np.array([d.box for d in dets if d.class_name == "HEM"], np.float32)
+    assert 0 < len(found) <= len(hem)
+    assert (box_iou(found.boxes, hem).max(axis=1) > 0.999).all()
+    everything = make_finder(path, conf=0.25, cell_classes="ALL,HEM").find(image)
+    assert len(everything) > len(found)
 
 
 class _Fixed:
