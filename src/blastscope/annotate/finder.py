@@ -167,7 +167,7 @@ class StainSettings:
 
 
 def _disk(diameter: float) -> np.ndarray:
-    d = max(1, int(round(diameter)))
+    d = max(1, round(diameter))
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (d, d))
 
 
@@ -276,7 +276,6 @@ class StainFinder:
             Square boxes (clipped at the border) around each nucleus with its cytoplasm; score =
             nucleus area over the largest nucleus area of the image (1 for the largest).
         """
-        from scipy import ndimage
         from skimage.filters import threshold_multiotsu
 
         s = self.config
