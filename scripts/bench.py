@@ -158,11 +158,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from blastscope._atomic import atomic_write
     from blastscope.data.images import read_image
-    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
+    from blastscope.data.preprocess import Preprocess
     from blastscope.engine.config import load_config
     from blastscope.inference import Predictor
-    from blastscope.data.transforms import letterbox
     from blastscope.models import create_model, resolve_weights
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -185,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # inference: the same COCO yolov3-tiny in every runtime, on real BCCD frames
     frames = [read_image(p) for p in sorted((args.data / "JPEGImages").glob("*.jpg"))[:batch]]
-    x_all = np.stack([letterbox(f, size)[0] for f in frames]).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-    x_all = np.ascontiguousarray(x_all)
+    x_all = Preprocess("letterbox", size)(frames)[0].numpy()
     model = create_model("yolov3-tiny", num_classes=80, pretrained=True).eval()
     with tempfile.TemporaryDirectory(prefix="blastscope-bench-") as tmp:
         ckpt = Path(tmp) / "yolov3-tiny-coco.pt"
@@ -194,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         torch_pred = Predictor.from_checkpoint(ckpt, imgsz=size)
         onnx_pred, onnx_note = None, ""
         try:
-            from blastscope.models.export import export_model_onnx
+            from blastscope.inference.onnx import export_model_onnx
 
             say("exporting to ONNX (dynamic batch) with the parity check")
             export = export_model_onnx(model, Path(tmp) / "yolov3-tiny-coco.onnx", imgsz=size, dynamic_batch=True)

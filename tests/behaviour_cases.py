@@ -105,3 +105,33 @@ if __name__ == "__main__":
         out = compute(Path(tmp))
     Path(sys.argv[1]).write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     print({c: len(d) for c, d in out.items()})
+
+
+def compute_two_stage_with_predictions(work: Path) -> tuple[dict, dict]:
+    """Each case evaluated, written (``predictions.csv``), and rescored from that file alone."""
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from conftest import _toy_detector  # noqa: PLC0415
+
+    from blastscope.data.manifest import read_manifest, write_manifest
+    from blastscope.data.synth import generate_dataset
+    from blastscope.engine.evaluate import evaluate_checkpoint
+    from blastscope.engine.report import write_report
+    from blastscope.models import create_model
+
+    m = generate_dataset(work / "synth", n_per_class=8, n_patients_per_class=4, size=96)
+    df = read_manifest(m)
+    df["split"] = ["test" if p in ("syn3", "syn4", "synH3", "synH4") else "train" for p in df["patient_id"]]
+    write_manifest(df, m)
+    det = _save(_toy_detector(), work / "det.pt", 256)
+    torch.manual_seed(0)
+    cls = _save(create_model("mobilenet_v2", num_classes=2, class_names=["ALL", "HEM"], pretrained=False), work / "cls.pt", 64)
+    direct, rescored = {}, {}
+    for case, ckpt, kw in (("detect", det, {}), ("classify", cls, {}), ("detect+classify", det, {"classifier": cls})):
+        r = evaluate_checkpoint(ckpt, m, split="test", progress=False, **kw)
+        write_report(r, work / case)
+        again = evaluate_checkpoint(ckpt, m, split="test", progress=False, predictions=work / case / "predictions.csv", **kw)
+        clean = lambda d: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}  # noqa: E731
+        direct[case], rescored[case] = clean(r.metrics), clean(again.metrics)
+    return direct, rescored

@@ -17,7 +17,13 @@ import pytest
 from PIL import Image
 
 from blastscope._problems import BlastscopeError, ProblemLog
-from blastscope.annotate import annotate, annotate_manifest, cell_box, cell_mask, folder_rows
+from blastscope.annotate import (
+    annotate,
+    annotate_manifest,
+    cell_box,
+    cell_mask,
+    folder_rows,
+)
 from blastscope.cli.main import main
 from blastscope.data.formats.voc import read_voc
 from blastscope.data.images import read_image

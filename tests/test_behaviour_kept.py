@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from behaviour_cases import compute
 
 FIXTURE = Path(__file__).parent / "data" / "behaviour_metrics.json"
@@ -37,3 +36,15 @@ def test_metrics_equal_the_fixture(now, case):
             continue
         tol = 1e-4 if "coco" in key else 1e-6
         assert new == pytest.approx(old, abs=tol), f"{case}.{key}: {old} -> {new}"
+
+
+def test_rescoring_predictions_csv_gives_the_same_metrics(tmp_path, bccd):
+    """Evaluation is predict, then score: ``predictions.csv`` rescored without the model equals the run."""
+    from behaviour_cases import compute_two_stage_with_predictions
+
+    direct, rescored = compute_two_stage_with_predictions(tmp_path)
+    for case in direct:
+        assert set(direct[case]) == set(rescored[case]), case
+        for k, v in direct[case].items():
+            w = rescored[case][k]
+            assert (v is None and w is None) or v == pytest.approx(w, abs=1e-6), f"{case}.{k}: {v} vs {w}"

@@ -75,8 +75,8 @@ def run_a(cells, tmp_path_factory) -> Path:
 
 
 def test_run_folder_and_checkpoints(run_a):
-    from blastscope.models.checkpoint import FORMAT, load_model
     from blastscope.engine.config import load_config
+    from blastscope.models.checkpoint import FORMAT, load_model
 
     rows = _rows(run_a)
     assert [r["epoch"] for r in rows] == ["1", "2"] and list(rows[0]) == COLUMNS
@@ -278,9 +278,9 @@ def test_loss_balance_weights_the_classes():
 
 def test_annotate_with_a_detector(tmp_path, capsys):
     from blastscope.data.formats.voc import read_voc
-    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
     from blastscope.inference.predictor import Predictor
     from blastscope.models import create_model
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     model = create_model("yolov3-tiny", num_classes=2, class_names=["cell", "x"], pretrained=False, input_size=64)
@@ -356,9 +356,9 @@ def test_evaluate_multiclass_classifier_reports_recall_and_precision_per_class(p
     from sklearn.metrics import precision_score, recall_score
 
     from blastscope.data.importer import import_dataset
-    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
     from blastscope.engine.evaluate import evaluate_checkpoint
     from blastscope.models import create_model
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
 
     names = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil"]
     df = import_dataset(pbc_sample, layout="yolo", names=names, progress=False)

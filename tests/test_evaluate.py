@@ -235,9 +235,11 @@ def test_multicell_fraction_rule_and_count_baseline():
         ([], []),  # no cells -> "none" (scored 0, so not positive)
     ]
     cells = [{"names": n, "scores": np.array(s, float), "p_pos": None} for n, s in smears]
-    s, pred, n = image_calls(cells, positive="ALL", single_cell=False, cell_conf=0.25, negative="HEM")
+    s, pred, n = image_calls(cells, positive="ALL", single_cell=False, cell_conf=0.25, negative="HEM", threshold=0.5)
     np.testing.assert_allclose(s, [2 / 3, 1 / 5, 1 / 2, 0.0])
     assert pred == ["ALL", "HEM", "ALL", "none"]
+    # the default is the WHO blast threshold, 20 %: 1 blast of 5 white cells is a positive smear
+    assert image_calls(cells, positive="ALL", single_cell=False, cell_conf=0.25, negative="HEM")[1] == ["ALL", "ALL", "ALL", "none"]
     assert n.tolist() == [3, 5, 2, 0]
     m, roc = diagnostic_summary(["ALL", "ALL", "HEM", "HEM"], s, pred, positive="ALL", counts=n, n_boot=50)
     assert m["accuracy"] == 0.5
@@ -258,10 +260,10 @@ def test_plain_metrics_nan_is_null(tmp_path):
 
 
 def _untrained_detector(path: Path, classes: list[str]) -> Path:
-    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
-    from blastscope.models import create_model
-
     import torch
+
+    from blastscope.models import create_model
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     model = create_model("yolov3-tiny", num_classes=len(classes), class_names=classes, pretrained=False, input_size=IMGSZ)
@@ -269,10 +271,10 @@ def _untrained_detector(path: Path, classes: list[str]) -> Path:
 
 
 def _untrained_classifier(path: Path, classes: list[str]) -> Path:
-    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
-    from blastscope.models import create_model
-
     import torch
+
+    from blastscope.models import create_model
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     model = create_model("mobilenet_v2", num_classes=len(classes), class_names=classes, pretrained=False)

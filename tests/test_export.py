@@ -26,7 +26,7 @@ from blastscope._problems import BlastscopeError  # noqa: E402
 from blastscope.cli.main import main  # noqa: E402
 from blastscope.data.images import read_image  # noqa: E402
 from blastscope.inference import Predictor  # noqa: E402
-from blastscope.models.export import OnnxModel, export_onnx, read_onnx_metadata  # noqa: E402
+from blastscope.inference.onnx import OnnxModel, export_onnx, read_onnx_metadata  # noqa: E402
 
 BCCD_IMAGES = ("BloodImage_00001.jpg", "BloodImage_00002.jpg")
 
@@ -41,8 +41,8 @@ def _private_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def coco_ckpt(tmp_path_factory) -> Path:
-    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
     from blastscope.models import create_model
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
 
     model = create_model("yolov3-tiny", num_classes=80, pretrained=True).eval()
     path = tmp_path_factory.mktemp("coco") / "coco.pt"
@@ -205,8 +205,8 @@ def test_missing_onnxruntime_is_one_line(coco_ckpt, monkeypatch, tmp_path, capsy
 
 @pytest.fixture(scope="module")
 def classifier_ckpt(tmp_path_factory) -> Path:
-    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
     from blastscope.models import create_model
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
 
     torch.manual_seed(1)
     model = create_model("mobilenet_v2", num_classes=2, class_names=["ALL", "HEM"], pretrained=False, input_size=64)

@@ -42,8 +42,8 @@ def detector_ckpt(toy_detector_ckpt) -> Path:
 
 @pytest.fixture(scope="module")
 def classifier_ckpt(tmp_path_factory) -> Path:
-    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
     from blastscope.models import create_model
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
 
     model = create_model("mobilenet_v2", num_classes=2, class_names=["ALL", "HEM"], pretrained=False)
     path = tmp_path_factory.mktemp("ckpt") / "cls.pt"

@@ -290,26 +290,26 @@ def test_missing_path_is_an_error(tmp_path, capsys):
     assert err.strip() == f"error: {missing}: no such file or folder; check the path (give the dataset folder or a COCO .json)"
 
 
-def test_symlink_escaping_the_dataset_is_skipped(sample_copy, tmp_path, capsys):
+def test_symlink_escaping_the_dataset_is_skipped_with_no_follow_links(sample_copy, tmp_path, capsys):
     outside = tmp_path / "outside.bmp"
     shutil.copy(sample_copy / "training_data" / "fold_0" / "all" / "UID_1_2_2_all.bmp", outside)
     link = sample_copy / "training_data" / "fold_0" / "all" / "UID_8_1_1_all.bmp"
     link.symlink_to(outside)
-    code, err, df = _import_with_problem(sample_copy, tmp_path, capsys)
+    code, err, df = _import_with_problem(sample_copy, tmp_path, capsys, "--no-follow-links")
     assert code == 0
     [line] = _skipped_lines(err)
     assert line.startswith(f"skipped: {link}: path leads outside the dataset folder")
     assert len(df) == 8 and link.name not in {Path(p).name for p in df["image"]}
 
 
-def test_folder_link_escaping_the_dataset_is_not_followed(tmp_path, capsys):
+def test_folder_link_escaping_the_dataset_is_not_followed_with_no_follow_links(tmp_path, capsys):
     ds = tmp_path / "cells"
     _save(ds / "ALL" / "a.png", (4, 4), "PNG")
     _save(ds / "HEM" / "b.png", (4, 4), "PNG")
     _save(tmp_path / "elsewhere" / "c.png", (4, 4), "PNG")
     (ds / "HEM" / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     (ds / "ALL" / "loop").symlink_to(ds / "ALL", target_is_directory=True)  # a loop inside: walked once
-    code, err, df = _import_with_problem(ds, tmp_path, capsys)
+    code, err, df = _import_with_problem(ds, tmp_path, capsys, "--no-follow-links")
     assert code == 0
     [line] = _skipped_lines(err)
     assert line.startswith(f"skipped: {ds / 'HEM' / 'more'}: folder link points outside the dataset folder")

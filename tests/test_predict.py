@@ -106,7 +106,9 @@ def test_boxes_map_back_to_original_pixels():
     x = backend.seen[0][0]
     assert x.shape == (3, 64, 64) and x.dtype == torch.float32
     assert x[0, 32, 10] == pytest.approx(1.0) and x[1, 32, 10] == 0 and x[2, 32, 10] == 0
-    from blastscope.data.transforms import Letterbox  # the training transform: same pixels as training
+    from blastscope.data.transforms import (
+        Letterbox,  # the training transform: same pixels as training
+    )
 
     trained = Letterbox(64)({"image": image, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0)}, None)["image"]
     np.testing.assert_allclose(x.permute(1, 2, 0).numpy(), trained / 255.0, atol=1e-6)
@@ -123,8 +125,8 @@ def test_predictor_rejects_wrong_input_and_sizes():
 @pytest.fixture(scope="module")
 def classifier_ckpt(tmp_path_factory) -> Path:
     """A real (untrained) mobilenet_v2 cell classifier at a 64-pixel input, engine checkpoint format."""
-    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
     from blastscope.models import create_model
+    from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
 
     torch.manual_seed(1)
     model = create_model("mobilenet_v2", num_classes=2, class_names=["ALL", "HEM"], pretrained=False,

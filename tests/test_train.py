@@ -18,13 +18,13 @@ import pytest
 import torch
 from PIL import Image
 
-from blastscope.annotate.autobox import cell_box
 from blastscope._problems import BlastscopeError
+from blastscope.annotate.autobox import cell_box
 from blastscope.cli.main import main
+from blastscope.data import transforms as T
 from blastscope.data.manifest import new_manifest, read_manifest, write_manifest
-from blastscope.engine import transforms as T
-from blastscope.models.checkpoint import FORMAT, load_checkpoint, load_model
 from blastscope.engine.config import TrainConfig, load_config, merge_cli, save_config
+from blastscope.models.checkpoint import FORMAT, load_checkpoint, load_model
 
 COLUMNS = [
     "epoch", "train_loss", "train_box", "train_obj", "train_cls", "val_loss",
@@ -429,15 +429,15 @@ def test_no_augment_is_the_validation_letterbox():
 
 
 def test_letterbox_matches_the_inference_letterbox():
-    from blastscope.models import letterbox as model_letterbox
+    from blastscope.data.preprocess import Preprocess
 
     img = np.random.default_rng(0).integers(0, 255, (45, 70, 3), dtype=np.uint8)
     sample = {"image": img, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64)}
     ours = T.Letterbox(64)(sample, np.random.default_rng(0))  # the transform training and validation use
-    theirs, scale2, pad2 = model_letterbox(img, 64)
+    theirs, (g,) = Preprocess("letterbox", 64)([img])  # what predict, export parity and the GUI use
     scale, pad_x, pad_y = ours["letterbox"]
-    assert scale == pytest.approx(scale2) and (pad_x, pad_y) == tuple(float(p) for p in pad2)
-    assert torch.equal(torch.from_numpy(ours["image"]).permute(2, 0, 1).float() / 255, theirs)
+    assert scale == pytest.approx(g.scale) and (pad_x, pad_y) == (float(g.pad_x), float(g.pad_y))
+    assert torch.equal(torch.from_numpy(ours["image"]).permute(2, 0, 1).float() / 255, theirs[0])
 
 
 def test_dataset_targets_in_letterboxed_frame(data):

@@ -9,7 +9,8 @@ from skimage import data
 from torchvision.ops import box_iou
 
 from blastscope import BlastscopeError
-from blastscope.models import create_model, letterbox, list_models, resolve_weights, unletterbox_boxes
+from blastscope.data.preprocess import Preprocess
+from blastscope.models import create_model, list_models, resolve_weights
 from blastscope.models._darknet import read_darknet_header
 from blastscope.models.yolo import COCO_CLASSES, YOLOv3Tiny, load_darknet_weights
 
@@ -24,10 +25,10 @@ def coco_model() -> YOLOv3Tiny:
 
 
 @pytest.fixture(scope="module")
-def cameraman() -> tuple[np.ndarray, torch.Tensor, float, tuple[int, int]]:
+def cameraman():
     image = np.repeat(data.camera()[:, :, None], 3, axis=2)  # grey -> RGB, (512, 512, 3) uint8
-    tensor, scale, pad = letterbox(image, 416)
-    return image, tensor, scale, pad
+    x, (geometry,) = Preprocess("letterbox", 416)([image])
+    return image, x[0], geometry
 
 
 def test_registry_lists_and_rejects_unknown():
@@ -45,11 +46,11 @@ def test_pretrained_class_names_are_coco_names(coco_model):
 
 
 def test_cameraman_person(coco_model, cameraman):
-    image, tensor, scale, pad = cameraman
+    image, tensor, geometry = cameraman
     with torch.inference_mode():
         det = coco_model.predict(coco_model(tensor[None]), conf=0.25)[0]
     person = det["labels"] == COCO_CLASSES.index("person")
-    boxes = unletterbox_boxes(det["boxes"][person], scale, pad, image.shape[:2])
+    boxes = torch.from_numpy(geometry.to_image(det["boxes"][person])).float()
     iou = box_iou(boxes, torch.tensor([CAMERAMAN_PERSON]))[:, 0]
     best = int(iou.argmax())
     assert iou[best] > 0.5, (boxes, iou)
@@ -60,7 +61,7 @@ def test_outputs_match_opencv_darknet(coco_model, cameraman):
     cv2 = pytest.importorskip("cv2")
     if not hasattr(cv2.dnn, "readNetFromDarknet"):
         pytest.skip(f"OpenCV {cv2.__version__} has no Darknet importer (removed in 5.0); install opencv-python-headless<5")
-    _, tensor, _, _ = cameraman
+    _, tensor, _ = cameraman
     net = cv2.dnn.readNetFromDarknet(str(resolve_weights("yolov3-tiny-coco-cfg")), str(resolve_weights("yolov3-tiny-coco")))
     net.setInput(tensor[None].numpy())
     reference = net.forward(net.getUnconnectedOutLayersNames())  # heads in cfg order: stride 32, 16
@@ -202,13 +203,13 @@ def test_overfits_two_discs():
 def test_letterbox_round_trip():
     image = np.zeros((100, 250, 3), np.uint8)
     image[20:60, 100:200] = 255
-    tensor, scale, (pad_x, pad_y) = letterbox(image, 320)
-    assert tensor.shape == (3, 320, 320) and scale == pytest.approx(320 / 250) and pad_x == 0 and pad_y == 96
+    x, (g,) = Preprocess("letterbox", 320)([image])
+    tensor = x[0]
+    assert tensor.shape == (3, 320, 320) and g.scale == pytest.approx(320 / 250) and (g.pad_x, g.pad_y) == (0, 96)
     box = np.array([[100.0, 20.0, 200.0, 60.0]], np.float32)
-    in_net = box * scale + np.float32([pad_x, pad_y, pad_x, pad_y])
+    in_net = g.to_input(box)
     # the white block lands where the forward mapping says (within a resampling pixel)
     ys, xs = np.nonzero(tensor[0].numpy() > 0.9)
     np.testing.assert_allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], in_net[0], atol=1.5)
-    np.testing.assert_allclose(unletterbox_boxes(in_net, scale, (pad_x, pad_y), (100, 250)), box, atol=1e-4)
-    back = unletterbox_boxes(torch.from_numpy(in_net), scale, (pad_x, pad_y))
-    torch.testing.assert_close(back, torch.from_numpy(box))
+    np.testing.assert_allclose(g.to_image(in_net), box, atol=1e-4)
+    np.testing.assert_allclose(g.to_image(torch.from_numpy(in_net)), box, atol=1e-4)  # tensors too

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -30,7 +31,10 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs: Any) -> Itera
     if "b" not in mode:
         open_kwargs.setdefault("encoding", "utf-8")
         open_kwargs.setdefault("newline", "")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # name the file the user asked for, not the temporary one
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
@@ -38,18 +42,27 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs: Any) -> Itera
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a full disk must not keep a half-written copy beside the file
+        if isinstance(e, OSError) and e.filename is None:  # a failed write names no file: name ours
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
 
 
 def atomic_save_torch(obj: Any, path: str | Path) -> None:
-    """``torch.save`` through :func:`atomic_write` (a killed run never leaves a corrupt checkpoint)."""
+    """``torch.save`` through :func:`atomic_write` (a killed run never leaves a corrupt checkpoint).
+
+    The object is serialised in memory first: torch's zip writer turns a failed write (a full disk)
+    into a ``RuntimeError`` without the errno, while a plain ``write`` raises an ``OSError`` that
+    names the file and the reason.
+    """
     import torch
 
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_write(path, "wb") as f:
-        torch.save(obj, f)
+        f.write(buffer.getbuffer())
 
 
 def refuse_overwrite(path: str | Path, overwrite: bool, flag: str = "--overwrite") -> None:

@@ -7,12 +7,14 @@ per-file problems so that a run goes on with the rest and ends with a summary.
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["BlastscopeError", "Problem", "ProblemLog"]
+__all__ = ["BlastscopeError", "Problem", "ProblemLog", "describe_os_error"]
 
 
 class BlastscopeError(Exception):
@@ -20,6 +22,35 @@ class BlastscopeError(Exception):
 
     The CLI prints it as one line (``error: <message>``) and exits with status 2.
     """
+
+
+_OS_FIXES = {
+    errno.ENOSPC: "free disk space or choose another output folder",
+    errno.EDQUOT: "free disk space (quota) or choose another output folder",
+    errno.EACCES: "check the folder's permissions or choose another output folder",
+    errno.EPERM: "check the folder's permissions or choose another output folder",
+    errno.EROFS: "the file system is read-only; choose another output folder",
+    errno.ENOENT: "check that the folder exists",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+    errno.EISDIR: "the path is a folder; give a file name",
+    errno.EEXIST: "a file of that name is in the way (a folder is needed there); move it or choose another path",
+    errno.EIO: "the disk reported an input/output error; check it",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for a failed file operation: ``<path>: <errno's meaning> (<ENAME>); <fix>``.
+
+    >>> describe_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "runs/a/last.pt"))
+    'runs/a/last.pt: No space left on device (ENOSPC); free disk space or choose another output folder'
+    """
+    path = str(e.filename) if e.filename is not None else "(file not named by the system)"
+    if e.filename2 is not None:
+        path = f"{path} -> {e.filename2}"
+    code = errno.errorcode.get(e.errno, "") if e.errno is not None else ""
+    meaning = e.strerror or (os.strerror(e.errno) if e.errno is not None else (str(e) or type(e).__name__))
+    fix = _OS_FIXES.get(e.errno, "check the path")
+    return f"{path}: {meaning}{f' ({code})' if code else ''}; {fix}"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.annotate.autobox import MIN_AREA, cell_box
@@ -158,11 +157,9 @@ def _as_manifest(rows_or_manifest: pd.DataFrame | Iterable[Mapping[str, Any]]) -
 
 def _header_size(path: str) -> tuple[int, int]:
     """``(width, height)`` from the image header (no decode), for rows whose XML is kept."""
-    try:
-        with Image.open(path) as im:
-            return int(im.width), int(im.height)
-    except (OSError, SyntaxError, ValueError) as e:  # includes missing and unidentified files
-        raise BlastscopeError(f"{path}: cannot read image ({e}); re-copy it from the source or remove it") from None
+    from blastscope.data.images import image_size
+
+    return image_size(path)
 
 
 def _problem_text(error: BlastscopeError, path: str) -> str:

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     eval_dir = out / "eval_synthetic_test"
     _step("8. evaluate best.pt on the held-out SYNTHETIC test patients",
           ["evaluate", str(run_dir / "best.pt"), "--data", str(run_dir / "splits.csv"), "--split", "test",
-           "--out", str(eval_dir), "--no-progress"])
+           "--out", str(eval_dir), "--overwrite", "--no-progress"])
     done.append(("evaluation (metrics.json, report.html)", eval_dir))
 
     new_dir = out / "synthetic_new_patients"

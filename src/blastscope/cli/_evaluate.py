@@ -10,11 +10,12 @@ map50_95_coco, ap50_voc.<class>). --min-score 0.3 adds the ImageAI-style numbers
 0.3 dropped first), labelled "@min_score=0.3". When the rows have image labels: accuracy,
 sensitivity, specificity, weighted F1, ROC AUC with a bootstrap 95% interval, the same per patient
 (patient.<metric>), and for multi-cell images the count-only baseline (count_baseline.<metric>).
-The image call is the top-scoring detection's class for single-cell images and the fraction of
-cells called --positive (at least half: positive) for multi-cell images; see
+The image call is the top-scoring detection's class for single-cell images and the blast
+fraction (white cells called --positive; positive at >= --blast-threshold, 20%) for multi-cell images; see
 blastscope.engine.evaluate for the exact rules.
 
 Writes to --out DIR: metrics.json (a flat object metric -> number, null for undefined),
+predictions.csv (one row per detection or cell: what the model said; --predictions rescores it),
 report.html (self-contained: plots embedded) and the plots as PNG files.
 """
 
@@ -45,19 +46,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--cell-conf", type=float, default=0.25, help="a detection scoring at least this counts as a cell in image calls (default 0.25)")
     a("--patient-rule", choices=("mean", "majority"), default="mean",
       help="patient call: mean image score >= 0.5, or at least half of the images positive (default mean)")
+    a("--blast-threshold", type=float, default=0.2,
+      help="multi-cell images: share of white cells called --positive that makes a positive call (default 0.2, WHO)")
     a("--positive", default="ALL", help="class of interest for sensitivity, specificity and ROC (default ALL)")
     a("--device", default="cpu", help="torch device (default cpu)")
+    a("--predictions", type=Path, default=None, metavar="CSV",
+      help="rescore the predictions.csv of an earlier evaluation of this CHECKPOINT without running the model")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    a("--overwrite", action="store_true", help="replace the metrics.json and report.html of an earlier evaluation in DIR")
 
 
 def run(args: argparse.Namespace) -> int:
+    from blastscope._atomic import refuse_overwrite
     from blastscope.engine.evaluate import evaluate_checkpoint
     from blastscope.engine.report import key_metrics, write_report
 
+    for name in ("metrics.json", "report.html"):  # checked before the (long) evaluation
+        refuse_overwrite(args.out / name, args.overwrite)
     result = evaluate_checkpoint(
         args.checkpoint, args.data, split=args.split, classifier=args.classifier, conf=args.conf, iou=args.iou,
         min_score=args.min_score, imgsz=args.imgsz, batch=args.batch, positive=args.positive,
-        patient_rule=args.patient_rule, cell_conf=args.cell_conf, cell_classes=args.cell_classes, progress=args.progress, device=args.device,
+        patient_rule=args.patient_rule, cell_conf=args.cell_conf, white_cell_classes=args.cell_classes, progress=args.progress,
+        device=args.device, predictions=args.predictions, blast_threshold=args.blast_threshold,
     )  # fmt: skip
     report = write_report(result, args.out)
     n = len(result.predictions)

@@ -26,7 +26,7 @@ HELP = "export a checkpoint to ONNX (with metadata and a parity check against Py
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # defaults are those of blastscope.models.export (not imported here: it pulls in torch)
+    # defaults are those of blastscope.inference.onnx (not imported here: it pulls in torch)
     parser.add_argument("checkpoint", type=Path, help="checkpoint (.pt) written by `blastscope train`")
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default onnx)")
     parser.add_argument("--out", type=Path, default=None, metavar="FILE",
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from blastscope.data.images import read_image
-    from blastscope.models.export import export_onnx
+    from blastscope.inference.onnx import export_onnx
 
     images = None
     if args.check_image:

@@ -20,6 +20,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="confidence threshold, 0.01..1 (default: the last one used, else 0.25)")
 
 
+def check_display(environ=None, platform: str | None = None) -> None:
+    """Raise :class:`BlastscopeError` when Qt would find no display (it aborts the process instead).
+
+    Only Linux and other X11/Wayland systems need one; a ``QT_QPA_PLATFORM`` other than ``xcb`` or
+    ``wayland`` (``offscreen``, ``vnc``, ...) needs none.
+    """
+    import os
+    import sys
+
+    from blastscope._problems import BlastscopeError
+
+    environ = os.environ if environ is None else environ
+    platform = sys.platform if platform is None else platform
+    if platform.startswith(("win", "darwin", "cygwin")):
+        return
+    qpa = environ.get("QT_QPA_PLATFORM", "").split(":")[0].strip()
+    if qpa and not qpa.startswith(("xcb", "wayland")):
+        return
+    if environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"):
+        return
+    raise BlastscopeError(
+        "no display found (DISPLAY and WAYLAND_DISPLAY are not set), so the desktop app cannot open a window; "
+        "run it on a desktop session, over X forwarding (ssh -X HOST, then blastscope gui), or without a screen "
+        "with QT_QPA_PLATFORM=offscreen blastscope gui"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from blastscope._problems import BlastscopeError
 
@@ -33,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise BlastscopeError(
             "the desktop app needs PySide6, which is not installed; install it with: pip install 'blastscope[gui]'"
         ) from None
+    check_display()
     from blastscope.gui.app import run_app
 
     return run_app(model=args.model, conf=args.conf)

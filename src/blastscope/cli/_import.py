@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "against, e.g. ../shared/data/cnmc-manifest.csv")
     parser.add_argument("--strict", action="store_true", help="stop at the first problem instead of skipping the file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out manifest")
+    parser.add_argument("--no-follow-links", dest="follow_links", action="store_false",
+                        help="refuse images and folders that are links to places outside the dataset folder "
+                        "(default: links you made are followed, as torchvision's ImageFolder does)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.names.split(",") if n.strip()] if args.names else None
     log = ProblemLog(strict=args.strict)
     df = import_dataset(args.src, args.layout, names=names, log=log, progress=not args.no_progress,
-                        patient_regex=args.patient_regex)
+                        patient_regex=args.patient_regex, follow_links=args.follow_links)
     out = write_manifest(df, args.out)
 
     images, patients = summary_tables(df)

@@ -51,8 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--batch", type=int, default=1, help="frames per network call (default 1)")
     parser.add_argument("--positive", default="ALL", help="class that makes a positive call in summary.csv")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="fraction of --positive cells for a positive call (default 0.5)")
+    parser.add_argument("--threshold", type=float, default=0.2,
+                        help="blast fraction: share of white cells called --positive for a positive call (default 0.2, the WHO criterion)")
     parser.add_argument("--no-draw", action="store_true", help="do not write annotated images / video")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in DIR")
@@ -89,6 +89,28 @@ class _TqdmLines:
         sys.stderr.flush()
 
 
+def _remove_earlier_outputs(out: Path) -> None:
+    """--overwrite: delete what an earlier predict wrote in ``out`` (its CSVs, its annotated images
+    and videos), so that no stale annotated image of that run stays beside the new ones."""
+    from blastscope.data.images import is_image_file
+
+    if not out.is_dir():
+        return
+    for name in ("predictions.csv", "summary.csv"):
+        (out / name).unlink(missing_ok=True)
+    for video in [*out.glob("*_annotated.mp4"), *out.glob("*_annotated.avi")]:
+        video.unlink()
+    images = out / "images"
+    if images.is_dir():
+        for p in sorted(images.rglob("*"), reverse=True):  # files before their folders
+            if p.is_file() and is_image_file(p):
+                p.unlink()
+            elif p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        if not any(images.iterdir()):
+            images.rmdir()
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -114,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
     log = ProblemLog(stream=_TqdmLines())
     source = open_source(args.source, every=args.every, max_frames=args.max_frames, log=log)
 
+    if args.overwrite:
+        _remove_earlier_outputs(out)
     out.mkdir(parents=True, exist_ok=True)
     writers: list = []
     video_writer = None

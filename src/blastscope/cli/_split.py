@@ -86,10 +86,25 @@ def run(args: argparse.Namespace) -> int:
     print(splits.split_summary(df))
     if args.folds is not None:
         folds = df.loc[df["cv_fold"] != ""]
-        per_fold = folds.groupby("cv_fold").agg(images=("image", "size"), patients=("patient_id", "nunique"))
-        print(f"\n{args.folds} patient-grouped folds (column cv_fold):\n{per_fold.to_string()}")
+        has_pid = (folds["patient_id"] != "").any()
+        if has_pid:
+            per_fold = folds.groupby("cv_fold").agg(images=("image", "size"), patients=("patient_id", "nunique"))
+            kind = "patient-grouped folds"
+        else:  # "patients 1" per fold would be wrong: every image is its own group
+            per_fold = folds.groupby("cv_fold").agg(images=("image", "size"))
+            kind = "folds (no patient ids: grouped by image)"
+        print(f"\n{args.folds} {kind} (column cv_fold):\n{per_fold.to_string()}")
+        outside = df.loc[df["cv_fold"] == "", "split"].replace("", "(none)")
+        if len(outside):
+            where = ", ".join(f"{n} {s}" for s, n in outside.value_counts().sort_index().items())
+            print(f"rows without a fold (cv_fold empty): {len(outside)} ({where}); the held-out test split and "
+                  "unlabelled rows stay out of cross-validation, for a final check after it")
+        else:
+            print("every row has a fold (no held-out test split)")
     leaking = splits.patients_in_several_splits(df)
-    if args.protocol == "patient":
+    if args.protocol == "patient" and not (df["patient_id"] != "").any():
+        print("patient-disjoint: cannot be checked (no patient ids)")
+    elif args.protocol == "patient":
         print("patient-disjoint: yes" if not leaking else
               f"patient-disjoint: NO, {len(leaking)} patients in several splits ({', '.join(leaking[:10])})")
     print(f"wrote {out}")

@@ -31,7 +31,6 @@ from blastscope._problems import BlastscopeError
 HELP = "train a detector or a cell classifier on a manifest (checkpoints, metrics.csv, resume)"
 
 #: settings that may change when a run is resumed; the rest must stay as the run started
-RESUMABLE = ("epochs", "workers", "device", "patience")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,61 +61,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--auto-boxes", dest="auto_boxes", action="store_const", const=True, default=None, help="box single cells on black on the fly (C-NMC)")
     a("--no-pretrained", dest="pretrained", action="store_const", const=False, default=None, help="start from random weights")
     a("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last.pt")
-    a("--exist-ok", action="store_true", help="start a new run in an --out folder that holds checkpoints (deletes them)")
+    a("--exist-ok", action="store_true", help="start a new run in an --out folder that holds checkpoints (they are replaced once the new run has written its first checkpoint)")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
-def _resume_config(args: argparse.Namespace):
-    from blastscope.engine.config import load_config, merge_cli
-
-    run_dir = Path(args.resume)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise BlastscopeError(f"{run_dir}: not a run folder (no config.yaml); give the --out folder of an earlier 'blastscope train'")
-    if args.config:
-        raise BlastscopeError(f"--config {args.config}: a resumed run keeps its own {cfg_path}; drop --config")
-    config = load_config(cfg_path)
-    def differs(key: str, value) -> bool:
-        if key == "data":
-            return Path(value).resolve() != Path(config.data).resolve()
-        return value != getattr(config, key)
-
-    changed = [
-        k for k, v in vars(args).items()
-        if v is not None and hasattr(config, k) and k not in (*RESUMABLE, "out") and differs(k, v)
-    ]  # fmt: skip
-    if changed:
-        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-        raise BlastscopeError(
-            f"{run_dir}: {flags} cannot change when resuming (only {', '.join(RESUMABLE)} can); "
-            "drop them, or start a new run with --out"
-        )
-    config = merge_cli(config, {k: getattr(args, k) for k in RESUMABLE})
-    config.out = str(run_dir)
-    return config
-
-
-def _given_keys(args: argparse.Namespace) -> set[str]:
-    """Settings the user chose: flags given on the command line and the top-level keys of --config."""
-    given = {k for k, v in vars(args).items() if v is not None}
-    if args.config:
-        import yaml
-
-        data = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))  # load_config has checked it
-        given |= set(data or {})
-    return given
-
-
 def run(args: argparse.Namespace) -> int:
-    from blastscope.engine.config import load_config, merge_cli
-    from blastscope.engine.tasks import apply_task_defaults
+    from blastscope.engine.config import TrainConfig
+    from blastscope.engine.resolve import resolve_config, resume_config
     from blastscope.engine.trainer import train
 
+    settings = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     if args.resume:
-        config = _resume_config(args)
+        if args.config:
+            raise BlastscopeError(f"--config {args.config}: a resumed run keeps its own {Path(args.resume) / 'config.yaml'}; drop --config")
+        config = resume_config(args.resume, **settings)
     else:
-        config = merge_cli(load_config(args.config), args)
-        config = apply_task_defaults(config, _given_keys(args))
+        config = resolve_config(args.config, **settings)
     result = train(config, resume=bool(args.resume), exist_ok=args.exist_ok, progress=args.progress)
     if result.best_epoch is not None:
         row = result.best_row

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from blastscope._problems import BlastscopeError
+from blastscope._problems import BlastscopeError, describe_os_error
 from blastscope._version import __version__
 
 __all__ = ["main", "COMMANDS"]
@@ -55,16 +55,42 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(p)
+        p.add_argument(
+            "--max-pixels",
+            type=_pixel_count,
+            default=None,
+            metavar="N",
+            help="refuse images of more than N pixels (width x height) before decoding them: a decompression "
+            "bomb is one skipped file (default: 64e6, or the environment variable BLASTSCOPE_MAX_PIXELS; 0: no limit)",
+        )
         p.set_defaults(_run=module.run)
     return parser
 
 
+def _pixel_count(text: str) -> int:
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a pixel count (e.g. 64e6; 0: no limit)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a pixel count cannot be negative")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from blastscope.data.images import set_max_pixels
+
+    set_max_pixels(getattr(args, "max_pixels", None))  # None: the environment's or the default limit
     try:
         return int(args._run(args) or 0)
     except BlastscopeError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into a program that stopped reading (``| head``)
+        return 141
+    except OSError as e:  # a write (or read) the command could not do: the disk, not the code
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

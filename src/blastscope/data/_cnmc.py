@@ -128,7 +128,8 @@ def _role(parts_lower: list[str]) -> tuple[str, str, str] | None:
     return None
 
 
-def scan(root: Path, log: ProblemLog, names: list[str] | None = None) -> tuple[list[dict], list[str]]:
+def scan(root: Path, log: ProblemLog, names: list[str] | None = None, *,
+         follow_links: bool = True) -> tuple[list[dict], list[str]]:
     """Rows of a C-NMC tree (see the module docstring for what each part becomes).
 
     Parameters
@@ -153,7 +154,7 @@ def scan(root: Path, log: ProblemLog, names: list[str] | None = None) -> tuple[l
     root = Path(root)
     images: list[tuple[Path, tuple[str, str, str]]] = []
     csvs: list[Path] = []
-    for path in walk_files(root, root, log):
+    for path in walk_files(root, root, log, follow_links=follow_links):
         if path.suffix.lower() == ".csv":
             csvs.append(path)
             continue

@@ -61,7 +61,7 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
-def walk_files(top: Path, root: Path, log: ProblemLog) -> Iterator[Path]:
+def walk_files(top: Path, root: Path, log: ProblemLog, *, follow_links: bool = True) -> Iterator[Path]:
     """Every regular (or linked) file below ``top``, in natural path order.
 
     Parameters
@@ -69,10 +69,13 @@ def walk_files(top: Path, root: Path, log: ProblemLog) -> Iterator[Path]:
     top : Path
         Folder to walk.
     root : Path
-        The dataset folder; a folder link that resolves outside it is reported to ``log`` and not
-        entered. (File links are checked later, by the importer, with every other row.)
+        The dataset folder. With ``follow_links=False`` a folder link that resolves outside it is
+        reported to ``log`` and not entered. (File links are checked later, by the importer.)
     log : ProblemLog
         Receives one line per escaping folder link.
+    follow_links : bool
+        Enter folder links made by the user wherever they point (default, as torchvision's
+        ``ImageFolder`` does); a link loop is walked once either way.
 
     Yields
     ------
@@ -80,7 +83,7 @@ def walk_files(top: Path, root: Path, log: ProblemLog) -> Iterator[Path]:
         File paths under ``top`` as reached (links not resolved), hidden files skipped.
     """
     root_real = Path(root).resolve()
-    if not Path(top).resolve().is_relative_to(root_real):
+    if not follow_links and not Path(top).resolve().is_relative_to(root_real):
         log.add(top, f"folder link points outside the dataset folder (to {Path(top).resolve()}); not followed",
                 "copy that folder into the dataset, or import the folder it points to")
         return
@@ -96,7 +99,7 @@ def walk_files(top: Path, root: Path, log: ProblemLog) -> Iterator[Path]:
             if _hidden(d):
                 continue
             full = Path(dirpath, d)
-            if full.is_symlink() and not full.resolve().is_relative_to(root_real):
+            if not follow_links and full.is_symlink() and not full.resolve().is_relative_to(root_real):
                 log.add(
                     full,
                     f"folder link points outside the dataset folder (to {full.resolve()}); not followed",
@@ -151,8 +154,10 @@ def scan(
     log: ProblemLog,
     names: list[str] | None = None,
     patient_regex: str | None = None,
+    *,
+    follow_links: bool = True,
 ) -> tuple[list[dict], list[str]]:
-    """Rows of a one-subfolder-per-class dataset.
+    """Rows of a one-subfolder-per-class dataset (``follow_links``: see :func:`walk_files`).
 
     Parameters
     ----------
@@ -197,7 +202,7 @@ def scan(
     found: list[str] = []
     for cls in subdirs:
         n_before = len(rows)
-        for path in walk_files(root / cls, root, log):
+        for path in walk_files(root / cls, root, log, follow_links=follow_links):
             if not is_image_file(path):
                 continue
             rel = path.relative_to(root).as_posix()

@@ -125,6 +125,11 @@ def _place_image(src: Path, dest: Path, copy_images: bool) -> None:
         shutil.copyfileobj(fin, fout)
 
 
+def _inside(path: str, folder: Path) -> bool:
+    path, folder_abs = os.path.abspath(path), os.path.abspath(folder)
+    return path == folder_abs or path.startswith(folder_abs + os.sep)
+
+
 def _image_dir(out: Path, to: str, split: str) -> Path:
     if to == "voc":
         return out / "JPEGImages"
@@ -227,6 +232,9 @@ def convert_dataset(
         try:
             _place_image(Path(r.ann.image), dest, copy_images)
         except OSError as e:
+            failed = str(e.filename) if e.filename is not None else ""
+            if failed and (_inside(failed, out) or _inside(str(dest), Path(failed))):
+                raise  # the output folder, not this image: one line naming it (cli/main.py)
             log.add(r.ann.image, f"cannot copy image ({e.strerror or e})", "check the file")
             continue
         placed.append(dataclasses.replace(r, ann=dataclasses.replace(r.ann, image=str(dest.resolve()))))

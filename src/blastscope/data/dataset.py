@@ -41,7 +41,7 @@ from torch.utils.data import Dataset
 from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.data.crops import DEFAULT_MARGIN, square_crop
 from blastscope.data.formats import load_annotation
-from blastscope.data.images import read_image
+from blastscope.data.images import image_size, read_image
 from blastscope.data.transforms import (
     AugmentConfig,
     Compose,
@@ -143,6 +143,11 @@ class DetectionDataset(Dataset):
 
     def _load_row(self, row, log: ProblemLog) -> _Item | None:
         image = str(row.image)
+        try:  # the header only: a missing, corrupt or over-limit image is a problem now, not mid-epoch
+            image_size(image)
+        except BlastscopeError as e:
+            log.add(image, str(e).removeprefix(f"{image}: "))
+            return None
         if self.box_fn is not None:
             return self._auto_box(row, log)
         spec = str(getattr(row, "annotation", "") or "")

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image
 
 from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.data import _cnmc, _folder
@@ -138,13 +137,13 @@ def _dataset_root(src: Path, layout: str) -> Path:
 
 
 def _scan(layout: str, src: Path, log: ProblemLog, names: list[str] | None,
-          patient_regex: str | None) -> tuple[list[dict], list[str]]:
+          patient_regex: str | None, follow_links: bool = True) -> tuple[list[dict], list[str]]:
     if layout == "cnmc":
 
-        return _cnmc.scan(src, log, names)
+        return _cnmc.scan(src, log, names, follow_links=follow_links)
     if layout == "folder":
 
-        return _folder.scan(src, log, names, patient_regex=patient_regex)
+        return _folder.scan(src, log, names, patient_regex=patient_regex, follow_links=follow_links)
     import importlib
 
     name = f"blastscope.data.formats.{layout}"
@@ -185,7 +184,8 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _check_row(row: dict, root_abs: str, root_real: str, realdirs: dict[str, str]) -> _Checked:
+def _check_row(row: dict, root_abs: str, root_real: str, realdirs: dict[str, str],
+               follow_links: bool = True) -> _Checked:
     """Existence, containment, sha256, full decode and size of one scanned row (thread-safe).
 
     Plain ``os.path`` strings, not pathlib: this runs once per image, 15,000 times for C-NMC.
@@ -195,9 +195,15 @@ def _check_row(row: dict, root_abs: str, root_real: str, realdirs: dict[str, str
         image = os.path.join(root_abs, image)
     lexical = os.path.abspath(image)
     real = _realpath(lexical, realdirs)
-    if not _inside(real, root_real):
-        return _Checked(None, image, f"path leads outside the dataset folder (to {real}); not imported",
-                        "copy the file into the dataset folder instead of linking or naming a path outside it")
+    # A path that is itself outside the dataset folder is always refused; one inside that reaches
+    # outside through a link the user made is followed unless --no-follow-links.
+    inside = _inside(lexical, root_abs) or _inside(real, root_real)
+    if not inside or (not follow_links and not _inside(real, root_real)):
+        how = "" if inside else "is outside the dataset folder"
+        why = f"path {how or 'leads outside the dataset folder'} (to {real}); not imported"
+        fix = ("copy the file into the dataset folder instead of naming a path outside it" if how else
+               "copy the file into the dataset folder, or import without --no-follow-links to follow links")
+        return _Checked(None, image, why, fix)
     try:
         with open(lexical, "rb") as f:
             data = f.read()
@@ -223,14 +229,11 @@ def _check_row(row: dict, root_abs: str, root_real: str, realdirs: dict[str, str
 
 
 def _decoded_size(data: bytes, path: str) -> tuple[int, int]:
-    try:
-        arr = decode_image(data, path)
-    except Image.DecompressionBombError as e:
-        raise BlastscopeError(f"{path}: image too large to decode safely ({e})") from None
+    arr = decode_image(data, path)  # the pixel limit is checked there, from the header
     return int(arr.shape[1]), int(arr.shape[0])
 
 
-def _check_rows(rows: list[dict], root: Path, log: ProblemLog, progress: bool) -> list[dict]:
+def _check_rows(rows: list[dict], root: Path, log: ProblemLog, progress: bool, follow_links: bool = True) -> list[dict]:
     """Check every row on a small thread pool (hashlib and PIL release the GIL); problems to ``log``."""
     from tqdm import tqdm
 
@@ -244,7 +247,7 @@ def _check_rows(rows: list[dict], root: Path, log: ProblemLog, progress: bool) -
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blastscope-import")
     good: list[dict] = []
     try:
-        results = pool.map(lambda part: [_check_row(r, root_abs, root_real, realdirs) for r in part], chunks)
+        results = pool.map(lambda part: [_check_row(r, root_abs, root_real, realdirs, follow_links) for r in part], chunks)
         with tqdm(total=len(rows), desc="checking images", unit="img", disable=not progress,
                   file=sys.stderr, leave=False) as bar:
             for part in results:
@@ -272,6 +275,7 @@ def import_dataset(
     log: ProblemLog | None = None,
     progress: bool = True,
     patient_regex: str | None = None,
+    follow_links: bool = True,
 ) -> pd.DataFrame:
     """Index a dataset into a manifest DataFrame.
 
@@ -294,6 +298,11 @@ def import_dataset(
     patient_regex : str, optional
         Folder layout: regex with a named group ``patient``, searched in each image's path below
         ``src``.
+    follow_links : bool
+        Follow file and folder links inside the dataset folder that the user made, wherever they
+        point (default; as torchvision's ``ImageFolder``). False refuses every image whose real
+        path is outside the dataset folder. Image names written in annotation files that climb out
+        of the dataset (``../x.jpg``, absolute paths) are refused either way.
 
     Returns
     -------
@@ -324,10 +333,10 @@ def import_dataset(
     if src.is_file() and layout != "coco":
         raise BlastscopeError(f"{src}: is a file; the {layout} layout needs the dataset folder")
 
-    rows, classes = _scan(layout, src, log, names, patient_regex)
+    rows, classes = _scan(layout, src, log, names, patient_regex, follow_links)
     if not rows and not log.problems:
         raise BlastscopeError(f"{src}: no images found for the {layout} layout; {_LAYOUT_HELP}")
-    good = _check_rows(rows, root, log, progress)
+    good = _check_rows(rows, root, log, progress, follow_links)
     log.finish(len(good), "images")
 
     df = new_manifest(good)

@@ -1,12 +1,18 @@
-"""Letterboxing: fit an image into a square network input without distorting it, and map boxes back."""
+"""The one letterbox: fit an image into a square network input without distorting it, and map boxes back.
+
+Training (:mod:`blastscope.data.transforms`), validation, ``predict``, export parity and the GUI all
+use :func:`letterbox_array` through :class:`blastscope.data.preprocess.Preprocess`, and every box
+goes back to file pixels through the one inverse, :meth:`Geometry.to_image`.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
-import torch
 
-__all__ = ["letterbox", "letterbox_array", "letterbox_geometry", "resize", "unletterbox_boxes"]
+__all__ = ["PAD_VALUE", "Geometry", "letterbox_array", "letterbox_geometry", "resize"]
 
 # Darknet pads with mid-grey (0.5); 127 keeps the padding neutral after scaling to [0, 1].
 PAD_VALUE = 127
@@ -25,25 +31,66 @@ def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=interp)
 
 
-def letterbox_geometry(h: int, w: int, size: int) -> tuple[float, tuple[int, int], tuple[int, int]]:
-    """``(scale, (new_w, new_h), (pad_x, pad_y))`` of the letterbox of an ``h x w`` image to ``size``.
+@dataclass(frozen=True)
+class Geometry:
+    """Where an ``height x width`` frame lies in a ``size x size`` letterboxed input.
 
-    ``scale = size / max(h, w)``; the image is resized to the rounded ``new_w x new_h`` (so the
-    exact per-axis factors are ``new_w / w`` and ``new_h / h``) and centred with that padding.
+    A frame point ``(x, y)`` lands at ``(x * sx + pad_x, y * sy + pad_y)``, where ``sx = new_w / width``
+    and ``sy = new_h / height`` are the exact per-axis factors of the rounded resized size.
+    """
 
-    >>> letterbox_geometry(100, 200, 416)
+    height: int
+    width: int
+    size: int
+    new_w: int
+    new_h: int
+    pad_x: int
+    pad_y: int
+
+    @property
+    def scale(self) -> float:
+        """``size / max(height, width)``: input pixels per frame pixel (before rounding)."""
+        return self.size / max(self.height, self.width)
+
+    @property
+    def sx(self) -> float:
+        return self.new_w / self.width
+
+    @property
+    def sy(self) -> float:
+        return self.new_h / self.height
+
+    def to_input(self, boxes: np.ndarray) -> np.ndarray:
+        """``(N, 4)`` xyxy frame pixels -> input pixels (float32)."""
+        b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        return (b * np.float32([self.sx, self.sy, self.sx, self.sy]) + np.float32([self.pad_x, self.pad_y] * 2)).astype(np.float32)
+
+    def to_image(self, boxes, *, clip: bool = True) -> np.ndarray:
+        """``(N, 4)`` xyxy input pixels (array or tensor) -> frame pixels (float64), clipped to the frame."""
+        b = np.asarray(boxes.detach().cpu().numpy() if hasattr(boxes, "detach") else boxes, dtype=np.float64).reshape(-1, 4)
+        out = (b - [self.pad_x, self.pad_y, self.pad_x, self.pad_y]) / [self.sx, self.sy, self.sx, self.sy]
+        if clip:
+            out[:, [0, 2]] = out[:, [0, 2]].clip(0, self.width)
+            out[:, [1, 3]] = out[:, [1, 3]].clip(0, self.height)
+        return out
+
+
+def letterbox_geometry(h: int, w: int, size: int) -> Geometry:
+    """The :class:`Geometry` of the letterbox of an ``h x w`` image to ``size``.
+
+    ``scale = size / max(h, w)``; the image is resized to the rounded ``new_w x new_h`` and centred.
+
+    >>> g = letterbox_geometry(100, 200, 416)
+    >>> g.scale, (g.new_w, g.new_h), (g.pad_x, g.pad_y)
     (2.08, (416, 208), (0, 104))
     """
     scale = size / max(h, w)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    return scale, (new_w, new_h), ((size - new_w) // 2, (size - new_h) // 2)
+    return Geometry(int(h), int(w), int(size), new_w, new_h, (size - new_w) // 2, (size - new_h) // 2)
 
 
-def letterbox_array(image: np.ndarray, size: int, pad_value: int = PAD_VALUE) -> tuple[np.ndarray, float, tuple[int, int]]:
+def letterbox_array(image: np.ndarray, size: int, pad_value: int = PAD_VALUE) -> tuple[np.ndarray, Geometry]:
     """Resize ``image`` so its longer side is ``size`` and centre it on a grey ``size x size`` canvas.
-
-    The one letterbox of blastscope: training (``engine.transforms``), validation, ``predict`` and
-    the GUI all call it, so a model sees the same pixels everywhere.
 
     Parameters
     ----------
@@ -57,18 +104,15 @@ def letterbox_array(image: np.ndarray, size: int, pad_value: int = PAD_VALUE) ->
     Returns
     -------
     canvas : ndarray, shape (size, size, 3), uint8
-    scale : float
-        ``size / max(H, W)``: output pixels per input pixel.
-    pad : (int, int)
-        ``(pad_x, pad_y)``: left and top padding in output pixels. An input point ``(x, y)`` lands
-        at ``(x * scale + pad_x, y * scale + pad_y)`` (up to the rounding of the resized size).
+    geometry : Geometry
+        Maps boxes between the image and the canvas.
 
     Examples
     --------
     >>> import numpy as np
-    >>> canvas, scale, pad = letterbox_array(np.zeros((100, 200, 3), np.uint8), 416)
-    >>> canvas.shape, scale, pad
-    ((416, 416, 3), 2.08, (0, 104))
+    >>> canvas, g = letterbox_array(np.zeros((100, 200, 3), np.uint8), 416)
+    >>> canvas.shape, g.pad_x, g.pad_y
+    ((416, 416, 3), 0, 104)
     """
     image = np.asarray(image)
     if image.ndim == 2:
@@ -78,62 +122,7 @@ def letterbox_array(image: np.ndarray, size: int, pad_value: int = PAD_VALUE) ->
     h, w = image.shape[:2]
     if h == 0 or w == 0:
         raise ValueError(f"image of shape {image.shape} is empty")
-    scale, (new_w, new_h), (pad_x, pad_y) = letterbox_geometry(h, w, size)
+    g = letterbox_geometry(h, w, size)
     canvas = np.full((size, size, 3), pad_value, dtype=np.uint8)
-    canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resize(image, new_w, new_h)
-    return canvas, float(scale), (int(pad_x), int(pad_y))
-
-
-def letterbox(
-    image: np.ndarray, size: int, *, pad_value: int = PAD_VALUE
-) -> tuple[torch.Tensor, float, tuple[int, int]]:
-    """:func:`letterbox_array` as a network input: ``(3, size, size)`` float32 RGB in ``[0, 1]``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> t, scale, pad = letterbox(np.zeros((100, 200, 3), np.uint8), 416)
-    >>> tuple(t.shape), scale, pad
-    ((3, 416, 416), 2.08, (0, 104))
-    """
-    canvas, scale, pad = letterbox_array(image, size, pad_value)
-    return torch.from_numpy(canvas).permute(2, 0, 1).float().div_(255.0), scale, pad
-
-
-def unletterbox_boxes(
-    boxes: np.ndarray | torch.Tensor,
-    scale: float,
-    pad: tuple[int, int],
-    image_shape: tuple[int, int] | None = None,
-) -> np.ndarray | torch.Tensor:
-    """Map xyxy boxes from letterboxed network pixels back to the original image (inverse of :func:`letterbox`).
-
-    Parameters
-    ----------
-    boxes : ndarray or Tensor, shape (N, 4)
-        ``xmin, ymin, xmax, ymax`` in network-input pixels.
-    scale, pad
-        As returned by :func:`letterbox`.
-    image_shape : (int, int), optional
-        ``(H, W)`` of the original image; when given, boxes are clipped to ``[0, W] x [0, H]``.
-
-    Returns
-    -------
-    ndarray or Tensor, shape (N, 4)
-        Boxes in original-image pixels, same type as ``boxes`` (float32 for arrays).
-    """
-    pad_x, pad_y = pad
-    if isinstance(boxes, torch.Tensor):
-        offset = boxes.new_tensor([pad_x, pad_y, pad_x, pad_y])
-        out = (boxes - offset) / scale
-        if image_shape is not None:
-            h, w = image_shape
-            out[:, 0::2] = out[:, 0::2].clamp(0, w)
-            out[:, 1::2] = out[:, 1::2].clamp(0, h)
-        return out
-    out = (np.asarray(boxes, dtype=np.float32).reshape(-1, 4) - np.float32([pad_x, pad_y, pad_x, pad_y])) / np.float32(scale)
-    if image_shape is not None:
-        h, w = image_shape
-        out[:, 0::2] = out[:, 0::2].clip(0, w)
-        out[:, 1::2] = out[:, 1::2].clip(0, h)
-    return out.astype(np.float32)
+    canvas[g.pad_y : g.pad_y + g.new_h, g.pad_x : g.pad_x + g.new_w] = resize(image, g.new_w, g.new_h)
+    return canvas, g

@@ -437,4 +437,7 @@ def split_summary(df: pd.DataFrame) -> str:
     summary.loc["total"] = [len(df), pid[pid != ""].nunique(), *[int((label == c).sum()) for c in classes]]
     summary = summary.astype(int)
     summary.insert(0, "split", summary.index)
+    if not (pid != "").any():  # a column of zeros would read as "no patients"
+        summary = summary.drop(columns="patients")
+        return summary.to_string(index=False) + "\n(no patient ids in this manifest: each image counts as its own patient)"
     return summary.to_string(index=False)

@@ -53,6 +53,7 @@ __all__ = [
 
 #: Class names, in class-index order.
 CLASSES = ("ALL", "HEM")
+_MANIFEST_SHA = ".manifest.sha256"  # the sha256 of the manifest as synth wrote it
 _TREE = "synthetic_C-NMC"
 _SMEARS = "synthetic_smears"
 _MARKER = ".blastscope-synthetic"  # present in every tree we made: safe to replace on a re-run
@@ -499,6 +500,8 @@ def generate_dataset(
         )
     out_dir = Path(out_dir)
     root = out_dir / _TREE
+    manifest = out_dir / "synthetic_manifest.csv"
+    _refuse_changed_manifest(manifest, root, overwrite)
     _prepare_tree(root, overwrite)
 
     plan = []  # (label, patient id, fold, patient rng, image count)
@@ -536,7 +539,25 @@ def generate_dataset(
         version=__version__, seed=seed, n_images=len(rows), n_per_class=n_per_class,
         n_patients=n_patients_per_class * len(CLASSES), size=size))
     meta = {"classes": list(CLASSES), "synthetic": True, "generator": {"name": "blastscope synth", **settings}}
-    return write_manifest(new_manifest(rows), out_dir / "synthetic_manifest.csv", meta=meta)
+    write_manifest(new_manifest(rows), manifest, meta=meta)
+    _write_text(root / _MANIFEST_SHA, hashlib.sha256(manifest.read_bytes()).hexdigest() + "\n")
+    return manifest
+
+
+def _refuse_changed_manifest(manifest: Path, root: Path, overwrite: bool) -> None:
+    """A manifest that synth wrote and nobody changed since may be replaced; any other needs --overwrite
+    (a ``split`` column added by the user would be lost)."""
+    from blastscope._problems import BlastscopeError
+
+    if overwrite or not manifest.exists():
+        return
+    recorded = root / _MANIFEST_SHA
+    same = recorded.is_file() and recorded.read_text(encoding="utf-8").strip() == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    if not same:
+        raise BlastscopeError(
+            f"{manifest}: exists and was changed since 'blastscope synth' wrote it (or was not written by it); "
+            "pass --overwrite to replace it, or choose another --out"
+        )
 
 
 def generate_smears(

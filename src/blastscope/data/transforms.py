@@ -105,11 +105,11 @@ def _place(sample: Sample, size: int, scale_x: float, scale_y: float, nw: int, n
 
 
 def letterbox_sample(sample: Sample, size: int, pad_value: int = 127) -> Sample:
-    """The letterbox of :func:`blastscope.models.letterbox_array` applied to a sample (image and boxes); adds ``"letterbox": (scale, pad_x, pad_y)``."""
+    """The letterbox of :func:`blastscope.data.letterbox.letterbox_array` applied to a sample (image and boxes); adds ``"letterbox": (scale, pad_x, pad_y)``."""
     h, w = sample["image"].shape[:2]
-    scale, (nw, nh), (px, py) = letterbox_geometry(h, w, size)
-    out = _place(sample, size, nw / w, nh / h, nw, nh, px, py, pad_value)
-    out["letterbox"] = (scale, float(px), float(py))
+    g = letterbox_geometry(h, w, size)
+    out = _place(sample, size, g.sx, g.sy, g.new_w, g.new_h, g.pad_x, g.pad_y, pad_value)
+    out["letterbox"] = (g.scale, float(g.pad_x), float(g.pad_y))
     return out
 
 

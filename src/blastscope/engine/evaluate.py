@@ -26,7 +26,8 @@ Image calls (when the rows carry image labels)
     ``"none"`` with score 0 (a miss: it counts as a negative call).
     *Multi-cell images* (smears): the cells are the detections scoring ``>= cell_conf``; the
     image's score is the fraction of its cells called ``positive`` (0 without cells) and the image
-    is called ``positive`` when at least half of its cells are. Beside the model, the count-only
+    is called ``positive`` when at least ``blast_threshold`` of its cells are (default 20 %, the WHO
+    criterion; :mod:`blastscope.metrics.calls`, the rule ``summary.csv`` and the GUI use too). Beside the model, the count-only
     baseline scores each image by its number of cells (``count_baseline.<metric>``; its count
     threshold is chosen on these data by Youden's J, see
     :func:`blastscope.metrics.classification.count_baseline`).
@@ -73,7 +74,7 @@ from blastscope.data.manifest import manifest_classes, read_manifest
 from blastscope.engine.tasks import get_task
 from blastscope.inference.finder import MERGE_IOU, agnostic_nms, cell_classes_of, resolve_cell_classes
 from blastscope.inference.predictor import CropClassifier, Predictor, TorchBackend
-from blastscope.metrics.calls import image_calls
+from blastscope.metrics.calls import BLAST_THRESHOLD, image_calls
 from blastscope.metrics.classification import (
     bootstrap_ci,
     confusion,
@@ -184,6 +185,8 @@ class EvaluationResult:
     synthetic: bool = False
     notes: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    table: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
+    """The prediction table (``predictions.csv``): one row per detection or cell, see :class:`Predictions`."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -565,6 +568,407 @@ def _errors(result_rows: pd.DataFrame, dets: list[dict], gts: list[dict | None],
     return out[:N_ERRORS]
 
 
+@dataclass
+class Truth:
+    """What the manifest says about the evaluated rows (no model involved).
+
+    ``gts`` maps a row index to its ground-truth boxes (file pixels; ``boxes``, ``labels`` indices
+    into the classes they were read for, ``names``); ``whole`` lists the rows a classifier sees
+    whole (a label and no annotation); ``labels`` are the image labels (``""`` when unknown).
+    """
+
+    rows: pd.DataFrame
+    paths: list[str]
+    labels: list[str]
+    gts: dict[int, dict]
+    whole: list[int]
+    has_ann: bool
+    single_cell: bool
+
+
+def _check_settings(patient_rule: str, batch: int, **fractions: float) -> None:
+    if patient_rule not in ("mean", "majority"):
+        raise BlastscopeError(f"patient rule '{patient_rule}': unknown; use 'mean' or 'majority'")
+    for name, value in fractions.items():
+        if not 0.0 <= float(value) <= 1.0:
+            raise BlastscopeError(f"--{name.replace('_', '-')} {value}: must be between 0 and 1")
+    if batch < 1:
+        raise BlastscopeError(f"--batch {batch}: must be >= 1")
+
+
+def load_truth(rows: pd.DataFrame, task: str, classes: list[str], cell_classes: list[str], names_hint, log: ProblemLog,
+               notes: list[str]) -> Truth:
+    """The ground truth of ``rows`` for a detector (``classes``) or a classifier (``cell_classes``)."""
+    labels = [str(v) for v in rows["label"]]
+    has_ann = bool((rows["annotation"] != "").any())
+    paths = [str(p) for p in rows["image"]]
+    if task == "detect":
+        kept, gts = _ground_truth(rows, classes, log, names_hint, notes)
+        by_row, whole = dict(zip(kept, gts, strict=True)), []
+        single = all(len(g["boxes"]) <= 1 for g in by_row.values()) if by_row else not has_ann
+    else:  # as in training: crops of the annotated boxes, the whole image for rows with only a label
+        annotated = [i for i, a in enumerate(rows["annotation"]) if a != ""]
+        whole = [i for i, lab in enumerate(labels) if lab and rows.at[i, "annotation"] == ""]
+        by_row = {}
+        if annotated:
+            sub_kept, gts = _ground_truth(rows.iloc[annotated].reset_index(drop=True), cell_classes, log, names_hint, notes)
+            by_row = {annotated[k]: g for k, g in zip(sub_kept, gts, strict=True)}
+        single = all(len(g["boxes"]) <= 1 for g in by_row.values())
+    return Truth(rows, paths, labels, by_row, whole, has_ann, single)
+
+
+# ----------------------------------------------------------------------------------------------
+# predict: the models over the rows -> one row per detection or cell
+
+#: columns of the prediction table (``predictions.csv``), besides ``p.<cell class>``
+PREDICTION_COLUMNS = ("row", "image", "xmin", "ymin", "xmax", "ymax", "det_label", "det_score", "name", "called", "p_pos")
+
+
+@dataclass
+class Predictions:
+    """The models' output over the evaluated rows, before any scoring.
+
+    ``dets[i]``: every detection of row ``i`` (file pixels; ``boxes``, ``scores``, ``labels``,
+    ``names``: the final class of each box). ``cells[i]``: the cells the image call of row ``i`` is
+    made from (``names``, ``scores``, ``p_pos`` the probability of ``positive`` or ``None``).
+    """
+
+    task: str  # "detect", "detect+classify" or "classify"
+    classes: list[str]
+    cell_classes: list[str]
+    positive: str
+    dets: dict[int, dict]
+    cells: dict[int, dict]
+    probs: dict[int, np.ndarray] = field(default_factory=dict)  # classifier probabilities of the called cells
+
+    def to_frame(self, paths: Sequence[str]) -> pd.DataFrame:
+        """The prediction table: one row per detection or cell (a row with NaN box for an image without any)."""
+        records = []
+        for i in sorted(self.dets):
+            d, c = self.dets[i], self.cells.get(i)
+            called = _called_index(d, c)
+            probs = self.probs.get(i)
+            if not len(d["boxes"]):
+                records.append({"row": i, "image": paths[i], "called": 0})
+            for k in range(len(d["boxes"])):
+                rec = {"row": i, "image": paths[i], **dict(zip(("xmin", "ymin", "xmax", "ymax"), map(float, d["boxes"][k]))),
+                       "det_label": int(d["labels"][k]), "det_score": float(d["scores"][k]), "name": d["names"][k],
+                       "called": int(k in called)}
+                if k in called and c is not None and c.get("p_pos") is not None:
+                    j = called[k]
+                    rec["p_pos"] = float(c["p_pos"][j])
+                    if probs is not None and len(probs):
+                        rec.update({f"p.{n}": float(v) for n, v in zip(self.cell_classes, probs[j], strict=True)})
+                    if self.task == "classify":
+                        rec["cell_score"] = float(c["scores"][j])
+                records.append(rec)
+        cols = [*PREDICTION_COLUMNS, *(f"p.{n}" for n in self.cell_classes)]
+        return pd.DataFrame.from_records(records).reindex(columns=[*cols, "cell_score"])
+
+    @classmethod
+    def from_frame(cls, table: pd.DataFrame, *, task: str, classes, cell_classes, positive: str) -> Predictions:
+        """Inverse of :meth:`to_frame` (rescoring a ``predictions.csv`` without the model)."""
+        dets, cells, probs = {}, {}, {}
+        pcols = [f"p.{n}" for n in cell_classes]
+        for i, g in table.groupby("row", sort=True):
+            g = g[g["xmin"].notna()]
+            boxes = g[["xmin", "ymin", "xmax", "ymax"]].to_numpy(np.float32).reshape(-1, 4)
+            dets[int(i)] = {"boxes": boxes, "scores": g["det_score"].to_numpy(np.float32),
+                            "labels": g["det_label"].to_numpy(np.int64), "names": [str(n) for n in g["name"]]}
+            sel = g[g["called"] == 1]
+            if task == "detect":
+                cells[int(i)] = {"names": dets[int(i)]["names"], "scores": dets[int(i)]["scores"], "p_pos": None}
+                continue
+            scores = sel["cell_score"].to_numpy(np.float64) if task == "classify" else sel["det_score"].to_numpy(np.float32)
+            cells[int(i)] = {"names": [str(n) for n in sel["name"]], "scores": scores,
+                             "p_pos": sel["p_pos"].fillna(0.0).to_numpy(np.float64)}
+            if task == "detect+classify":
+                cells[int(i)]["index"] = np.flatnonzero(g["called"].to_numpy() == 1)
+            if all(c in sel for c in pcols):
+                probs[int(i)] = sel[pcols].to_numpy(np.float32)
+        return cls(task, list(classes), list(cell_classes), positive, dets, cells, probs)
+
+
+def _called_index(d: dict, c: dict | None) -> dict[int, int]:
+    """Detection index -> position in the cell list, for the detections the image call uses."""
+    if c is None or c.get("index") is None:
+        return {k: k for k in range(len(d["boxes"]))} if c is not None and c.get("p_pos") is not None else {}
+    return {int(k): j for j, k in enumerate(c["index"])}
+
+
+def _two_stage_cells(dets: dict[int, dict], stage2, paths: list[str], *, single_cell: bool, cell_conf: float,
+                     positive: str, white_classes: Sequence[str] | None = None,
+                     iou: float = MERGE_IOU) -> tuple[dict[int, dict], dict[int, np.ndarray]]:
+    """Classify the white cells of each image's detections (the top white-cell detection for single
+    cells; else the white-cell detections >= cell_conf left by class-agnostic NMS at ``min(iou,
+    MERGE_IOU)``). Detections of other classes (red cells, platelets) keep their detector names and
+    are no cells of the image calls. ``white_classes`` None: every class is a white cell."""
+    cells, probs_by_row = {}, {}
+    cell_classes = list(stage2.class_names)
+    for i, d in dets.items():
+        white = np.array([white_classes is None or n in white_classes for n in d["names"]], bool)
+        if single_cell:
+            sel = np.argsort(-np.where(white, d["scores"], -np.inf), kind="stable")[: int(white.any())]
+        else:
+            sel = np.flatnonzero(d["scores"] >= cell_conf)
+            sel = np.sort(sel[agnostic_nms(d["boxes"][sel], d["scores"][sel], min(float(iou), MERGE_IOU))])
+            sel = sel[white[sel]]
+        probs = _classify_cells(stage2, paths[i], d["boxes"][sel], CROP_MARGIN)
+        names = [cell_classes[int(k)] for k in probs.argmax(axis=1)] if len(probs) else []
+        d["names"] = list(d["names"])
+        for k, n in zip(sel, names, strict=True):
+            d["names"][int(k)] = n
+        p_pos = probs[:, cell_classes.index(positive)] if positive in cell_classes else np.zeros(len(sel))
+        cells[i] = {"names": names, "scores": d["scores"][sel], "p_pos": p_pos, "index": sel}
+        probs_by_row[i] = probs
+    return cells, probs_by_row
+
+
+def _classify_rows(stage2, truth: Truth, positive: str, progress: bool, log: ProblemLog):
+    """A classifier checkpoint: each annotated cell from its crop, each label-only row whole."""
+    from tqdm import tqdm
+
+    cell_classes = list(stage2.class_names)
+    dets, cells, probs_by_row = {}, {}, {}
+    for i in tqdm(sorted([*truth.gts, *truth.whole]), desc="evaluate", unit="img", disable=not progress,
+                  file=sys.stderr, mininterval=0.5):
+        try:
+            if i in truth.gts:
+                boxes, margin = truth.gts[i]["boxes"], CROP_MARGIN
+            else:
+                row = truth.rows.iloc[i]
+                w, h = (int(row["width"]), int(row["height"])) if row["width"] else image_size(truth.paths[i])
+                boxes, margin = np.array([[0, 0, w, h]], np.float32), 0.0
+            probs = _classify_cells(stage2, truth.paths[i], boxes, margin)
+        except BlastscopeError as e:
+            log.add(truth.paths[i], str(e))
+            continue
+        names = [cell_classes[int(k)] for k in probs.argmax(axis=1)]
+        p_pos = probs[:, cell_classes.index(positive)] if positive in cell_classes else np.zeros(len(probs))
+        cells[i] = {"names": names, "scores": np.ones(len(names)), "p_pos": p_pos}
+        dets[i] = {"boxes": np.asarray(boxes, np.float32).reshape(-1, 4), "scores": probs.max(axis=1) if len(probs) else np.zeros(0),
+                   "labels": probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64), "names": names}
+        probs_by_row[i] = probs
+    return dets, cells, probs_by_row
+
+
+def predict_rows(model, meta: dict, truth: Truth, *, stage2=None, conf: float = 0.001, iou: float = 0.45,
+                 imgsz: int | None = None, batch: int = 8, positive: str = "ALL", cell_conf: float = 0.25,
+                 progress: bool = True, device: str = "cpu", log: ProblemLog | None = None,
+                 name: str = "", white_cell_classes: Sequence[str] | str | None = None) -> Predictions:
+    """Run the model (and a second-stage classifier) over the rows of ``truth``: the prediction table.
+
+    The only function of the evaluation that runs a network; :func:`score` turns its output and the
+    truth into metrics. With two stages only the detector's white-cell classes are classified:
+    ``white_cell_classes`` (``--cell-classes``), else the checkpoint's ``cell_classes`` record, else
+    every class not named like red cells or platelets.
+    """
+    log = log if log is not None else ProblemLog()
+    task, classes = meta["task"], [str(c) for c in meta["class_names"]]
+    if task == "classify":
+        dets, cells, probs = _classify_rows(stage2, truth, positive, progress, log)
+        return Predictions("classify", classes, list(stage2.class_names), positive, dets, cells, probs)
+    backend = TorchBackend(model, conf=float(conf), iou=float(iou), device=device, max_det=MAX_DET)
+    predictor = Predictor(backend, classes, imgsz or int(meta.get("input_size", 416)), model_name=name,
+                          mean=meta.get("mean", (0, 0, 0)), std=meta.get("std", (1, 1, 1)))
+    dets = _detect(predictor, truth.paths, batch, progress, log)
+    if stage2 is None:
+        cells = {i: {"names": d["names"], "scores": d["scores"], "p_pos": None} for i, d in dets.items()}
+        return Predictions("detect", classes, classes, positive, dets, cells)
+    white = (resolve_cell_classes(classes, white_cell_classes, name or "detector") if white_cell_classes is not None
+             else cell_classes_of(meta))
+    cells, probs = _two_stage_cells(dets, stage2, truth.paths, single_cell=truth.single_cell, cell_conf=cell_conf,
+                                    positive=positive, white_classes=set(white), iou=iou)
+    return Predictions("detect+classify", classes, list(stage2.class_names), positive, dets, cells, probs)
+
+
+# ----------------------------------------------------------------------------------------------
+# score: predictions + truth -> metrics (pure)
+
+
+def _detection_part(preds: Predictions, truth: Truth, *, min_score: float, cell_conf: float, notes: list[str]):
+    """AP, PR curves and the box confusion matrix of a detector's rows."""
+    metrics, pr_curves, confusions = {}, {}, {}
+    pairs = [i for i in truth.gts if i in preds.dets]
+    if not pairs:
+        return metrics, pr_curves, confusions
+    dets = [preds.dets[i] for i in pairs]
+    gts = [truth.gts[i] for i in pairs]
+    metrics, det_result = detection_metrics(dets, gts, preds.classes, iou=0.5, min_score=min_score)
+    for c, curve in det_result.curves.items():
+        pr_curves[c] = {"recall": curve.recall, "precision": curve.precision, "ap": det_result.ap_voc[c]}
+    cm = detection_confusion(dets, gts, len(preds.classes), conf=cell_conf)
+    confusions[f"boxes (detections >= {cell_conf:g}, IoU >= 0.5; last row/column: background / missed)"] = {
+        "matrix": cm, "labels": [*preds.classes, "background"]}
+    if not truth.has_ann:
+        notes.append("ground-truth boxes were made automatically (autobox, single cells on black), labelled with each row's label")
+    return metrics, pr_curves, confusions
+
+
+def _cell_part(preds: Predictions, truth: Truth, positive: str) -> tuple[dict, dict]:
+    """A classifier on several annotated cells per image: cell-level metrics and confusion."""
+    cell_true, cell_probs = [], []
+    for i in sorted(preds.cells):
+        cell_true += truth.gts[i]["names"] if i in truth.gts else [truth.labels[i]]
+        cell_probs.append(preds.probs[i])
+    if not cell_true:
+        return {}, {}
+    cc = preds.cell_classes
+    probs = np.concatenate(cell_probs)
+    y = np.array([cc.index(t) for t in cell_true])
+    metrics = {}
+    for k, v in diagnostic_metrics(y, probs, positive=cc.index(positive) if positive in cc else 0).items():
+        if positive in cc or k not in _ONE_VS_REST:
+            metrics[f"cell.{k}"] = float(v)
+    cm = confusion(y, probs.argmax(axis=1), labels=list(range(len(cc))))
+    return metrics, {"cells (annotated boxes): true class vs classifier call": {"matrix": cm, "labels": list(cc)}}
+
+
+def _image_table(preds: Predictions, truth: Truth, order: list[int], labels: list[str], *, cell_conf: float,
+                 blast_threshold: float = BLAST_THRESHOLD):
+    """Per-image calls and the per-image table (``EvaluationResult.predictions``)."""
+    negative = _negative_name(labels, preds.positive)
+    score, pred, n_cells = image_calls([preds.cells[i] for i in order], positive=preds.positive,
+                                       single_cell=truth.single_cell, cell_conf=cell_conf, negative=negative,
+                                       threshold=blast_threshold)
+    if preds.task == "classify":
+        n_cells = np.array([len(preds.cells[i]["names"]) for i in order], np.int64)
+    table = pd.DataFrame({
+        "image": [truth.paths[i] for i in order],
+        "patient_id": [str(truth.rows.at[i, "patient_id"]) for i in order],
+        "label": [labels[i] for i in order],
+        "pred_label": pred,
+        "score": score,
+        "n_cells": n_cells,
+    })
+    by_score = preds.task == "detect"
+    for c in preds.cell_classes:
+        col = []
+        for i in order:
+            cl = preds.cells[i]
+            keep = (np.asarray(cl["scores"]) >= cell_conf) if by_score else np.ones(len(cl["names"]), bool)
+            col.append(sum(1 for n, k in zip(cl["names"], keep, strict=True) if k and n == c))
+        table[f"n_cells.{c}"] = col
+    table["top_score"] = [float(preds.dets[i]["scores"].max()) if len(preds.dets[i]["scores"]) else math.nan for i in order]
+    table["n_gt"] = [len(truth.gts[i]["boxes"]) if i in truth.gts else 0 for i in order]
+    return table, score, pred, n_cells
+
+
+def _multiclass_part(yt: list[str], yp: list[str], positive: str) -> tuple[dict, dict]:
+    cm_labels = sorted(set(yt) | set(yp), key=lambda x: (x == "none", x != positive, x))
+    cm = confusion(np.array(yt, object), np.array(yp, object), cm_labels)
+    metrics = {}
+    if len(set(yt)) > 2:  # several classes (e.g. white-cell types): recall and precision per class
+        from sklearn.metrics import precision_recall_fscore_support
+
+        names = sorted(set(yt))
+        prec, rec, _, _ = precision_recall_fscore_support(yt, yp, labels=names, zero_division=0)
+        for name, pr_, re_ in zip(names, prec, rec, strict=True):
+            metrics[f"recall.{name}"] = float(re_)
+            metrics[f"precision.{name}"] = float(pr_)
+    return metrics, {"images: true label vs call": {"matrix": cm, "labels": cm_labels}}
+
+
+def _diagnostic_part(preds: Predictions, truth: Truth, table, order, labels, score, pred, n_cells, *,
+                     patient_rule: str, cell_conf: float, notes: list[str], blast_threshold: float = BLAST_THRESHOLD):
+    """Image- and patient-level diagnostic metrics, ROC curves and the image confusion matrix."""
+    positive, cc = preds.positive, preds.cell_classes
+    labelled = np.array([bool(labels[i]) for i in order], bool)
+    if not (any(labels) and labelled.any()):
+        table["correct"] = None
+        notes.append("no image labels in this split: only detection metrics apply")
+        return {}, {}, {}
+    if positive not in cc and any(labels[i] == positive for i in order):
+        notes.append(f"the cell classes {cc} do not include '{positive}': the model's image calls cannot be "
+                     f"positive (give --positive one of them, or a --classifier that knows '{positive}')")
+    can_call = positive in cc or truth.single_cell
+    sel = np.flatnonzero(labelled)
+    counts = n_cells[sel] if (not truth.single_cell and preds.task != "classify") else None
+    metrics, roc = diagnostic_summary(
+        [labels[order[k]] for k in sel], score[sel], [pred[k] for k in sel], positive=positive,
+        patient_ids=[str(truth.rows.at[order[k], "patient_id"]) for k in sel], patient_rule=patient_rule, counts=counts,
+    )
+    if not can_call:
+        metrics = {k: v for k, v in metrics.items() if k.startswith("count_baseline.") or k.startswith("n_")}
+        roc = {k: v for k, v in roc.items() if k == "count baseline"}
+    table["correct"] = [bool(t == p) if t else None for t, p in zip(table["label"], table["pred_label"], strict=True)]
+    confusions = {}
+    if can_call:
+        more, confusions = _multiclass_part([labels[order[k]] for k in sel], [pred[k] for k in sel], positive)
+        metrics.update(more)
+    rule = ("top-scoring detection's class (single-cell images)" if truth.single_cell
+            else f"blast fraction: white cells (detections >= {cell_conf:g}) called {positive}, positive at >= {blast_threshold:g}")
+    notes.append(f"image call: {rule}; patient call: '{patient_rule}' rule over the patient's image scores, positive at >= 0.5")
+    return metrics, roc, confusions
+
+
+def score(preds: Predictions, truth: Truth, *, min_score: float = 0.0, patient_rule: str = "mean",
+          cell_conf: float = 0.25, blast_threshold: float = BLAST_THRESHOLD, notes: list[str] | None = None,
+          log: ProblemLog | None = None) -> dict[str, Any]:
+    """Every metric that applies to ``preds`` against ``truth`` (pure: no model, no image decoding).
+
+    Returns the fields of :class:`EvaluationResult` that depend on the predictions: ``metrics``,
+    ``predictions`` (per-image table), ``detections``, ``ground_truth``, ``pr_curves``, ``roc``,
+    ``confusions``, ``errors``, ``notes``.
+    """
+    notes = [] if notes is None else notes
+    log = log if log is not None else ProblemLog()
+    metrics, pr_curves, confusions = ({}, {}, {})
+    labels = list(truth.labels)
+    if preds.task != "classify":
+        metrics, pr_curves, confusions = _detection_part(preds, truth, min_score=min_score, cell_conf=cell_conf, notes=notes)
+    elif not truth.single_cell:
+        more, confusions = _cell_part(preds, truth, preds.positive)
+        metrics.update(more)
+    elif not any(labels) and truth.gts:  # single cells whose class is in the box file (PBC): the box class is the label
+        labels = [truth.gts[i]["names"][0] if i in truth.gts and truth.gts[i]["names"] else "" for i in range(len(truth.rows))]
+    usable = sorted(preds.dets)
+    if not usable:
+        log.finish(0, "images")
+    if len(log):
+        notes.append(f"{len(log)} rows of the split were skipped (see the 'skipped:' lines of the command)")
+    order = [i for i in usable if i in preds.cells]
+    table, s, pred, n_cells = _image_table(preds, truth, order, labels, cell_conf=cell_conf, blast_threshold=blast_threshold)
+    diag, roc, image_confusions = _diagnostic_part(preds, truth, table, order, labels, s, pred, n_cells,
+                                                   patient_rule=patient_rule, cell_conf=cell_conf, notes=notes,
+                                                   blast_threshold=blast_threshold)
+    metrics.update(diag)
+    confusions = {**image_confusions, **confusions}
+    metrics.setdefault("n_images", float(len(order)))
+    gts_list = [truth.gts.get(i) for i in order]
+    det_list = [preds.dets[i] for i in order]
+    empty = {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64), "names": []}
+    return {"metrics": metrics, "predictions": table, "detections": det_list,
+            "ground_truth": [g if g is not None else empty for g in gts_list], "pr_curves": pr_curves, "roc": roc,
+            "confusions": confusions, "errors": _errors(table, det_list, gts_list, iou=0.5, cell_conf=cell_conf),
+            "notes": notes}
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole evaluation: load -> predict -> score
+
+
+def _setup(checkpoint: Path, classifier, model, meta: dict, device: str):
+    """The second stage: the ``classifier`` checkpoint, or the checkpoint itself for a classifier."""
+    task, classes = meta["task"], [str(c) for c in meta["class_names"]]
+    if classifier is not None:
+        if task != "detect":
+            raise BlastscopeError(f"{checkpoint}: --classifier needs a detector as CHECKPOINT, this is a '{task}' checkpoint")
+        return CropClassifier.from_checkpoint(classifier, device=device, margin=CROP_MARGIN)
+    if task == "classify":
+        return CropClassifier(model, classes, meta.get("input_size", 224), meta.get("mean"), meta.get("std"),
+                              margin=CROP_MARGIN, device=device)
+    return None
+
+
+def _split_rows(manifest, split: str) -> tuple[pd.DataFrame, pd.DataFrame, str, bool]:
+    df = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
+    name = str(df.attrs.get("manifest_path", manifest if not isinstance(manifest, pd.DataFrame) else "manifest"))
+    rows = select_split(df, split)
+    synthetic = bool((rows["source"] == "synthetic").any()) or bool(df.attrs.get("synthetic"))
+    return df, rows, name, synthetic
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     manifest: str | Path | pd.DataFrame,
@@ -581,48 +985,21 @@ def evaluate_checkpoint(
     cell_conf: float = 0.25,
     progress: bool = True,
     device: str = "cpu",
-    cell_classes: Sequence[str] | str | None = None,
+    predictions: str | Path | pd.DataFrame | None = None,
+    blast_threshold: float = BLAST_THRESHOLD,
+    white_cell_classes: Sequence[str] | str | None = None,
 ) -> EvaluationResult:
     """Run a checkpoint over one split of a manifest and compute every metric that applies.
 
-    Parameters
-    ----------
-    checkpoint : path
-        A detector or classifier checkpoint written by ``blastscope train``.
-    manifest : path or DataFrame
-        The manifest (``read_manifest``): ``image``, ``split``, and ``annotation`` and/or ``label``.
-    split : str
-        Rows to evaluate.
-    classifier : path, optional
-        A classifier checkpoint for two-stage evaluation (``checkpoint`` must be a detector).
-    conf : float
-        Detector confidence threshold before NMS (low, so AP sees the whole curve).
-    iou : float
-        NMS IoU threshold. (AP matching always uses IoU 0.5 and COCO's 0.50:0.95.)
-    min_score : float
-        Adds the ImageAI-style APs with detections below ``min_score`` dropped (labelled keys).
-    imgsz : int, optional
-        Detector input size (default the checkpoint's).
-    batch : int
-        Images per network call.
-    positive : str
-        The class of interest for sensitivity, specificity, ROC AUC and the calls.
-    patient_rule : {"mean", "majority"}
-    cell_conf : float
-        A detection scoring ``>= cell_conf`` counts as a cell (multi-cell calls, counts, errors).
-    progress : bool
-        Progress bar on stderr.
-    cell_classes : sequence of str or comma-separated str, optional
-        Two stages: the detector classes that are white cells, the only ones classified (after
-        class-agnostic NMS at ``iou`` over the detections ``>= cell_conf``); the others keep their
-        detector class and are left out of the image calls. Default: the detector checkpoint's
-        ``cell_classes`` record, else every class not named like red cells or platelets.
-    device : str
-        Torch device.
+    Load the model, :func:`predict_rows` (the prediction table, ``predictions.csv``), then the pure
+    :func:`score`. With ``predictions`` (a table written by an earlier evaluation, or its path) the
+    model is not run: the same checkpoint's record and the manifest's truth are rescored.
 
-    Returns
-    -------
-    EvaluationResult
+    ``conf`` is the detector's threshold before NMS (low, so AP sees the whole curve); ``iou`` the
+    NMS IoU (AP matching always uses 0.5 and COCO's 0.50:0.95); ``min_score`` adds the ImageAI-style
+    APs; ``positive`` is the class of interest; ``cell_conf`` makes a detection a cell;
+    ``white_cell_classes`` (``--cell-classes``) names the detector classes that a second-stage
+    classifier classifies (see :func:`predict_rows`); see the module docstring for the rules.
 
     Raises
     ------
@@ -630,230 +1007,35 @@ def evaluate_checkpoint(
         Unreadable checkpoint or manifest, an empty split (naming the splits present), nothing
         usable in the split, bad settings.
     """
-
-    if patient_rule not in ("mean", "majority"):
-        raise BlastscopeError(f"patient rule '{patient_rule}': unknown; use 'mean' or 'majority'")
-    for name, value in (("conf", conf), ("iou", iou), ("min-score", min_score), ("cell-conf", cell_conf)):
-        if not 0.0 <= float(value) <= 1.0:
-            raise BlastscopeError(f"--{name} {value}: must be between 0 and 1")
-    if batch < 1:
-        raise BlastscopeError(f"--batch {batch}: must be >= 1")
-    df = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
-    manifest_name = str(df.attrs.get("manifest_path", manifest if not isinstance(manifest, pd.DataFrame) else "manifest"))
-    rows = select_split(df, split)
+    _check_settings(patient_rule, batch, conf=conf, iou=iou, min_score=min_score, cell_conf=cell_conf)
+    df, rows, manifest_name, synthetic = _split_rows(manifest, split)
     checkpoint = Path(checkpoint)
     model, ckpt = load_model(checkpoint, map_location=device)
     meta = ckpt["model"]
     task, classes = meta["task"], [str(c) for c in meta["class_names"]]
-    log = ProblemLog()
-    notes: list[str] = []
-    synthetic = bool((rows["source"] == "synthetic").any()) or bool(df.attrs.get("synthetic"))
-
-    stage2 = None
-    if classifier is not None:
-        if task != "detect":
-            raise BlastscopeError(f"{checkpoint}: --classifier needs a detector as CHECKPOINT, this is a '{task}' checkpoint")
-        stage2 = CropClassifier.from_checkpoint(classifier, device=device, margin=CROP_MARGIN)
-    elif task == "classify":
-        stage2 = CropClassifier(model, classes, meta.get("input_size", 224), meta.get("mean"), meta.get("std"), margin=CROP_MARGIN, device=device)
+    log, notes = ProblemLog(), []
+    stage2 = _setup(checkpoint, classifier, model, meta, device)
     cell_classes = list(stage2.class_names) if stage2 is not None else classes
-
-    labels = [str(v) for v in rows["label"]]
-    has_labels = any(labels)
-    has_ann = bool((rows["annotation"] != "").any())
-    paths = [str(p) for p in rows["image"]]
-    dets: dict[int, dict] = {}
-    gts_by_row: dict[int, dict] = {}
-    det_result = None
-    metrics: dict[str, float] = {}
-    pr_curves: dict[str, dict] = {}
-    single_cell = True
-    confusions: dict[str, dict] = {}
-
-    names_hint = manifest_classes(df) or None
-
-    if task == "detect":
-        backend = TorchBackend(model, conf=float(conf), iou=float(iou), device=device, max_det=MAX_DET)
-        white_classes = set(resolve_cell_classes(classes, cell_classes, str(checkpoint)) if cell_classes is not None
-                            else cell_classes_of(meta))
-        predictor = Predictor(backend, classes, imgsz or int(meta.get("input_size", 416)),
-                              model_name=f"{checkpoint.name} ({meta['arch']})", mean=meta.get("mean", (0, 0, 0)), std=meta.get("std", (1, 1, 1)))
-        kept, gts = _ground_truth(rows, classes, log, names_hint, notes)
-        gts_by_row = dict(zip(kept, gts, strict=True))
-        dets = _detect(predictor, paths, batch, progress, log)
-        pairs = [i for i in kept if i in dets]
-        if pairs:
-            preds = [dets[i] for i in pairs]
-            metrics, det_result = detection_metrics(preds, [gts_by_row[i] for i in pairs], classes, iou=0.5, min_score=min_score)
-            for c, curve in det_result.curves.items():
-                pr_curves[c] = {"recall": curve.recall, "precision": curve.precision, "ap": det_result.ap_voc[c]}
-            cm = detection_confusion(preds, [gts_by_row[i] for i in pairs], len(classes), conf=cell_conf)
-            confusions[f"boxes (detections >= {cell_conf:g}, IoU >= 0.5; last row/column: background / missed)"] = {
-                "matrix": cm, "labels": [*classes, "background"]}
-            single_cell = all(len(gts_by_row[i]["boxes"]) <= 1 for i in pairs)
-            if not has_ann:
-                notes.append("ground-truth boxes were made automatically (autobox, single cells on black), labelled with each row's label")
-        else:
-            single_cell = not has_ann
-        # the cells each image call is made from
-        cells: dict[int, dict] = {}
-        for i, d in dets.items():
-            if stage2 is None:
-                cells[i] = {"names": d["names"], "scores": d["scores"], "p_pos": None}
-                continue
-            # only white cells are classified: one box per cell (class-agnostic NMS), then the
-            # detections of the white-cell classes; red cells and platelets keep their names
-            white = np.array([n in white_classes for n in d["names"]], bool)
-            if single_cell:
-                sel = np.argsort(-np.where(white, d["scores"], -np.inf))[: int(white.any())]
-            else:
-                sel = np.flatnonzero(d["scores"] >= cell_conf)
-                sel = np.sort(sel[agnostic_nms(d["boxes"][sel], d["scores"][sel], min(float(iou), MERGE_IOU))])
-                sel = sel[white[sel]]
-            probs = _classify_cells(stage2, paths[i], d["boxes"][sel], CROP_MARGIN)
-            names = [cell_classes[int(k)] for k in probs.argmax(axis=1)] if len(probs) else []
-            d["names"] = list(d["names"])
-            for k, n in zip(sel, names, strict=True):
-                d["names"][int(k)] = n
-            p_pos = probs[:, cell_classes.index(positive)] if positive in cell_classes else np.zeros(len(sel))
-            cells[i] = {"names": names, "scores": d["scores"][sel], "p_pos": p_pos}
-    else:  # classifier checkpoint: whole images, or crops of the annotated boxes
-        # as in training: crops of the annotated boxes, the whole image for rows with only a label
-        annotated = [i for i, a in enumerate(rows["annotation"]) if a != ""]
-        whole = [i for i, lab in enumerate(labels) if lab and rows.at[i, "annotation"] == ""]
-        if annotated:
-            sub_kept, gts = _ground_truth(rows.iloc[annotated].reset_index(drop=True), cell_classes, log, names_hint, notes)
-            gts_by_row = {annotated[k]: g for k, g in zip(sub_kept, gts, strict=True)}
-        kept = sorted([*gts_by_row, *whole])
-        single_cell = all(len(g["boxes"]) <= 1 for g in gts_by_row.values())
-        from tqdm import tqdm
-
-        cells = {}
-        cell_true: list[str] = []
-        cell_probs: list[np.ndarray] = []
-        for i in tqdm(kept, desc="evaluate", unit="img", disable=not progress, file=sys.stderr, mininterval=0.5):
-            try:
-                if i in gts_by_row:
-                    boxes, margin = gts_by_row[i]["boxes"], CROP_MARGIN
-                else:
-
-                    w, h = (int(rows.at[i, "width"]), int(rows.at[i, "height"])) if rows.at[i, "width"] else image_size(paths[i])
-                    boxes, margin = np.array([[0, 0, w, h]], np.float32), 0.0
-                probs = _classify_cells(stage2, paths[i], boxes, margin)
-            except BlastscopeError as e:
-                log.add(paths[i], str(e))
-                continue
-            names = [cell_classes[int(k)] for k in probs.argmax(axis=1)]
-            p_pos = probs[:, cell_classes.index(positive)] if positive in cell_classes else np.zeros(len(probs))
-            cells[i] = {"names": names, "scores": np.ones(len(names)), "p_pos": p_pos}
-            dets[i] = {"boxes": np.asarray(boxes, np.float32).reshape(-1, 4), "scores": probs.max(axis=1) if len(probs) else np.zeros(0),
-                       "labels": probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64), "names": names}
-            truth = gts_by_row[i]["names"] if i in gts_by_row else [labels[i]]
-            cell_true += truth
-            cell_probs.append(probs)
-        if not single_cell and cell_true:
-
-            probs = np.concatenate(cell_probs)
-            y = np.array([cell_classes.index(t) for t in cell_true])
-            pos_idx = cell_classes.index(positive) if positive in cell_classes else 0
-            for k, v in diagnostic_metrics(y, probs, positive=pos_idx).items():
-                if positive in cell_classes or k not in _ONE_VS_REST:
-                    metrics[f"cell.{k}"] = float(v)
-            cm = confusion(y, probs.argmax(axis=1), labels=list(range(len(cell_classes))))
-            confusions["cells (annotated boxes): true class vs classifier call"] = {"matrix": cm, "labels": list(cell_classes)}
-        elif single_cell and not has_labels and gts_by_row:
-            # single cells whose class is in the box file (PBC): the box class is the image label
-            labels = [gts_by_row[i]["names"][0] if i in gts_by_row and gts_by_row[i]["names"] else "" for i in range(len(rows))]
-            has_labels = any(labels)
-
-    usable = sorted(dets)
-    if not usable:
-        log.finish(0, "images")
-    if len(log):
-        notes.append(f"{len(log)} rows of the split were skipped (see the 'skipped:' lines of the command)")
-
-    # image calls
-    order = [i for i in usable if i in cells]
-    negative = _negative_name(labels, positive)
-    score, pred, n_cells = image_calls([cells[i] for i in order], positive=positive, single_cell=single_cell, cell_conf=cell_conf, negative=negative)
-    if task == "classify":
-        n_cells = np.array([len(cells[i]["names"]) for i in order], np.int64)
-    table = pd.DataFrame({
-        "image": [paths[i] for i in order],
-        "patient_id": [str(rows.at[i, "patient_id"]) for i in order],
-        "label": [labels[i] for i in order],
-        "pred_label": pred,
-        "score": score,
-        "n_cells": n_cells,
-    })
-    for c in cell_classes:
-        col = []
-        for i in order:
-            keep = (np.asarray(cells[i]["scores"]) >= cell_conf) if (task == "detect" and stage2 is None) else np.ones(len(cells[i]["names"]), bool)
-            col.append(sum(1 for n, k in zip(cells[i]["names"], keep, strict=True) if k and n == c))
-        table[f"n_cells.{c}"] = col
-    table["top_score"] = [float(dets[i]["scores"].max()) if len(dets[i]["scores"]) else math.nan for i in order]
-    table["n_gt"] = [len(gts_by_row[i]["boxes"]) if i in gts_by_row else 0 for i in order]
-
-    roc: dict[str, dict] = {}
-    labelled = np.array([bool(labels[i]) for i in order], bool)
-    can_call = positive in cell_classes or single_cell
-    if has_labels and labelled.any():
-        if positive not in cell_classes and any(labels[i] == positive for i in order):
-            notes.append(
-                f"the cell classes {cell_classes} do not include '{positive}': the model's image calls cannot be "
-                f"positive (give --positive one of them, or a --classifier that knows '{positive}')"
-            )
-        sel = np.flatnonzero(labelled)
-        counts = n_cells[sel] if (not single_cell and task == "detect") else None
-        diag, roc = diagnostic_summary(
-            [labels[order[k]] for k in sel], score[sel], [pred[k] for k in sel], positive=positive,
-            patient_ids=[str(rows.at[order[k], "patient_id"]) for k in sel], patient_rule=patient_rule, counts=counts,
-        )
-        if not can_call:
-            diag = {k: v for k, v in diag.items() if k.startswith("count_baseline.") or k.startswith("n_")}
-            roc = {k: v for k, v in roc.items() if k == "count baseline"}
-        metrics.update(diag)
-        table["correct"] = [bool(t == p) if t else None for t, p in zip(table["label"], table["pred_label"], strict=True)]
-        if can_call:
-
-            yt = [labels[order[k]] for k in sel]
-            yp = [pred[k] for k in sel]
-            cm_labels = sorted(set(yt) | set(yp), key=lambda x: (x == "none", x != positive, x))
-            cm = confusion(np.array(yt, object), np.array(yp, object), cm_labels)
-            confusions = {"images: true label vs call": {"matrix": cm, "labels": cm_labels}, **confusions}
-            if len(set(yt)) > 2:  # several classes (e.g. white-cell types): recall and precision per class
-                from sklearn.metrics import precision_recall_fscore_support
-
-                names = sorted(set(yt))
-                prec, rec, _, _ = precision_recall_fscore_support(yt, yp, labels=names, zero_division=0)
-                for name, pr_, re_ in zip(names, prec, rec, strict=True):
-                    metrics[f"recall.{name}"] = float(re_)
-                    metrics[f"precision.{name}"] = float(pr_)
-        rule = ("top-scoring detection's class (single-cell images)" if single_cell
-                else f"fraction of cells (detections >= {cell_conf:g}) called {positive}, positive at >= 0.5")
-        notes.append(f"image call: {rule}; patient call: '{patient_rule}' rule over the patient's image scores, positive at >= 0.5")
+    truth = load_truth(rows, task, classes, cell_classes, manifest_classes(df) or None, log, notes)
+    if predictions is None:
+        preds = predict_rows(model, meta, truth, stage2=stage2, conf=conf, iou=iou, imgsz=imgsz, batch=batch,
+                             positive=positive, cell_conf=cell_conf, progress=progress, device=device, log=log,
+                             name=f"{checkpoint.name} ({meta['arch']})", white_cell_classes=white_cell_classes)
     else:
-        table["correct"] = None
-        notes.append("no image labels in this split: only detection metrics apply")
-    metrics.setdefault("n_images", float(len(order)))
-
-    gts_list = [gts_by_row.get(i) for i in order]
-    det_list = [dets[i] for i in order]
-    errors = _errors(table, det_list, gts_list, iou=0.5, cell_conf=cell_conf)
-    run_dir = _find_run_dir(checkpoint, ckpt)
+        table = predictions if isinstance(predictions, pd.DataFrame) else pd.read_csv(predictions, keep_default_na=False, na_values=[""])
+        kind = "detect+classify" if classifier is not None else task
+        preds = Predictions.from_frame(table, task=kind, classes=classes, cell_classes=cell_classes, positive=positive)
+    scored = score(preds, truth, min_score=min_score, patient_rule=patient_rule, cell_conf=cell_conf,
+                   blast_threshold=blast_threshold, notes=notes, log=log)
     arch = meta["arch"] + (f" + {Path(str(classifier)).name} classifier" if classifier is not None else "")
     settings = {"conf": conf, "iou": iou, "min_score": min_score, "imgsz": imgsz or meta.get("input_size"), "positive": positive,
-                "patient_rule": patient_rule, "cell_conf": cell_conf, "classifier": str(classifier) if classifier else None}
+                "patient_rule": patient_rule, "cell_conf": cell_conf, "classifier": str(classifier) if classifier else None,
+                "blast_threshold": blast_threshold}
     best_name = str((ckpt.get("config") or {}).get("task", task))
     return EvaluationResult(
-        checkpoint=str(checkpoint), manifest=manifest_name, split=split,
-        task="detect+classify" if classifier is not None else task, arch=arch, classes=classes, cell_classes=cell_classes,
-        positive=positive, metrics=metrics, predictions=table, detections=det_list,
-        ground_truth=[g if g is not None else {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64), "names": []} for g in gts_list],
-        pr_curves=pr_curves, roc=roc, confusions=confusions,
-        errors=errors, split_counts=split_counts(rows, list(gts_by_row.values())), run_dir=run_dir,
-        epoch=ckpt.get("epoch"), best_epoch=ckpt.get("best_epoch"),
-        best_metric=get_task(best_name).best_metric,
-        synthetic=synthetic, notes=notes, settings=settings,
+        checkpoint=str(checkpoint), manifest=manifest_name, split=split, task=preds.task, arch=arch,
+        classes=classes, cell_classes=cell_classes, positive=positive, **scored,
+        split_counts=split_counts(rows, list(truth.gts.values())), run_dir=_find_run_dir(checkpoint, ckpt),
+        epoch=ckpt.get("epoch"), best_epoch=ckpt.get("best_epoch"), best_metric=get_task(best_name).best_metric,
+        synthetic=synthetic, settings=settings, table=preds.to_frame(truth.paths),
     )

@@ -337,7 +337,7 @@ def _diagnostic_table(metrics: dict[str, float]) -> str:
 
 
 def write_report(result, out_dir: str | Path, *, run_dir: str | Path | None = None) -> Path:
-    """Write ``metrics.json``, ``report.html`` and the PNG plots of an evaluation into ``out_dir``.
+    """Write ``metrics.json``, ``predictions.csv``, ``report.html`` and the PNG plots of an evaluation into ``out_dir``.
 
     Parameters
     ----------
@@ -357,6 +357,9 @@ def write_report(result, out_dir: str | Path, *, run_dir: str | Path | None = No
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics_json(result.metrics, out_dir / "metrics.json")
+    if len(result.table):  # the prediction table: `blastscope evaluate --predictions` rescores it without the model
+        with atomic_write(out_dir / "predictions.csv") as f:
+            result.table.to_csv(f, index=False, float_format="%.7g", lineterminator="\n")
     run_dir = Path(run_dir) if run_dir is not None else result.run_dir
     syn = bool(result.synthetic)
     esc = html.escape

@@ -34,6 +34,7 @@ from torch import nn
 from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.annotate.autobox import cell_box
 from blastscope.data.dataset import ClassificationDataset, DetectionDataset, collate_fn
+from blastscope.data.preprocess import Preprocess
 from blastscope.data.transforms import build_transforms
 from blastscope.metrics.detection import evaluate_detections
 from blastscope.models.registry import create_model
@@ -288,7 +289,6 @@ class ClassifyTask(Task):
         self.balance = "sampler"
         self.class_weights: torch.Tensor | None = None
         self.positive: int | None = None
-        self._norm: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def check_config(self, config: Any) -> None:
         # no multiple-of-32 rule: the classifiers pool globally (TrainConfig checks imgsz >= 32)
@@ -334,13 +334,8 @@ class ClassifyTask(Task):
         return WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True, generator=generator)
 
     def _normalise(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        key = (str(images.device), str(images.dtype))
-        if key not in self._norm:
-            mean = torch.tensor(model.info.mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-            std = torch.tensor(model.info.std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-            self._norm[key] = (mean, std)
-        mean, std = self._norm[key]
-        return (images - mean) / std
+        """The model's own normalisation (:class:`~blastscope.data.preprocess.Preprocess`), on the device."""
+        return Preprocess.from_info(model.info).normalize_tensor(images)
 
     def loss(self, model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         images, labels = batch

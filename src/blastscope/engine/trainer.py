@@ -26,7 +26,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import os
 import random
+import re
 import sys
 import time
 import warnings
@@ -42,7 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from blastscope._atomic import atomic_write
-from blastscope._problems import BlastscopeError, ProblemLog
+from blastscope._problems import BlastscopeError, ProblemLog, describe_os_error
 from blastscope.annotate.finder import default_cell_classes
 from blastscope.data.manifest import manifest_classes, read_manifest, write_manifest
 from blastscope.data.splits import patient_split
@@ -322,22 +324,87 @@ def _read_metrics(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def _prepare_run_dir(run_dir: Path, *, resume: bool, exist_ok: bool) -> None:
-    if resume:
-        if not (run_dir / "last.pt").is_file():
-            raise BlastscopeError(f"{run_dir}: nothing to resume (no last.pt); start the run without --resume")
+#: the files of a run; ``--exist-ok`` replaces them (others in the folder are left alone)
+_RUN_FILES = ("metrics.csv", "splits.csv", "splits.meta.yaml", "config.yaml")
+_REPLACED = ".replaced-run"  # where --exist-ok keeps the old run until the new one has a checkpoint
+_STALE_TMP = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{8}\.tmp$")  # what atomic_write leaves when killed
+
+
+def _remove_stale_tmp(run_dir: Path, echo: Callable[[str], None]) -> None:
+    """Delete the temporary files of writes that a killed process left half-done."""
+    stale = [p for p in run_dir.glob(".*.tmp") if p.is_file() and _STALE_TMP.match(p.name)] if run_dir.is_dir() else []
+    if not stale:
         return
+    size = sum(p.stat().st_size for p in stale)
+    for p in stale:
+        p.unlink(missing_ok=True)
+    echo(f"removed {len(stale)} temporary file(s) ({size / 1e6:.1f} MB) of an interrupted write in {run_dir}: "
+         + ", ".join(p.name for p in stale[:3]) + (", ..." if len(stale) > 3 else ""))
+
+
+def _prepare_run_dir(run_dir: Path, *, resume: bool, exist_ok: bool) -> list[Path]:
+    """Check the run folder; return the files of an old run that ``exist_ok`` will replace.
+
+    Nothing is deleted here: the old run is replaced only once the new one has written its first
+    checkpoint (:class:`_Replacement`).
+    """
+    if resume:
+        if not (run_dir / "last.pt").is_file() and not (
+            (run_dir / "config.yaml").is_file() and (run_dir / "splits.csv").is_file()
+        ):
+            raise BlastscopeError(f"{run_dir}: nothing to resume (no last.pt); start the run without --resume")
+        return []
     old = sorted(p.name for p in run_dir.glob("*.pt")) if run_dir.is_dir() else []
     if old and not exist_ok:
         shown = ", ".join(old[:4]) + (", ..." if len(old) > 4 else "")
         raise BlastscopeError(
             f"{run_dir}: already holds checkpoints ({shown}); continue that run with --resume {run_dir}, "
-            "start over in it with --exist-ok (its checkpoints are deleted), or choose another --out"
+            "start over in it with --exist-ok (its checkpoints are replaced once the new run has one), "
+            "or choose another --out"
         )
-    for name in old:  # --exist-ok: the user asked to replace them; stale epochs would mislead
-        (run_dir / name).unlink()
-    (run_dir / "metrics.csv").unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if not run_dir.is_dir():
+        return []
+    return [run_dir / n for n in old] + [run_dir / n for n in _RUN_FILES if (run_dir / n).is_file()]
+
+
+class _Replacement:
+    """``--exist-ok``: move the old run aside, delete it after the new run's first checkpoint, or
+    put it back if the new run ends before that."""
+
+    def __init__(self, run_dir: Path, old: list[Path]):
+        self.run_dir, self.old = run_dir, old
+        self.aside = run_dir / _REPLACED
+        self.active = False
+
+    def begin(self) -> None:
+        if not self.old:
+            return
+        import shutil
+
+        if self.aside.exists():  # left by a run killed before its first checkpoint: that one was older
+            shutil.rmtree(self.aside)
+        self.aside.mkdir()
+        for p in self.old:
+            os.replace(p, self.aside / p.name)
+        self.active = True
+
+    def commit(self) -> None:
+        if self.active:
+            import shutil
+
+            shutil.rmtree(self.aside, ignore_errors=True)
+            self.active = False
+
+    def rollback(self) -> str:
+        if not self.active:
+            return ""
+        for name in (*_RUN_FILES, "best.pt", "last.pt", "epoch_001.pt"):
+            (self.run_dir / name).unlink(missing_ok=True)
+        for p in self.old:
+            os.replace(self.aside / p.name, p)
+        self.aside.rmdir()
+        self.active = False
+        return f"the earlier run in {self.run_dir} is kept as it was"
 
 
 def _is_better(value: float, best: float | None) -> bool:
@@ -387,19 +454,26 @@ def train(
     task = get_task(config.task)
     task.check_config(config)
     run_dir = Path(config.out)
-    _prepare_run_dir(run_dir, resume=resume, exist_ok=exist_ok)
+    old_run = _prepare_run_dir(run_dir, resume=resume, exist_ok=exist_ok)
     device = _device(config.device)
     echo(f"run folder: {run_dir}")
+    _remove_stale_tmp(run_dir, echo)
 
     ckpt = None
+    note = None
     if resume:
-        ckpt = load_checkpoint(run_dir / "last.pt", task=task.name)
-        classes = list(ckpt["model"]["class_names"])
+        if (run_dir / "last.pt").is_file():
+            ckpt = load_checkpoint(run_dir / "last.pt", task=task.name)
+            classes = list(ckpt["model"]["class_names"])
         splits_csv = run_dir / "splits.csv"
         if not splits_csv.is_file():
             raise BlastscopeError(f"{splits_csv}: missing, so the run's train/val split is unknown; start a new run")
         df = read_manifest(splits_csv)
-        echo(f"resuming after epoch {ckpt['epoch']} (of {config.epochs})")
+        if ckpt is None:  # stopped (a full disk, a crash) before its first checkpoint: start it again
+            classes = manifest_classes(df)
+            echo(f"no epoch of this run was completed (no last.pt): starting it again from epoch 1 (of {config.epochs})")
+        else:
+            echo(f"resuming after epoch {ckpt['epoch']} (of {config.epochs})")
     else:
         if not config.data:
             raise BlastscopeError("no training data given; pass --data manifest.csv (made by 'blastscope import')")
@@ -413,11 +487,8 @@ def train(
             )
         df, note = carve_val_split(df, val_fraction=config.val_fraction, seed=config.seed)
         df.attrs["classes"] = classes
-        write_manifest(df, run_dir / "splits.csv")
-        if note:
-            echo(f"{note}; recorded in {run_dir / 'splits.csv'}")
-    save_config(config, run_dir / "config.yaml")
 
+    # the data and the model are checked before anything in the run folder changes
     seed_everything(config.seed)
     log = ProblemLog()
     train_ds, val_ds = task.build_datasets(config, df, classes, log)
@@ -428,6 +499,31 @@ def train(
     if config.freeze_backbone_epochs and not hasattr(model, "set_backbone_frozen"):
         raise BlastscopeError(f"{config.model}: has no backbone to freeze; drop --freeze-backbone-epochs")
     echo(f"model: {config.model} ({'pretrained' if config.pretrained else 'random init'}), {config.imgsz} px, device {device}")
+
+    replacement = _Replacement(run_dir, old_run)
+    try:
+        return _run_epochs(config, task, run_dir, df, classes, note, ckpt, train_ds, val_ds, model, device,
+                           replacement, resume=resume, progress=progress, echo=echo)
+    except BaseException:
+        kept = replacement.rollback()
+        if kept:
+            echo(kept)
+        raise
+
+
+def _run_epochs(config, task, run_dir, df, classes, note, ckpt, train_ds, val_ds, model, device, replacement,
+                *, resume, progress, echo) -> RunResult:
+    """The run-folder writes and the epochs of :func:`train` (its data and model already checked)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        replacement.begin()
+        if not resume:
+            write_manifest(df, run_dir / "splits.csv")
+            if note:
+                echo(f"{note}; recorded in {run_dir / 'splits.csv'}")
+        save_config(config, run_dir / "config.yaml")
+    except OSError as e:
+        raise BlastscopeError(f"{describe_os_error(e)}; nothing was trained") from None
 
     optimizer = build_optimizer(model, config)
     iters = math.ceil(len(train_ds) / config.batch)
@@ -494,6 +590,7 @@ def train(
             full = dict(weights, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=get_rng_state())
             save_checkpoint(full, run_dir / "last.pt")
             result.epochs_done = epoch
+            replacement.commit()  # --exist-ok: the new run has a checkpoint, the old one can go
             echo(_epoch_line(task, metrics, config.epochs, is_best))
             if config.patience and best_epoch is not None and epoch - best_epoch >= config.patience:
                 echo(f"no better {task.best_metric} for {config.patience} epochs: stopping early")
@@ -504,8 +601,20 @@ def train(
         kept = f"{run_dir / 'last.pt'} holds epoch {done}, the last completed one" if done else "no epoch was completed"
         echo(f"interrupted during epoch {epoch}; {kept}; continue with: blastscope train --resume {run_dir}")
         result.interrupted = True
+        if not done:
+            kept = replacement.rollback()
+            if kept:
+                echo(kept)
     except NonFiniteLoss as e:
         raise NonFiniteLoss(f"{run_dir}: {e}") from None
+    except OSError as e:  # a write failed (a full disk): the last complete epoch stays resumable
+        done = result.epochs_done
+        kept = (f"{run_dir / 'last.pt'} holds epoch {done}, the last complete one" if done
+                else "no epoch was completed")
+        raise BlastscopeError(
+            f"{describe_os_error(e)}; training stopped in epoch {epoch}: {kept}; "
+            f"continue with: blastscope train --resume {run_dir}"
+        ) from None
 
     result.best_epoch = best_epoch
     if best_epoch is not None:

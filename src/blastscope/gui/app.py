@@ -89,7 +89,7 @@ class _ModeState:
         self.current, self.drawn, self.want_index, self.ended, self.error = None, None, 0, False, ""
 
 
-def summary_call(counts: dict[str, int], classes, positive: str = "ALL", threshold: float = 0.5) -> str:
+def summary_call(counts: dict[str, int], classes, positive: str = "ALL", threshold: float = 0.2) -> str:
     """The call of ``summary.csv`` (``blastscope predict``) for per-class counts: the one rule of
     :mod:`blastscope.metrics.calls`, with the same positive class and threshold as ``predict``."""
     from blastscope.metrics.calls import count_call
@@ -853,7 +853,7 @@ class MainWindow(QMainWindow):
             text = f"Call for this {this}: <b>{summary_call(frame_counts, classes)}</b>"
             if len(st.results) > 1:
                 text += f" · all {len(st.results)} {this}s: <b>{summary_call(total, classes)}</b>"
-            self.call_label.setText(text + " <small>(the summary.csv rule: ALL if ≥ 50 % of cells are ALL)</small>")
+            self.call_label.setText(text + " <small>(the summary.csv rule: ALL if ≥ 20 % of the white cells are ALL)</small>")
         self.frame_label.setText(self._frame_text(mode, result))
 
     def _frame_text(self, mode: str, result) -> str:

@@ -30,13 +30,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from blastscope._problems import BlastscopeError
-from blastscope.data.crops import DEFAULT_MARGIN, square_crops
-from blastscope.data.letterbox import letterbox_array, letterbox_geometry
+from blastscope.data.crops import DEFAULT_MARGIN
+from blastscope.data.preprocess import Preprocess
 from blastscope.inference.sources import Frame, FrameSource, open_source
 from blastscope.models.checkpoint import load_model
-from blastscope.models.export import OnnxModel, onnx_for_checkpoint, require_onnxruntime
 
-__all__ = ["Detection", "Classification", "FrameResult", "Backend", "TorchBackend", "OnnxBackend", "Predictor"]
+__all__ = ["Detection", "Classification", "FrameResult", "Backend", "TorchBackend", "Predictor"]
 
 BACKENDS = ("torch", "onnx")
 
@@ -197,20 +196,6 @@ class TorchBackend:
         return [{k: v.detach().cpu() for k, v in d.items()} for d in out]
 
 
-def _letterbox(image: np.ndarray, size: int):
-    """The training letterbox (``models.letterbox_array``): same resize, centring and grey padding.
-
-    Returns ``(canvas (size, size, 3) uint8, (sx, sy), (pad_x, pad_y))`` such that an original pixel
-    coordinate maps to ``x_in = x * sx + pad_x``, ``y_in = y * sy + pad_y`` (``sx``, ``sy`` are the
-    exact per-axis factors of the rounded resized size, as the training transform uses for boxes).
-    """
-
-    h, w = image.shape[:2]
-    canvas, _, pad = letterbox_array(image, size)
-    _, (nw, nh), _ = letterbox_geometry(h, w, size)
-    return canvas, (nw / w, nh / h), (float(pad[0]), float(pad[1]))
-
-
 def _as_int_size(value, what: str) -> int:
     if isinstance(value, (list, tuple)):
         if len(set(value)) != 1:
@@ -222,44 +207,6 @@ def _as_int_size(value, what: str) -> int:
     return size
 
 
-class OnnxBackend:
-    """Runs an exported ONNX detector with onnxruntime; decoding and NMS are the torch back-end's.
-
-    The ONNX graph computes the raw head outputs (see :mod:`blastscope.models.export`); they are
-    decoded, thresholded and suppressed by ``postprocess.predict(raw, conf, iou, max_det)``, the
-    same method :class:`TorchBackend` calls, so both back-ends give the same boxes up to float
-    rounding of the network itself.
-
-    Parameters
-    ----------
-    onnx_model : OnnxModel
-        The session and metadata (:class:`blastscope.models.export.OnnxModel`).
-    conf, iou : float
-        Confidence threshold and NMS IoU threshold.
-    postprocess : nn.Module, optional
-        A detector whose ``predict`` decodes the outputs; default ``onnx_model.postprocessor()``
-        (built from the file's metadata).
-    max_det : int
-        At most this many detections per image.
-    """
-
-    def __init__(self, onnx_model, *, conf: float, iou: float, postprocess=None, max_det: int = 300):
-        if onnx_model.task != "detect":
-            raise BlastscopeError(f"{onnx_model.path}: a {onnx_model.task!r} ONNX model, not a detector; "
-                                  "export a detector checkpoint (e.g. yolov3-tiny)")
-        self.onnx_model = onnx_model
-        self.postprocess = postprocess if postprocess is not None else onnx_model.postprocessor()
-        self.conf, self.iou, self.max_det = conf, iou, max_det
-
-    def __call__(self, batch) -> list[dict]:
-        import torch
-
-        x = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch, np.float32)
-        raw = [torch.from_numpy(o) for o in self.onnx_model(x)]
-        out = self.postprocess.predict(raw, conf=self.conf, iou=self.iou, max_det=self.max_det)
-        return [{k: v.detach().cpu() for k, v in d.items()} for d in out]
-
-
 def _make_backend(name: str, model, path: Path, *, conf: float, iou: float, device: str,
                   imgsz: int | None = None, info: dict | None = None) -> Backend:
     """The back-end ``name`` for a loaded checkpoint.
@@ -267,11 +214,17 @@ def _make_backend(name: str, model, path: Path, *, conf: float, iou: float, devi
     ``model`` is the torch module of a ``.pt`` checkpoint, or an ``OnnxModel`` when ``path`` is an
     ``.onnx`` file. For ``"onnx"`` with a ``.pt``, the sibling ``.onnx`` exported from it at
     ``imgsz`` is used, else one is exported into the cache (see
-    :func:`blastscope.models.export.onnx_for_checkpoint`).
+    :func:`blastscope.inference.onnx.onnx_for_checkpoint`).
     """
     if name == "torch":
         return TorchBackend(model, conf=conf, iou=iou, device=device)
     if name == "onnx":
+        from blastscope.inference.onnx import (  # optional part
+            OnnxBackend,
+            OnnxModel,
+            onnx_for_checkpoint,
+            require_onnxruntime,
+        )
 
         require_onnxruntime()
         if isinstance(model, OnnxModel):
@@ -283,7 +236,7 @@ def _make_backend(name: str, model, path: Path, *, conf: float, iou: float, devi
         import torch
 
         return OnnxBackend(OnnxModel(onnx_path, device=device, threads=torch.get_num_threads()),
-                           conf=conf, iou=iou, postprocess=model.cpu().eval())
+                           conf=conf, iou=iou, postprocess=model.cpu().eval().decoder())
     raise BlastscopeError(f"backend={name!r}: unknown backend; use one of {', '.join(BACKENDS)}")
 
 
@@ -292,6 +245,11 @@ def _load_onnx(path: Path, backend: str, device: str):
     if backend != "onnx":
         raise BlastscopeError(f"{path}: an ONNX model runs with the onnx backend; add --backend onnx, "
                               "or give the .pt checkpoint it was exported from")
+
+    from blastscope.inference.onnx import (  # optional part
+        OnnxModel,
+        require_onnxruntime,
+    )
 
     require_onnxruntime()
     import torch
@@ -343,8 +301,7 @@ class Predictor:
         self.imgsz = _as_int_size(imgsz, "imgsz")
         self.model_name = model_name
         self.classifier = classifier
-        self.mean = np.asarray(mean, dtype=np.float32).reshape(3)
-        self.std = np.asarray(std, dtype=np.float32).reshape(3)
+        self.preprocess = Preprocess("letterbox", self.imgsz, tuple(mean), tuple(std))
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, conf: float = 0.25, iou: float = 0.45,
@@ -388,6 +345,13 @@ class Predictor:
         if backend not in BACKENDS:
             raise BlastscopeError(f"backend={backend!r}: unknown backend; use one of {', '.join(BACKENDS)}")
         model, info = _load_onnx(path, backend, device) if path.suffix.lower() == ".onnx" else _load(path)
+        if info.get("task") == "classify" and classifier is None and path.suffix.lower() != ".onnx":
+            # a classifier alone: each frame is one cell, classified from its whole image
+            return cls(None, [], int(_as_int_size(info.get("input_size", 224), f"{path}: input_size")),
+                       model_name=f"{path.name} ({info.get('arch', '?')})",
+                       classifier=CropClassifier(model, info["class_names"], info.get("input_size", 224),
+                                                 info.get("mean", (0.485, 0.456, 0.406)), info.get("std", (0.229, 0.224, 0.225)),
+                                                 device=device))
         if info.get("task") != "detect":
             raise BlastscopeError(
                 f"{path}: is a {info.get('task')!r} checkpoint ({info.get('arch')}), not a detector; pass a "
@@ -413,26 +377,35 @@ class Predictor:
                    cell_classes=cells)
 
     @property
+    def task(self) -> str:
+        """``"detect"``, ``"classify"`` (a classifier alone: one cell per frame) or ``"detect+classify"``."""
+        if self.backend is None:
+            return "classify"
+        return "detect" if self.classifier is None else "detect+classify"
+
+    @property
     def conf(self) -> float:
         """Confidence threshold applied by the back-end (settable, 0..1)."""
-        return float(self.backend.conf)
+        return float(self.backend.conf) if self.backend is not None else 0.0
 
     @conf.setter
     def conf(self, value: float) -> None:
         if not 0.0 <= float(value) <= 1.0:
             raise BlastscopeError(f"conf={value}: must be between 0 and 1")
-        self.backend.conf = float(value)
+        if self.backend is not None:
+            self.backend.conf = float(value)
 
     @property
     def iou(self) -> float:
         """NMS IoU threshold applied by the back-end (settable, 0..1)."""
-        return float(self.backend.iou)
+        return float(self.backend.iou) if self.backend is not None else 0.0
 
     @iou.setter
     def iou(self, value: float) -> None:
         if not 0.0 <= float(value) <= 1.0:
             raise BlastscopeError(f"iou={value}: must be between 0 and 1")
-        self.backend.iou = float(value)
+        if self.backend is not None:
+            self.backend.iou = float(value)
 
     @property
     def output_classes(self) -> list[str]:
@@ -463,31 +436,22 @@ class Predictor:
 
         Returns one :class:`FrameResult` per input, in order.
         """
-        import torch
 
         frames = [im if isinstance(im, Frame) else Frame(_check_image(im), "", 0, None) for im in images]
         if not frames:
             return []
-        canvases, transforms = [], []
         for f in frames:
             _check_image(f.image, f.source)
-            canvas, (sx, sy), (pad_x, pad_y) = _letterbox(f.image, self.imgsz)
-            canvases.append(canvas)
-            transforms.append((sx, sy, pad_x, pad_y))
-        x = np.stack(canvases).astype(np.float32) / 255.0
-        if self.mean.any() or (self.std != 1).any():
-            x = (x - self.mean) / self.std
-        outputs = self.backend(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
+        if self.backend is None:
+            return [self._classify_whole(f) for f in frames]
+        x, geometries = self.preprocess([f.image for f in frames])
+        outputs = self.backend(x)
         results = []
-        for f, (sx, sy, pad_x, pad_y), out in zip(frames, transforms, outputs):
+        for f, g, out in zip(frames, geometries, outputs):
             h, w = f.image.shape[:2]
-            boxes = np.asarray(out["boxes"], dtype=np.float64).reshape(-1, 4)
+            boxes = g.to_image(np.asarray(out["boxes"], dtype=np.float64))  # input pixels -> frame pixels, clipped
             scores = np.asarray(out["scores"], dtype=np.float64).reshape(-1)
             labels = np.asarray(out["labels"]).reshape(-1).astype(np.int64)
-            # letterboxed input pixels -> original pixels, clipped to the image
-            boxes = (boxes - [pad_x, pad_y, pad_x, pad_y]) / [sx, sy, sx, sy]
-            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
             order = np.argsort(-scores, kind="stable")
             dets = [
                 Detection(self._class_name(int(labels[i])), int(labels[i]), float(scores[i]),
@@ -552,6 +516,14 @@ class Predictor:
                 cls[i] = v
         return dets, cls
 
+    def _classify_whole(self, f: Frame) -> FrameResult:
+        """A classifier alone: the frame is one cell, its box the whole image (no margin)."""
+        h, w = f.image.shape[:2]
+        box = np.array([[0.0, 0.0, float(w), float(h)]], np.float32)
+        (c,) = self.classifier(f.image, box, margin=0.0)
+        det = Detection("cell", 0, 1.0, (0.0, 0.0, float(w), float(h)))
+        return FrameResult(f.source, f.frame, f.time_s, [det], (h, w), self.model_name, [c], f.image)
+
     def _class_name(self, index: int) -> str:
         return self.class_names[index] if 0 <= index < len(self.class_names) else str(index)
 
@@ -593,14 +565,18 @@ class CropClassifier:
     def __init__(self, model, class_names, input_size, mean, std, *, margin: float = DEFAULT_MARGIN, device: str = "cpu"):
         self.model = model.to(device).eval()
         self.class_names = [str(c) for c in class_names]
-        size = input_size
-        if isinstance(size, (list, tuple)):
-            size = size[-1]
-        self.input_size = int(size)
-        self.mean = np.asarray(mean, dtype=np.float32).reshape(3)
-        self.std = np.asarray(std, dtype=np.float32).reshape(3)
-        self.margin = float(margin)
+        self.preprocess = Preprocess("crop", input_size, tuple(mean), tuple(std), margin=float(margin))
+        self.input_size = self.preprocess.size
         self.device = device
+
+    @property
+    def margin(self) -> float:
+        """Context around each box, as a fraction of its longer side (settable)."""
+        return self.preprocess.margin
+
+    @margin.setter
+    def margin(self, value: float) -> None:
+        self.preprocess = dataclasses.replace(self.preprocess, margin=float(value))
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "cpu", margin: float = DEFAULT_MARGIN) -> CropClassifier:
@@ -621,16 +597,14 @@ class CropClassifier:
         defaults to :attr:`margin` (0 for whole images given as one full-image box).
         """
 
-        return square_crops(image, boxes, self.margin if margin is None else margin, self.input_size, pad_value=0)
+        return self.preprocess.crop_pixels(image, boxes, margin)
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, margin: float | None = None) -> list[Classification]:
         import torch
 
         if len(boxes) == 0:
             return []
-        x = self.crops(image, boxes, margin).astype(np.float32) / 255.0
-        x = (x - self.mean) / self.std
-        batch = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        batch = self.preprocess.cells(image, boxes, margin)
         with torch.inference_mode():
             probs = torch.softmax(self.model(batch.to(self.device)).float(), dim=1).cpu().numpy()
         return [

@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -137,16 +138,20 @@ class _ImageFiles(FrameSource):
 class _Capture(FrameSource):
     """A video file or a camera read through ``cv2.VideoCapture``."""
 
-    def __init__(self, cap, *, kind: str, name: str, source: str, every: int, max_frames: int | None):
+    def __init__(self, cap, *, kind: str, name: str, source: str, every: int, max_frames: int | None,
+                 log: ProblemLog | None = None):
         import cv2
 
         self.kind, self.name, self._source = kind, name, source
         self._cap = cap
         self._every, self._max = every, max_frames
+        self._log = log
+        self._count = 0  # frames the video's header announces (0: unknown, or a camera)
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if math.isfinite(fps) and fps > 0 else None
         if kind == "video":
             count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+            self._count = max(count, 0)
             self.length = _capped(count, every, max_frames) if count > 0 else None
         else:
             self.length = max_frames
@@ -196,6 +201,15 @@ class _Capture(FrameSource):
                 ok, bgr = cap.read() if skipped else (False, None)
                 if not ok:
                     bgr = None
+                    if self.kind == "video" and index < self._count:
+                        # the header promised more frames: a truncated or damaged file, not its end
+                        msg = (f"video ended at frame {index} of the {self._count} its header announces "
+                               f"(truncated or damaged); {n_out} frame(s) processed")
+                        fix = "re-copy the video, or re-encode it (ffmpeg -i IN -c:v libx264 OUT.mp4)"
+                        if self._log is not None:
+                            self._log.add(self.name, msg, fix)
+                        else:
+                            print(f"warning: {self.name}: {msg}; {fix}", file=sys.stderr)
         finally:
             self.close()
 
@@ -230,7 +244,7 @@ def _open_camera(index: int, every: int, max_frames: int | None) -> FrameSource:
                     every=every, max_frames=max_frames)
 
 
-def _open_video(path: Path, every: int, max_frames: int | None) -> FrameSource:
+def _open_video(path: Path, every: int, max_frames: int | None, log: ProblemLog | None = None) -> FrameSource:
     import cv2
 
     cap = cv2.VideoCapture(str(path))
@@ -240,7 +254,7 @@ def _open_video(path: Path, every: int, max_frames: int | None) -> FrameSource:
             f"{path}: OpenCV cannot open it as a video, and its suffix is not an image suffix "
             f"({', '.join(sorted(IMAGE_SUFFIXES))}); pass an image, a folder, a video file or a camera index"
         )
-    return _Capture(cap, kind="video", name=str(path), source=str(path), every=every, max_frames=max_frames)
+    return _Capture(cap, kind="video", name=str(path), source=str(path), every=every, max_frames=max_frames, log=log)
 
 
 def _glob_root(pattern: str) -> Path:
@@ -321,7 +335,7 @@ def open_source(source: str | int | os.PathLike, *, every: int = 1, max_frames: 
         if is_image_file(path):
             return _ImageFiles([path], kind="image", name=text, root=path.parent, every=1,
                                max_frames=None, log=log)
-        return _open_video(path, every, max_frames)
+        return _open_video(path, every, max_frames, log)
     if _GLOB_CHARS & set(text):
         matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True))
         paths = [p for p in matches if p.is_file() and is_image_file(p)]

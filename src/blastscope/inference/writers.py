@@ -21,7 +21,7 @@ import numpy as np
 from blastscope._atomic import atomic_write
 from blastscope._problems import BlastscopeError
 from blastscope.inference.predictor import FrameResult
-from blastscope.metrics.calls import count_call
+from blastscope.metrics.calls import BLAST_THRESHOLD, blast_fraction, count_call
 
 __all__ = ["CSV_COLUMNS", "CsvWriter", "SummaryWriter", "draw_detections", "AnnotatedImageWriter",
            "AnnotatedVideoWriter", "format_rows"]
@@ -113,7 +113,9 @@ class CsvWriter(_StreamingCsv):
 class SummaryWriter(_StreamingCsv):
     """``summary.csv``: one row per image or per video / camera with cell counts and the call.
 
-    Columns: ``source, frames, n_cells, n_<class> for each class, frac_<positive>, call``.
+    Columns: ``source, frames, n_cells, n_<class> for each class, frac_<positive>, call``;
+    ``frac_<positive>`` is the blast fraction among the white cells (the classifier's classes), the
+    call the rule of :func:`blastscope.metrics.calls.count_call` (positive at >= ``threshold``).
     A source's row is written when the next source starts and at :meth:`close`, so an interrupted
     run has a row for every source begun, counting the frames processed so far. For a video the
     counts are detections summed over its processed frames (a cell seen in 10 frames counts 10 times).
@@ -128,11 +130,11 @@ class SummaryWriter(_StreamingCsv):
     positive : str
         The class that makes a positive call (default ``"ALL"``).
     threshold : float
-        Fraction of ``positive`` cells needed for a positive call (default 0.5).
+        Share of ``positive`` cells among the white cells needed for a positive call (default 0.2).
     """
 
     def __init__(self, path: str | os.PathLike, classes: Sequence[str], *, positive: str = "ALL",
-                 threshold: float = 0.5):
+                 threshold: float = BLAST_THRESHOLD):
         self.classes = [str(c) for c in classes]
         self.positive = str(positive)
         self.threshold = float(threshold)
@@ -163,8 +165,9 @@ class SummaryWriter(_StreamingCsv):
             return
         total = sum(self._counts.values())
         row = [self._current, str(self._frames), str(total)] + [str(self._counts.get(c, 0)) for c in self.classes]
-        if self.positive in self.classes:
-            row.append(f"{self._counts.get(self.positive, 0) / total:.4f}" if total else "")
+        if self.positive in self.classes:  # the blast fraction among the white cells (not RBC/platelets)
+            frac = blast_fraction(self._counts, self.classes, self.positive)
+            row.append("" if frac != frac else f"{frac:.4f}")
         row.append(self.call(self._counts))
         self._write_rows([row])
         self.n_rows += 1

@@ -4,7 +4,6 @@
 >>> model = create_model("yolov3-tiny", num_classes=2, pretrained=False)  # doctest: +SKIP
 """
 
-from blastscope.data.letterbox import letterbox, letterbox_array, unletterbox_boxes
 from blastscope.models.registry import (
     ModelInfo,
     create_model,
@@ -24,10 +23,7 @@ __all__ = [
     "WeightSpec",
     "create_model",
     "install_torch_hub_copy",
-    "letterbox",
-    "letterbox_array",
     "list_models",
     "register_model",
     "resolve_weights",
-    "unletterbox_boxes",
 ]

@@ -159,9 +159,23 @@ def load_checkpoint(path: str | Path, *, task: str | None = None, map_location: 
         )
     if not path.is_file():
         raise BlastscopeError(f"{path}: checkpoint not found; give a runs/NAME/best.pt (or last.pt) path")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:1] != b"\x80" and head != b"PK":  # neither a (truncated) zip archive nor a pickle stream
+            what = "an empty file" if not head else "random bytes or text"
+            raise BlastscopeError(
+                f"{path}: not a torch checkpoint at all ({what}, not a torch zip archive); the file is damaged "
+                "or of another kind: use a runs/NAME/best.pt written by 'blastscope train'"
+            )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():  # a broken stream, not a refused object
+            raise BlastscopeError(
+                f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]}); the file is truncated or "
+                "of another kind: use a runs/NAME/best.pt written by 'blastscope train'"
+            ) from None
         raise BlastscopeError(
             f"{path}: holds pickled Python objects, which blastscope does not load ({str(e).splitlines()[0]}); "
             "it is not a blastscope checkpoint: use a runs/NAME/best.pt written by 'blastscope train'"
@@ -202,8 +216,15 @@ def load_model(path: str | Path, *, task: str | None = None, map_location: str |
     ckpt = load_checkpoint(path, task=task, map_location=map_location)
     meta = ckpt["model"]
     names = list(meta["class_names"])
+    kwargs = dict(meta.get("kwargs") or {})
     try:
-        model = create_model(meta["arch"], num_classes=len(names), class_names=names, pretrained=False, **dict(meta.get("kwargs") or {}))
+        model = create_model(meta["arch"], num_classes=len(names), class_names=names, pretrained=False, **kwargs)
+    except TypeError as e:  # model arguments the architecture does not take (a hand-edited or foreign file)
+        raise BlastscopeError(
+            f"{path}: its model arguments {sorted(kwargs)} do not fit the '{meta['arch']}' architecture "
+            f"({str(e).splitlines()[0]}); re-train, or use the blastscope version that wrote it"
+        ) from None
+    try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:  # state dict of another shape: the registry's model changed
         raise BlastscopeError(

@@ -1,16 +1,19 @@
-"""ONNX export of blastscope checkpoints, the exported file's metadata, and running it with onnxruntime.
+"""ONNX export of blastscope models: the network as an ONNX graph with blastscope metadata.
+
+This module only *writes* graphs (:func:`export_graph`); running them with onnxruntime, the
+parity check against PyTorch and the export cache live in :mod:`blastscope.inference.onnx`
+(``blastscope export`` and ``predict --backend onnx`` use those).
 
 What is exported
 ----------------
 The network only, exactly as :meth:`forward` computes it: for a detector the **raw head outputs**
 (``out32`` ``(B, 3*(5+K), S/32, S/32)`` and ``out16`` ``(B, 3*(5+K), S/16, S/16)``), for a
-classifier the ``(B, K)`` logits. Decoding, the score threshold and NMS stay outside the graph and
-are done by the very same code as for PyTorch (the detector's ``predict(raw, conf, iou, max_det)``,
-which uses ``torchvision.ops.batched_nms``), so the two back-ends cannot drift apart and ``conf`` /
-``iou`` can still change between calls. The input is ``images`` ``(B, 3, S, S)`` float32: RGB
-letterboxed to ``S`` (classifiers: resized), scaled to ``[0, 1]`` and normalised with the
-checkpoint's mean/std, as for the torch model. ``S`` is fixed at export; ``B`` is 1 unless the
-export asked for a dynamic batch.
+classifier the ``(B, K)`` logits. Decoding, the score threshold and NMS stay outside the graph
+(:class:`blastscope.models.yolo.YoloDecoder`, ``torchvision.ops.batched_nms``), the same code as
+for PyTorch, so ``conf`` / ``iou`` can still change between calls. The input is ``images``
+``(B, 3, S, S)`` float32 from :class:`blastscope.data.preprocess.Preprocess` (detectors: the
+letterbox; classifiers: the square cell crop of training). ``S`` is fixed at export; ``B`` is 1
+unless the export asked for a dynamic batch.
 
 Metadata
 --------
@@ -29,74 +32,27 @@ Everything needed to use the file without its checkpoint is stored as ONNX ``met
     opset          the ONNX opset
     source, source_sha256   checkpoint file name and the sha256 of its bytes
     blastscope_version
-
-Examples
---------
->>> from blastscope.models.export import export_onnx, OnnxModel   # doctest: +SKIP
->>> result = export_onnx("runs/exp/best.pt")                      # doctest: +SKIP
->>> print(result.parity.line())                                   # doctest: +SKIP
->>> model = OnnxModel(result.path)                                # doctest: +SKIP
->>> raw = model(x)          # list of numpy arrays, as model(x) in torch  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
-import os
-import sys
-import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from blastscope._atomic import atomic_write, refuse_overwrite
 from blastscope._problems import BlastscopeError
 from blastscope._version import __version__
-from blastscope.data.letterbox import letterbox, unletterbox_boxes
-from blastscope.models.checkpoint import load_model
-from blastscope.models.registry import create_model
-from blastscope.models.weights import default_cache_dir, sha256_of
 
-__all__ = [
-    "ONNX_FORMAT",
-    "DEFAULT_OPSET",
-    "OUTPUT_ATOL",
-    "BOX_ATOL_PX",
-    "ParityReport",
-    "ExportResult",
-    "export_onnx",
-    "export_model_onnx",
-    "read_onnx_metadata",
-    "OnnxModel",
-    "onnx_for_checkpoint",
-    "require_onnxruntime",
-    "check_images",
-]
+__all__ = ["ONNX_FORMAT", "DEFAULT_OPSET", "REQUIRED_METADATA", "INPUT_NAME", "export_graph", "first_line"]
 
 ONNX_FORMAT = "blastscope-onnx/1"
 DEFAULT_OPSET = 17  # onnxruntime CPU runs every op of these models at opset 17
-OUTPUT_ATOL = 1e-3  # largest allowed |onnx - torch| of raw outputs (logits); float noise is ~1e-5
-BOX_ATOL_PX = 0.1  # largest allowed coordinate difference of final boxes, original-image pixels
-_INPUT = "images"
-_PARITY_CONF, _PARITY_IOU = 0.25, 0.45
-_REQUIRED = ("format", "arch", "task", "class_names", "input_size", "mean", "std", "outputs")
-
-
-def require_onnxruntime(what: str = "the onnx backend"):
-    """Import and return ``onnxruntime``; a one-line :class:`BlastscopeError` when it is missing."""
-    try:
-        import onnxruntime
-    except ImportError:
-        alternative = " (or use --backend torch)" if what == "the onnx backend" else ""
-        raise BlastscopeError(
-            f"onnxruntime: not installed, {what} needs it; install it with: pip install 'blastscope[onnx]'{alternative}"
-        ) from None
-    return onnxruntime
+INPUT_NAME = "images"
+REQUIRED_METADATA = ("format", "arch", "task", "class_names", "input_size", "mean", "std", "outputs")
 
 
 def _require_onnx():
@@ -115,7 +71,6 @@ def _require_onnx():
 def _metadata(info: dict[str, Any], *, model, imgsz: int, opset: int, dynamic_batch: bool,
               outputs: Sequence[str], source: Path | None, source_sha256: str | None) -> dict[str, str]:
     """The ``metadata_props`` of an export (all values strings)."""
-
     meta = {
         "format": ONNX_FORMAT,
         "arch": str(info["arch"]),
@@ -138,338 +93,22 @@ def _metadata(info: dict[str, Any], *, model, imgsz: int, opset: int, dynamic_ba
     return meta
 
 
-def _parse_metadata(props: dict[str, str], path: Path | str) -> dict[str, Any]:
-    """Check and decode ``metadata_props``; returns a dict shaped like a checkpoint's ``model`` entry
-    (``arch``, ``task``, ``class_names``, ``input_size``, ``mean``, ``std``, ``kwargs``) plus the rest."""
-    fix = "export it with 'blastscope export CHECKPOINT --format onnx'"
-    if props.get("format") != ONNX_FORMAT:
-        what = f"metadata format {props['format']!r}" if "format" in props else "no blastscope metadata"
-        raise BlastscopeError(f"{path}: an ONNX model with {what} (expected {ONNX_FORMAT!r}), not written by blastscope; {fix}")
-    missing = [k for k in _REQUIRED if k not in props]
-    if missing:
-        raise BlastscopeError(f"{path}: blastscope ONNX metadata lacks {', '.join(missing)}; {fix}")
-    try:
-        meta: dict[str, Any] = dict(props)
-        meta["class_names"] = [str(c) for c in json.loads(props["class_names"])]
-        meta["input_size"] = int(props["input_size"])
-        meta["mean"] = tuple(float(v) for v in json.loads(props["mean"]))
-        meta["std"] = tuple(float(v) for v in json.loads(props["std"]))
-        meta["kwargs"] = dict(json.loads(props.get("kwargs") or "{}"))
-        meta["outputs"] = [str(o) for o in json.loads(props["outputs"])]
-        meta["anchors"] = json.loads(props["anchors"]) if props.get("anchors") else None
-        meta["opset"] = int(props["opset"]) if props.get("opset") else None
-    except (ValueError, TypeError) as e:
-        raise BlastscopeError(f"{path}: unreadable blastscope ONNX metadata ({e}); {fix}") from None
-    if meta["task"] not in ("detect", "classify") or len(meta["mean"]) != 3 or len(meta["std"]) != 3:
-        raise BlastscopeError(f"{path}: inconsistent blastscope ONNX metadata (task {meta['task']!r}); {fix}")
-    return meta
-
-
-def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The blastscope metadata of an exported ``.onnx`` file (see the module docstring).
-
-    Uses ``onnx`` when installed, else onnxruntime (which then builds a session).
-
-    Raises
-    ------
-    BlastscopeError
-        Missing file, not an ONNX model, or an ONNX model not written by ``blastscope export``.
-    """
-    path = Path(path)
-    _check_file(path)
-    try:
-        import onnx
-    except ImportError:
-        return OnnxModel(path).metadata
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf decode errors have no common public base
-        raise BlastscopeError(f"{path}: not a readable ONNX model ({_first_line(e)}); "
-                              "re-export it with 'blastscope export CHECKPOINT --format onnx'") from None
-    return _parse_metadata({p.key: p.value for p in proto.metadata_props}, path)
-
-
-def _check_file(path: Path) -> None:
-    if not path.is_file():
-        raise BlastscopeError(f"{path}: ONNX model not found; export one with 'blastscope export CHECKPOINT --format onnx'")
-
-
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 
-# ------------------------------------------------------------------------------------------ running
 
 
-class OnnxModel:
-    """An exported blastscope model under onnxruntime: ``model(x) -> list of numpy outputs``.
-
-    Parameters
-    ----------
-    source : path or bytes
-        The ``.onnx`` file (or its serialised bytes).
-    device : str
-        ``"cpu"`` or ``"cuda[:N]"`` (needs the ``onnxruntime-gpu`` build).
-    threads : int, optional
-        Intra-op threads of the session; default: ``torch.get_num_threads()`` when torch is
-        imported (the same as the torch back-end), else onnxruntime's default.
-
-    Attributes
-    ----------
-    metadata : dict
-        See :func:`read_onnx_metadata`.
-    batch : int or None
-        The fixed batch size of the graph, ``None`` when dynamic; :meth:`__call__` splits larger
-        batches into calls of this size.
-    """
-
-    def __init__(self, source: str | os.PathLike | bytes, *, device: str = "cpu", threads: int | None = None):
-        ort = require_onnxruntime()
-        self.path = Path("<memory>") if isinstance(source, bytes) else Path(source)
-        if not isinstance(source, bytes):
-            _check_file(self.path)
-        options = ort.SessionOptions()
-        if threads is None and "torch" in sys.modules:
-            threads = sys.modules["torch"].get_num_threads()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only
-        try:
-            self.session = ort.InferenceSession(source if isinstance(source, bytes) else str(self.path),
-                                                sess_options=options, providers=_providers(ort, device, self.path))
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own pybind exception types
-            raise BlastscopeError(f"{self.path}: not a readable ONNX model ({_first_line(e)}); "
-                                  "re-export it with 'blastscope export CHECKPOINT --format onnx'") from None
-        self.metadata = _parse_metadata(dict(self.session.get_modelmeta().custom_metadata_map), self.path)
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise BlastscopeError(f"{self.path}: expected one (B, 3, S, S) input, the model has {len(inputs)}; re-export it")
-        self.input_name = inputs[0].name
-        b = inputs[0].shape[0]
-        self.batch: int | None = int(b) if isinstance(b, int) else None
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    @property
-    def task(self) -> str:
-        return str(self.metadata["task"])
-
-    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
-        """Run the network on ``x`` ``(B, 3, S, S)`` float32; returns the outputs in ``forward`` order."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if self.batch is None or len(x) == self.batch:
-            return list(self.session.run(self.output_names, {self.input_name: x}))
-        if self.batch != 1:
-            raise BlastscopeError(f"{self.path}: exported for batches of {self.batch}, got {len(x)}; "
-                                  "re-export with --dynamic-batch")
-        parts = [self.session.run(self.output_names, {self.input_name: x[i : i + 1]}) for i in range(len(x))]
-        return [np.concatenate([p[k] for p in parts]) for k in range(len(self.output_names))]
-
-    def postprocessor(self):
-        """A detector module whose ``predict(raw, conf, iou, max_det)`` decodes these outputs.
-
-        It is the registry's model of ``arch`` built without pretrained weights (only its decoding
-        is used) with the exported anchors, so decoding and NMS are the torch back-end's code.
-        """
-        import torch
-
-
-        meta = self.metadata
-        if meta["task"] != "detect":
-            raise BlastscopeError(f"{self.path}: a {meta['task']!r} model has no detection post-processing")
-        names = meta["class_names"]
-        torch_state = torch.random.get_rng_state()  # building the module draws initial weights
-        try:
-            model = create_model(meta["arch"], num_classes=len(names), class_names=names, pretrained=False,
-                                 **meta["kwargs"])
-        finally:
-            torch.random.set_rng_state(torch_state)
-        if meta.get("anchors") is not None and hasattr(model, "anchors"):
-            model.anchors.copy_(torch.tensor(meta["anchors"], dtype=model.anchors.dtype).view_as(model.anchors))
-        model.info.input_size = int(meta["input_size"])
-        return model.eval()
-
-
-def _providers(ort, device: str, path: Path) -> list:
-    device = str(device or "cpu")
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if device.startswith("cuda"):
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise BlastscopeError(f"{path}: this onnxruntime has no CUDA provider (device {device!r}); "
-                                  "install onnxruntime-gpu or use --device cpu")
-        index = int(device.split(":", 1)[1]) if ":" in device else 0
-        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
-    raise BlastscopeError(f"device {device!r}: the onnx backend runs on cpu or cuda[:N]")
-
-
-# ------------------------------------------------------------------------------------------ parity
-
-
-def check_images() -> list[tuple[str, np.ndarray]]:
-    """The default real images of the export parity check: scikit-image's cameraman and coffee cup."""
-    from skimage import data
-
-    camera = data.camera()
-    return [("skimage camera", np.repeat(camera[:, :, None], 3, axis=2)), ("skimage coffee", data.coffee()[:, :, :3])]
-
-
-@dataclass
-class ParityReport:
-    """ONNX vs PyTorch on the check images.
-
-    Attributes
-    ----------
-    images : list of str
-        Names of the check images.
-    output_max_abs : float
-        Largest ``|onnx - torch|`` over all raw outputs (detector heads or classifier logits).
-    box_max_abs : float or None
-        Detectors: largest coordinate difference of matched final boxes (after the score
-        threshold and NMS, ``conf=0.25``, ``iou=0.45``), in original-image pixels; ``inf`` when the
-        detections cannot be matched (other count or classes).
-    counts : list of (int, int)
-        Detectors: number of final boxes per image, (torch, onnx); classifiers: (argmax, argmax).
-    same_classes : bool
-        Same detections' classes (classifiers: same top class) on every image.
-    """
-
-    images: list[str]
-    output_max_abs: float
-    box_max_abs: float | None = None
-    counts: list[tuple[int, int]] = field(default_factory=list)
-    same_classes: bool = True
-
-    def ok(self, output_atol: float = OUTPUT_ATOL, box_atol: float = BOX_ATOL_PX) -> bool:
-        if not self.output_max_abs <= output_atol or not self.same_classes:
-            return False
-        if self.box_max_abs is not None:
-            return all(a == b for a, b in self.counts) and self.box_max_abs <= box_atol
-        return True
-
-    def line(self) -> str:
-        """One human-readable line."""
-        text = f"parity with PyTorch on {len(self.images)} images ({', '.join(self.images)}): outputs max |diff| {self.output_max_abs:.3g}"
-        if self.box_max_abs is not None:
-            n = ", ".join(f"{a}" if a == b else f"{a} vs {b}" for a, b in self.counts)
-            text += f"; final boxes max |diff| {self.box_max_abs:.3g} px, detections per image {n}, classes {'same' if self.same_classes else 'DIFFER'}"
-        else:
-            text += f"; top class {'same' if self.same_classes else 'DIFFERS'}"
-        return text
-
-
-def _match_boxes(a: dict, b: dict) -> tuple[bool, float]:
-    """Pair detections of the same class greedily (highest score first, nearest box);
-    returns (same classes, largest coordinate difference of the pairs) for equal counts."""
-    if len(a["boxes"]) != len(b["boxes"]):
-        return sorted(a["labels"].tolist()) == sorted(b["labels"].tolist()), float("inf")
-    worst, used = 0.0, set()
-    for i in np.argsort(-a["scores"].numpy(), kind="stable"):
-        best, best_d = None, float("inf")
-        for j in range(len(b["boxes"])):
-            if j in used or int(b["labels"][j]) != int(a["labels"][i]):
-                continue
-            d = float((a["boxes"][i] - b["boxes"][j]).abs().max())
-            if d < best_d:
-                best, best_d = j, d
-        if best is None:
-            return False, float("inf")
-        used.add(best)
-        worst = max(worst, best_d)
-    return True, worst
-
-
-def _parity(model, info: dict, run_onnx: Callable[[np.ndarray], list[np.ndarray]], imgsz: int,
-            images: Sequence[tuple[str, np.ndarray]]) -> ParityReport:
-    import cv2
-    import torch
-
-
-    mean = np.asarray(info.get("mean", (0, 0, 0)), np.float32).reshape(3, 1, 1)
-    std = np.asarray(info.get("std", (1, 1, 1)), np.float32).reshape(3, 1, 1)
-    report = ParityReport([name for name, _ in images], 0.0)
-    if info["task"] == "detect":
-        report.box_max_abs = 0.0
-    for name, image in images:
-        if info["task"] == "detect":
-            tensor, scale, pad = letterbox(image, imgsz)
-            x = tensor.numpy()
-        else:
-            x = cv2.resize(image, (imgsz, imgsz), interpolation=cv2.INTER_AREA).transpose(2, 0, 1).astype(np.float32) / 255.0
-        x = ((x - mean) / std)[None].astype(np.float32)
-        with torch.inference_mode():
-            ref = model(torch.from_numpy(x))
-        ref_list = ref if isinstance(ref, (list, tuple)) else [ref]
-        got = run_onnx(x)
-        if len(got) != len(ref_list):
-            raise BlastscopeError(f"ONNX export gives {len(got)} outputs, PyTorch {len(ref_list)}; this is a bug, please report it")
-        for r, g in zip(ref_list, got):
-            report.output_max_abs = max(report.output_max_abs, float(np.abs(r.numpy() - g).max()))
-        if info["task"] == "detect":
-            kw = dict(conf=_PARITY_CONF, iou=_PARITY_IOU)
-            det_t = model.predict(list(ref_list), **kw)[0]
-            det_o = model.predict([torch.from_numpy(g) for g in got], **kw)[0]  # the same post-processing
-            for d in (det_t, det_o):
-                d["boxes"] = unletterbox_boxes(d["boxes"], scale, pad, image.shape[:2])
-            same, diff = _match_boxes(det_t, det_o)
-            report.counts.append((len(det_t["boxes"]), len(det_o["boxes"])))
-            report.same_classes &= same
-            report.box_max_abs = max(report.box_max_abs, diff)
-        else:
-            a, b = int(ref_list[0].argmax()), int(got[0].argmax())
-            report.counts.append((a, b))
-            report.same_classes &= a == b
-    return report
-
-
-# ------------------------------------------------------------------------------------------ export
-
-
-@dataclass
-class ExportResult:
-    """What :func:`export_onnx` wrote.
-
-    Attributes
-    ----------
-    path : Path
-        The ``.onnx`` file.
-    metadata : dict of str
-        Its ``metadata_props``.
-    parity : ParityReport
-    seconds : float
-        Wall time of export and check.
-    """
-
-    path: Path
-    metadata: dict[str, str]
-    parity: ParityReport
-    seconds: float
-
-
-def export_model_onnx(
-    model,
-    out: str | os.PathLike,
-    *,
-    info: dict[str, Any] | None = None,
-    imgsz: int | None = None,
-    opset: int = DEFAULT_OPSET,
-    dynamic_batch: bool = False,
-    overwrite: bool = False,
-    images: Sequence[tuple[str, np.ndarray]] | None = None,
-    output_atol: float = OUTPUT_ATOL,
-    box_atol: float = BOX_ATOL_PX,
-    source: Path | None = None,
-    source_sha256: str | None = None,
-) -> ExportResult:
-    """Export a blastscope model (built by ``create_model``) to ONNX, check it, write it atomically.
+def export_graph(model, info: dict[str, Any] | None = None, *, imgsz: int | None = None, opset: int = DEFAULT_OPSET,
+                 dynamic_batch: bool = False, source: Path | None = None,
+                 source_sha256: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """The ONNX graph of a blastscope model (checked by ``onnx.checker``) and its metadata.
 
     Parameters
     ----------
     model : nn.Module
         Detector (raw heads are exported) or classifier (logits), with ``model.info``.
-    out : path
-        The ``.onnx`` file to write.
     info : dict, optional
         Model description (``dataclasses.asdict(model.info)`` by default; a checkpoint's ``model``).
     imgsz : int, optional
@@ -478,45 +117,26 @@ def export_model_onnx(
         ONNX opset (17 runs everywhere onnxruntime >= 1.14 does).
     dynamic_batch : bool
         Leave the batch dimension free (else it is 1).
-    overwrite : bool
-        Replace an existing ``out``.
-    images : list of (name, HxWx3 uint8 RGB), optional
-        Real images for the parity check (default :func:`check_images`).
-    output_atol, box_atol : float
-        Tolerances of the parity check (raw outputs; final boxes in original-image pixels).
     source, source_sha256 : optional
         The checkpoint file and its sha256, recorded in the metadata.
 
     Returns
     -------
-    ExportResult
-
-    Raises
-    ------
-    BlastscopeError
-        ``out`` exists without ``overwrite``; bad ``imgsz`` / ``opset``; the export fails; or the
-        ONNX model disagrees with PyTorch beyond the tolerances (nothing is written then).
+    (bytes, dict of str)
+        The serialised model and its ``metadata_props``.
     """
-    import dataclasses
-
     import torch
 
-
-    t0 = time.perf_counter()
-    out = Path(out)
-    refuse_overwrite(out, overwrite)
     onnx = _require_onnx()
-    require_onnxruntime("checking the export")
     info = dict(info) if info is not None else dataclasses.asdict(model.info)
     task = info.get("task")
     if task not in ("detect", "classify"):
-        raise BlastscopeError(f"{source or out}: model task {task!r}; only 'detect' and 'classify' models are exported")
+        raise BlastscopeError(f"{source or 'model'}: model task {task!r}; only 'detect' and 'classify' models are exported")
     imgsz = int(imgsz if imgsz is not None else info.get("input_size", 416))
     if imgsz < 32 or (task == "detect" and imgsz % 32):
         raise BlastscopeError(f"--imgsz {imgsz}: must be a multiple of 32 for a detector (for example 320, 416 or 608)")
     if not 11 <= int(opset) <= 21:
         raise BlastscopeError(f"--opset {opset}: choose an opset between 11 and 21 ({DEFAULT_OPSET} is the default)")
-
     model = model.cpu().eval()
     dummy = torch.zeros(1, 3, imgsz, imgsz)
     with torch.inference_mode():
@@ -524,7 +144,7 @@ def export_model_onnx(
     n_out = len(sample) if isinstance(sample, (list, tuple)) else 1
     outputs = (["out32", "out16"] if task == "detect" and n_out == 2 else
                ["logits"] if n_out == 1 else [f"output{i}" for i in range(n_out)])
-    axes = {name: {0: "batch"} for name in (_INPUT, *outputs)} if dynamic_batch else None
+    axes = {name: {0: "batch"} for name in (INPUT_NAME, *outputs)} if dynamic_batch else None
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -532,10 +152,10 @@ def export_model_onnx(
             # The TorchScript-based exporter (dynamo=False): needs no onnxscript and traces
             # these plain convolutional graphs exactly.
             torch.onnx.export(model, (dummy,), buffer, dynamo=False, opset_version=int(opset),
-                              input_names=[_INPUT], output_names=outputs, dynamic_axes=axes,
+                              input_names=[INPUT_NAME], output_names=outputs, dynamic_axes=axes,
                               do_constant_folding=True)
     except Exception as e:  # noqa: BLE001 - the exporter raises many kinds; the message is what matters
-        raise BlastscopeError(f"{source or out}: ONNX export failed at opset {opset} ({_first_line(e)}); "
+        raise BlastscopeError(f"{source or 'model'}: ONNX export failed at opset {opset} ({first_line(e)}); "
                               f"try --opset {DEFAULT_OPSET}") from None
     proto = onnx.load_from_string(buffer.getvalue())
     meta = _metadata(info, model=model, imgsz=imgsz, opset=int(opset), dynamic_batch=dynamic_batch,
@@ -545,101 +165,9 @@ def export_model_onnx(
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name = "blastscope"
-    proto.doc_string = (f"blastscope {info['arch']} ({task}), input {_INPUT} (B, 3, {imgsz}, {imgsz}) RGB in [0, 1] "
+    proto.doc_string = (f"blastscope {info['arch']} ({task}), input {INPUT_NAME} (B, 3, {imgsz}, {imgsz}) RGB in [0, 1] "
                         f"normalised by mean/std; outputs {', '.join(outputs)} (raw; decoding and NMS outside the graph)")
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
 
-    runner = OnnxModel(data, threads=torch.get_num_threads())
-    parity = _parity(model, info, runner, imgsz, list(images) if images is not None else check_images())
-    if not parity.ok(output_atol, box_atol):
-        raise BlastscopeError(
-            f"{out}: not written, the ONNX model disagrees with PyTorch ({parity.line()}; tolerances "
-            f"{output_atol:g} and {box_atol:g} px); try another --opset, or report it with this line"
-        )
-    with atomic_write(out, "wb") as f:
-        f.write(data)
-    return ExportResult(out, meta, parity, time.perf_counter() - t0)
-
-
-def export_onnx(
-    checkpoint: str | os.PathLike,
-    out: str | os.PathLike | None = None,
-    *,
-    imgsz: int | None = None,
-    opset: int = DEFAULT_OPSET,
-    dynamic_batch: bool = False,
-    overwrite: bool = False,
-    images: Sequence[tuple[str, np.ndarray]] | None = None,
-    output_atol: float = OUTPUT_ATOL,
-    box_atol: float = BOX_ATOL_PX,
-) -> ExportResult:
-    """Export a blastscope checkpoint (detector or classifier) to ONNX: see :func:`export_model_onnx`.
-
-    ``out`` defaults to the checkpoint's path with the suffix ``.onnx`` (where ``predict
-    --backend onnx`` looks for it).
-    """
-
-    checkpoint = Path(checkpoint)
-    if checkpoint.suffix.lower() == ".onnx":
-        raise BlastscopeError(f"{checkpoint}: already an ONNX model; give the .pt checkpoint it was exported from")
-    out = Path(out) if out is not None else checkpoint.with_suffix(".onnx")
-
-    refuse_overwrite(out, overwrite)  # before the slow part
-    model, ckpt = load_model(checkpoint)
-    return export_model_onnx(model, out, info=ckpt["model"], imgsz=imgsz, opset=opset, dynamic_batch=dynamic_batch,
-                             overwrite=overwrite, images=images, output_atol=output_atol, box_atol=box_atol,
-                             source=checkpoint, source_sha256=sha256_of(checkpoint))
-
-
-def onnx_for_checkpoint(checkpoint: str | os.PathLike, model, info: dict[str, Any], *, imgsz: int,
-                        cache_dir: str | os.PathLike | None = None,
-                        say: Callable[[str], None] | None = None) -> Path:
-    """The ONNX file to run for ``checkpoint`` at ``imgsz``: its sibling ``.onnx`` when that was
-    exported from these very bytes at this size, else an export in the cache (made once).
-
-    Parameters
-    ----------
-    checkpoint : path
-        The ``.pt`` checkpoint.
-    model, info
-        Its loaded model and ``model`` entry (used when an export is needed).
-    imgsz : int
-        Input size the predictor runs at.
-    cache_dir : path, optional
-        Default ``<blastscope cache>/onnx`` (see :func:`blastscope.models.weights.default_cache_dir`).
-    say : callable, optional
-        Receives one-line messages (default: print to stderr).
-    """
-
-    say = say or (lambda msg: print(msg, file=sys.stderr))
-    checkpoint = Path(checkpoint)
-    sha = sha256_of(checkpoint)
-    sibling = checkpoint.with_suffix(".onnx")
-    if sibling.is_file():
-        try:
-            meta = read_onnx_metadata(sibling)
-        except BlastscopeError as e:
-            say(f"onnx: ignoring {sibling} ({e})")
-        else:
-            if meta.get("source_sha256") != sha:
-                say(f"onnx: ignoring {sibling}: exported from another version of {checkpoint.name}")
-            elif meta["input_size"] != imgsz:
-                say(f"onnx: ignoring {sibling}: exported at {meta['input_size']} px, running at {imgsz} px")
-            else:
-                return sibling
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "onnx"
-    cached = cache / f"{checkpoint.stem}-{sha[:16]}-{imgsz}.onnx"
-    if cached.is_file():
-        try:
-            if read_onnx_metadata(cached).get("source_sha256") == sha:
-                return cached
-        except BlastscopeError:
-            pass
-    size_flag = f" --imgsz {imgsz}" if imgsz != int(info.get("input_size", imgsz)) else ""
-    say(f"onnx: exporting {checkpoint} at {imgsz} px to {cached} (once; "
-        f"'blastscope export {checkpoint} --format onnx --dynamic-batch{size_flag}' writes it beside the checkpoint)")
-    result = export_model_onnx(model, cached, info=info, imgsz=imgsz, dynamic_batch=True, overwrite=True,
-                               source=checkpoint, source_sha256=sha)
-    say(f"onnx: {result.parity.line()}")
-    return cached
+    return data, meta

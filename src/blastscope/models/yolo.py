@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,18 +39,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss
 
-from blastscope.data.letterbox import letterbox, unletterbox_boxes
 from blastscope.models._darknet import DarknetHeader, load_darknet_convs
 from blastscope.models.registry import register_model
 from blastscope.models.weights import resolve_weights
 
 __all__ = [
     "YOLOv3Tiny",
+    "YoloDecoder",
     "ANCHORS",
     "COCO_CLASSES",
     "load_darknet_weights",
-    "letterbox",
-    "unletterbox_boxes",
 ]
 
 # (w, h) in input pixels and the anchor indices of each head, from yolov3-tiny.cfg.
@@ -94,6 +93,102 @@ class MaxPoolStride1(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
+
+
+@dataclass(frozen=True)
+class YoloDecoder:
+    """Decoding and NMS of YOLOv3-tiny head outputs: pure tensor functions of the anchors.
+
+    Shared by the torch model (:meth:`YOLOv3Tiny.predict`) and the ONNX back-end (built from the
+    exported file's metadata with :meth:`from_metadata`, no network needed), so both give the same
+    boxes from the same raw outputs.
+
+    Parameters
+    ----------
+    anchors : Tensor, shape (6, 2)
+        ``(w, h)`` in input pixels; rows ``MASKS[level]`` belong to head ``level`` (stride ``STRIDES[level]``).
+    num_classes : int
+    """
+
+    anchors: torch.Tensor
+    num_classes: int
+    masks: tuple[tuple[int, ...], ...] = MASKS
+    strides: tuple[int, ...] = STRIDES
+
+    @classmethod
+    def from_metadata(cls, meta: dict) -> YoloDecoder:
+        """From an exported model's metadata (``anchors``, ``class_names``)."""
+        anchors = torch.tensor(meta.get("anchors") or ANCHORS, dtype=torch.float32).view(6, 2)
+        return cls(anchors, len(meta["class_names"]))
+
+    def _level_view(self, raw: torch.Tensor) -> torch.Tensor:
+        """``(B, 3*(5+K), H, W)`` -> ``(B, 3, H, W, 5+K)``."""
+        b, _, h, w = raw.shape
+        return raw.view(b, 3, 5 + self.num_classes, h, w).permute(0, 1, 3, 4, 2)
+
+    def _boxes(self, p: torch.Tensor, level: int) -> torch.Tensor:
+        """Decode ``p (B, 3, H, W, >=4)`` raw values to xyxy input pixels ``(B, 3, H, W, 4)``."""
+        _, _, h, w, _ = p.shape
+        stride = self.strides[level]
+        gy, gx = torch.meshgrid(
+            torch.arange(h, device=p.device, dtype=p.dtype), torch.arange(w, device=p.device, dtype=p.dtype), indexing="ij"
+        )
+        anchors = self.anchors.to(p.device)[list(self.masks[level])].to(p.dtype).view(1, 3, 1, 1, 2)
+        cx = (p[..., 0].sigmoid() + gx) * stride
+        cy = (p[..., 1].sigmoid() + gy) * stride
+        wh = p[..., 2:4].clamp(max=_MAX_LOG_WH).exp() * anchors
+        return torch.stack([cx - wh[..., 0] / 2, cy - wh[..., 1] / 2, cx + wh[..., 0] / 2, cy + wh[..., 1] / 2], -1)
+
+    def decode(self, raw: list[torch.Tensor]) -> torch.Tensor:
+        """Decode raw outputs to boxes, objectness and class probabilities.
+
+        Parameters
+        ----------
+        raw : list of Tensors
+            The model's head outputs (stride 32 first).
+
+        Returns
+        -------
+        Tensor, shape (B, N, 5 + K)
+            ``xmin, ymin, xmax, ymax`` (input pixels, unclipped), objectness, ``K`` class
+            probabilities. ``N = 3 * (H/32 * W/32 + H/16 * W/16)``, ordered head by head (stride
+            32 first), then anchor, row, column.
+        """
+        out = []
+        for level, r in enumerate(raw):
+            p = self._level_view(r)
+            boxes = self._boxes(p, level)
+            scores = p[..., 4:].sigmoid()
+            out.append(torch.cat([boxes, scores], -1).flatten(1, 3))
+        return torch.cat(out, 1)
+
+    @torch.no_grad()
+    def predict(self, raw: list[torch.Tensor], conf: float = 0.25, iou: float = 0.45,
+                max_det: int = 300) -> list[dict[str, torch.Tensor]]:
+        """Detections per image: score threshold, class-wise NMS (``torchvision.ops.batched_nms``).
+
+        ``conf`` is the minimum score (objectness x class probability of the best class), ``iou``
+        the per-class NMS threshold, ``max_det`` the most detections kept per image.
+
+        Returns
+        -------
+        list of dict, one per image
+            ``boxes`` (M, 4) float32 xyxy input pixels clipped to the input, ``scores`` (M,)
+            float32, ``labels`` (M,) int64.
+        """
+        raw = [torch.as_tensor(r) for r in raw]
+        height = raw[0].shape[2] * self.strides[0]
+        width = raw[0].shape[3] * self.strides[0]
+        results = []
+        for det in self.decode(raw).float():
+            scores, labels = (det[:, 4:5] * det[:, 5:]).max(1)
+            keep = scores > conf
+            boxes, scores, labels = det[keep, :4], scores[keep], labels[keep]
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+            keep = batched_nms(boxes, scores, labels, iou)[:max_det]
+            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        return results
 
 
 class YOLOv3Tiny(nn.Module):
@@ -222,82 +317,26 @@ class YOLOv3Tiny(nn.Module):
         return [out32, out16]
 
     # ------------------------------------------------------------------ decoding
-    def _level_view(self, raw: torch.Tensor) -> torch.Tensor:
-        """``(B, 3*(5+K), H, W)`` -> ``(B, 3, H, W, 5+K)``."""
-        b, _, h, w = raw.shape
-        return raw.view(b, 3, 5 + self.num_classes, h, w).permute(0, 1, 3, 4, 2)
+    def decoder(self) -> YoloDecoder:
+        """The pure decoding of this model's head outputs (anchors and class count)."""
+        return YoloDecoder(self.anchors.detach().cpu(), self.num_classes)
+
+    def _level_view(self, raw: torch.Tensor) -> torch.Tensor:  # the loss reads the raw values per level
+        return YoloDecoder(self.anchors, self.num_classes)._level_view(raw)
 
     def _boxes(self, p: torch.Tensor, level: int) -> torch.Tensor:
-        """Decode ``p (B, 3, H, W, >=4)`` raw values to xyxy input pixels ``(B, 3, H, W, 4)``."""
-        _, _, h, w, _ = p.shape
-        stride = self.strides[level]
-        gy, gx = torch.meshgrid(
-            torch.arange(h, device=p.device, dtype=p.dtype), torch.arange(w, device=p.device, dtype=p.dtype), indexing="ij"
-        )
-        anchors = self.anchors[list(self.masks[level])].to(p.dtype).view(1, 3, 1, 1, 2)
-        cx = (p[..., 0].sigmoid() + gx) * stride
-        cy = (p[..., 1].sigmoid() + gy) * stride
-        wh = p[..., 2:4].clamp(max=_MAX_LOG_WH).exp() * anchors
-        return torch.stack([cx - wh[..., 0] / 2, cy - wh[..., 1] / 2, cx + wh[..., 0] / 2, cy + wh[..., 1] / 2], -1)
+        return YoloDecoder(self.anchors, self.num_classes)._boxes(p, level)
 
     def decode(self, raw: list[torch.Tensor]) -> torch.Tensor:
-        """Decode raw outputs to boxes, objectness and class probabilities.
-
-        Parameters
-        ----------
-        raw : list of Tensors
-            Output of :meth:`forward`.
-
-        Returns
-        -------
-        Tensor, shape (B, N, 5 + K)
-            ``xmin, ymin, xmax, ymax`` (input pixels, unclipped), objectness, ``K`` class
-            probabilities. ``N = 3 * (H/32 * W/32 + H/16 * W/16)``, ordered head by head (stride
-            32 first), then anchor, row, column.
-        """
-        out = []
-        for level, r in enumerate(raw):
-            p = self._level_view(r)
-            boxes = self._boxes(p, level)
-            scores = p[..., 4:].sigmoid()
-            out.append(torch.cat([boxes, scores], -1).flatten(1, 3))
-        return torch.cat(out, 1)
+        """:meth:`YoloDecoder.decode` of the raw outputs: ``(B, N, 5 + K)`` boxes, objectness, classes."""
+        return YoloDecoder(self.anchors, self.num_classes).decode(raw)
 
     @torch.no_grad()
     def predict(
         self, raw: list[torch.Tensor], conf: float = 0.25, iou: float = 0.45, max_det: int = 300
     ) -> list[dict[str, torch.Tensor]]:
-        """Detections per image: score threshold, class-wise NMS, at most ``max_det`` boxes.
-
-        Parameters
-        ----------
-        raw : list of Tensors
-            Output of :meth:`forward`.
-        conf : float
-            Minimum score, where score = objectness x class probability of the best class.
-        iou : float
-            NMS IoU threshold (per class).
-        max_det : int
-            Most detections kept per image, highest scores first.
-
-        Returns
-        -------
-        list of dict, one per image
-            ``boxes`` (M, 4) float32 xyxy input pixels clipped to the input, ``scores`` (M,)
-            float32, ``labels`` (M,) int64.
-        """
-        height = raw[0].shape[2] * self.strides[0]
-        width = raw[0].shape[3] * self.strides[0]
-        results = []
-        for det in self.decode(raw).float():
-            scores, labels = (det[:, 4:5] * det[:, 5:]).max(1)
-            keep = scores > conf
-            boxes, scores, labels = det[keep, :4], scores[keep], labels[keep]
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-            keep = batched_nms(boxes, scores, labels, iou)[:max_det]
-            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
-        return results
+        """:meth:`YoloDecoder.predict`: score threshold, class-wise NMS, at most ``max_det`` boxes per image."""
+        return YoloDecoder(self.anchors, self.num_classes).predict(raw, conf=conf, iou=iou, max_det=max_det)
 
     # ------------------------------------------------------------------ loss
     def loss(

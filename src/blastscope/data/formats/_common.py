@@ -6,8 +6,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from PIL import Image, UnidentifiedImageError
-
 from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.data.types import ImageAnnotation
 
@@ -131,12 +129,9 @@ def safe_join(base: Path, name: str, where: str | Path) -> Path:
 def image_size(path: str | Path) -> tuple[int, int]:
     """``(width, height)`` of an image from its header only (no full decode).
 
-    Raises :class:`BlastscopeError` naming the file when it is missing or not an image.
+    Raises :class:`BlastscopeError` naming the file when it is missing, not an image, or over the
+    pixel limit (:func:`blastscope.data.images.image_size`, the one decode path).
     """
-    try:
-        with Image.open(path) as im:
-            return int(im.width), int(im.height)
-    except FileNotFoundError:
-        raise BlastscopeError(f"{path}: image file not found; check the dataset folder") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise BlastscopeError(f"{path}: cannot read image header ({e}); the file is corrupt or not an image") from None
+    from blastscope.data.images import image_size as _header_size
+
+    return _header_size(path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -136,7 +137,33 @@ def read_coco_indexed(
         per_image[str(a["image_id"])].append(a)
     out: list[tuple[str, ImageAnnotation]] = []
     seen: set[str] = set()
+    ids = {str(im.get("id")) for im in data["images"] if isinstance(im, dict)}
+    unknown = set(per_image) - ids
+    # an annotation whose image_id is an image's file name (or stem) instead of its id belongs to
+    # that image: keeping the image without that box would teach "no cell here"; it is a problem
+    by_name: dict[str, list[str]] = {}
+    for uid in unknown:
+        by_name.setdefault(uid, [])
     for im in data["images"]:
+        if isinstance(im, dict) and im.get("file_name"):
+            name = str(im["file_name"])
+            for key in {name, Path(name).name, Path(name).stem}:
+                if key in by_name:
+                    by_name[key].append(str(im.get("id")))
+    misnamed = {str(i): uid for uid, owners in by_name.items() if len(owners) == 1 for i in owners}
+    for im in data["images"]:
+        if isinstance(im, dict) and str(im.get("id")) in misnamed:
+            uid = misnamed[str(im.get("id"))]
+            n = len(per_image[uid])
+            e = BlastscopeError(
+                f"{json_path}#{im.get('id')}: {n} annotation(s) give image_id {uid!r}, this image's file name, "
+                f"not its id {im.get('id')!r}, so the image would lose those boxes; not imported: "
+                "set their image_id to the image's id"
+            )
+            if log is None:
+                raise e
+            log_error(log, f"{json_path}#{im.get('id')}", e)
+            continue
         try:
             image_id, ann = _read_image_entry(im, per_image, cat_names, json_path, bases, check_image)
         except BlastscopeError as e:
@@ -149,12 +176,14 @@ def read_coco_indexed(
             raise BlastscopeError(f"{json_path}: image id {image_id} appears twice; ids must be unique")
         seen.add(image_id)
         out.append((image_id, ann))
-    unknown = set(per_image) - {str(im.get("id")) for im in data["images"] if isinstance(im, dict)}
+    unknown -= set(misnamed.values())
     if unknown:
-        msg = f"annotations refer to {len(unknown)} image id(s) not in 'images' (e.g. {sorted(unknown)[0]})"
+        n_boxes = sum(len(per_image[u]) for u in unknown)
+        msg = (f"{n_boxes} annotation(s) refer to {len(unknown)} image id(s) not in 'images' "
+               f"(e.g. {sorted(unknown)[0]}); the images they belong to cannot be told, so their boxes are lost")
         if log is None:
             raise BlastscopeError(f"{json_path}: {msg}; fix the file")
-        log.add(json_path, msg, "those boxes are ignored")
+        log.add(json_path, msg, "fix their image_id (or add the images), or pass --strict to stop")
     return out, classes
 
 
@@ -258,9 +287,24 @@ def coco_dict(
     """
     cat_id = {name: i for i, name in enumerate(classes, start=1)}
     images, annotations = [], []
+    # both sides absolute: a relative --out (``pbc_coco``) against resolved image paths used to fail
+    root = Path(os.path.abspath(image_root)) if image_root is not None else None
     for image_id, ann in enumerate(anns, start=1):
         path = Path(ann.image)
-        file_name = path.relative_to(image_root).as_posix() if image_root is not None else path.name
+        if root is None:
+            file_name = path.name
+        else:
+            absolute = Path(os.path.abspath(path))
+            try:
+                file_name = absolute.relative_to(root).as_posix()
+            except ValueError:  # a link or another spelling of the folder: compare resolved paths
+                try:
+                    file_name = absolute.resolve().relative_to(root.resolve()).as_posix()
+                except ValueError:
+                    raise BlastscopeError(
+                        f"{ann.image}: image is not inside the COCO image folder {root}; "
+                        "copy it there, or write without an image folder"
+                    ) from None
         images.append({"id": image_id, "file_name": file_name, "width": int(ann.width), "height": int(ann.height)})
         for box, name, diff in zip(ann.boxes.astype(np.float64), ann.labels, ann.difficult, strict=True):
             if name not in cat_id:

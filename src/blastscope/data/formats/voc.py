@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -382,6 +383,13 @@ def read_dataset(
             log_error(log, xml, e)
             continue
         records.append(Record(ann, splits.get(xml.stem, ""), str(xml), "voc"))
+    if not names and records and log.stream is not None:
+        # every name in the XML files becomes a class: a typo ("WBc") would be a class of its own
+        counts = Counter(c for r in records for c in r.ann.labels)
+        shown = ", ".join(f"{c} {counts[c]}" for c in sorted(counts))
+        print(f"note: {root}: no --names given, so the {len(counts)} class names found in the XML files are the "
+              f"classes (boxes per class: {shown}); pass --names to fix the order and refuse any other name",
+              file=log.stream)
     return records, ordered_classes((c for r in records for c in r.ann.labels), names)
 
 

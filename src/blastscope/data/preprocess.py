@@ -1,0 +1,130 @@
+"""One pre-processing object, built from a checkpoint's model record, for every place a model sees pixels.
+
+Training (the classifier's normalisation), :class:`blastscope.inference.Predictor`, the two-stage
+crop classifier, ONNX export parity and the GUI all go through :class:`Preprocess`, so a model sees
+the same tensor wherever an image comes from:
+
+- a **detector** (``kind="letterbox"``): the frame is letterboxed to ``size`` (grey padding,
+  :func:`blastscope.data.letterbox.letterbox_array`), scaled to ``[0, 1]`` and normalised with
+  ``(x - mean) / std``; the returned :class:`~blastscope.data.letterbox.Geometry` maps boxes back;
+- a **classifier** (``kind="crop"``): each cell is cut as the square crop of training
+  (:func:`blastscope.data.crops.square_crops`, black padding, ``margin`` around the box, resized
+  to ``size``), then scaled and normalised the same way.
+
+Examples
+--------
+>>> import numpy as np
+>>> pre = Preprocess("letterbox", 64)
+>>> x, (g,) = pre([np.zeros((32, 64, 3), np.uint8)])
+>>> tuple(x.shape), (g.pad_x, g.pad_y)
+((1, 3, 64, 64), (0, 16))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from blastscope.data.crops import DEFAULT_MARGIN, square_crops
+from blastscope.data.letterbox import PAD_VALUE, Geometry, letterbox_array
+
+__all__ = ["Preprocess"]
+
+KINDS = ("letterbox", "crop")
+
+
+def _square(size: Any) -> int:
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise ValueError(f"input_size={size!r}: blastscope models take square inputs")
+        size = size[0]
+    return int(size)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Image(s) in -> normalised ``(B, 3, size, size)`` float32 tensor (plus geometry for detectors).
+
+    Parameters
+    ----------
+    kind : {"letterbox", "crop"}
+        Detector input (whole frame, letterboxed) or classifier input (square cell crops).
+    size : int
+        Side of the square network input in pixels.
+    mean, std : tuple of 3 float
+        Normalisation of ``[0, 1]`` RGB: ``x = (rgb / 255 - mean) / std``.
+    pad_value : int
+        Letterbox padding grey (detectors); crops are padded with black (the background of
+        segmented single cells).
+    margin : float
+        Context around a cell box, as a fraction of its longer side (classifiers).
+    """
+
+    kind: str
+    size: int
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    pad_value: int = PAD_VALUE
+    margin: float = DEFAULT_MARGIN
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind={self.kind!r}: use one of {KINDS}")
+        object.__setattr__(self, "size", _square(self.size))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, Any] | Any, *, size: int | None = None, **overrides) -> Preprocess:
+        """The pre-processing of a model record (a checkpoint's ``"model"`` dict, a ``ModelInfo`` or
+        ONNX metadata): ``task`` picks the kind, ``input_size``, ``mean`` and ``std`` the rest."""
+        if not isinstance(info, Mapping):
+            info = dataclasses.asdict(info)
+        kind = "letterbox" if info.get("task") == "detect" else "crop"
+        default_norm = ((0.0,) * 3, (1.0,) * 3) if kind == "letterbox" else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        return cls(kind, size if size is not None else info.get("input_size", 416 if kind == "letterbox" else 224),
+                   tuple(info.get("mean", default_norm[0])), tuple(info.get("std", default_norm[1])), **overrides)
+
+    @property
+    def is_identity_norm(self) -> bool:
+        return self.mean == (0.0, 0.0, 0.0) and self.std == (1.0, 1.0, 1.0)
+
+    def normalize(self, canvases: np.ndarray) -> torch.Tensor:
+        """``(B, S, S, 3)`` uint8 RGB -> ``(B, 3, S, S)`` float32, scaled to ``[0, 1]`` and normalised."""
+        x = np.asarray(canvases, dtype=np.float32) / 255.0
+        if not self.is_identity_norm:
+            x = (x - np.float32(self.mean)) / np.float32(self.std)
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+    def normalize_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` float tensor in ``[0, 1]`` (a training batch, any device) -> normalised."""
+        if self.is_identity_norm:
+            return images
+        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+    def __call__(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[Geometry]]:
+        """Letterbox frames (any sizes) into one batch; returns the tensor and each frame's geometry."""
+        if self.kind != "letterbox":
+            raise ValueError("a crop pre-processing takes cells: call .cells(image, boxes)")
+        pairs = [letterbox_array(im, self.size, self.pad_value) for im in images]
+        return self.normalize(np.stack([c for c, _ in pairs])), [g for _, g in pairs]
+
+    def cells(self, image: np.ndarray, boxes: np.ndarray, margin: float | None = None) -> torch.Tensor:
+        """Square crops of ``boxes`` (``(N, 4)`` xyxy frame pixels) of one frame as a batch.
+
+        ``margin`` defaults to :attr:`margin` (use 0 for a whole image given as its full box).
+        """
+        crops = self.crop_pixels(image, boxes, margin)
+        return self.normalize(crops)
+
+    def crop_pixels(self, image: np.ndarray, boxes: np.ndarray, margin: float | None = None) -> np.ndarray:
+        """The crops themselves, ``(N, size, size, 3)`` uint8 RGB (what the classifier sees)."""
+        return square_crops(image, np.asarray(boxes, np.float32).reshape(-1, 4),
+                            self.margin if margin is None else margin, self.size, pad_value=0)
