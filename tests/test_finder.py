@@ -137,8 +137,7 @@ class _ReplayBackend:
     def __init__(self, record: dict, image_hw: tuple[int, int], imgsz: int, classes, conf: float = 0.25, iou: float = 0.45):
         (h, w), self.conf, self.iou = image_hw, conf, iou
         labels = np.array([classes.index(n) for n in record["labels"]], np.int64)
-        _, (nw, nh), (px, py) = letterbox_geometry(h, w, imgsz)
-        boxes = np.asarray(record["boxes"], np.float32) * [nw / w, nh / h, nw / w, nh / h] + [px, py, px, py]
+        boxes = letterbox_geometry(h, w, imgsz).to_input(np.asarray(record["boxes"], np.float32))
         keep = np.asarray(record["scores"]) >= conf
         self.out = {"boxes": torch.tensor(boxes[keep]), "scores": torch.tensor(np.asarray(record["scores"])[keep]),
                     "labels": torch.tensor(labels[keep])}
