@@ -134,15 +134,14 @@ def test_task_defaults_only_fill_unset_keys(tmp_path):
     cfg = apply_task_defaults(TrainConfig(task="classify", optimizer="sgd", lr=0.01), {"task", "optimizer", "lr"})
     assert (cfg.optimizer, cfg.lr, cfg.model, cfg.imgsz) == ("sgd", 0.01, "mobilenet_v2", ClassifyTask.defaults["imgsz"])
     assert apply_task_defaults(TrainConfig(), set()) == TrainConfig()  # detection: the shared defaults
-    # keys of a --config file count as given
-    from blastscope.cli._train import _given_keys
+    # keys of a --config file count as given; the task's defaults fill the rest (engine.resolve)
+    from blastscope.engine.resolve import resolve_config
 
     yaml_file = tmp_path / "c.yaml"
-    yaml_file.write_text("lr: 0.05\naug:\n  rot90: 0\n")
-    import argparse
-
-    given = _given_keys(argparse.Namespace(config=str(yaml_file), task="classify", lr=None))
-    assert {"lr", "aug", "task"} <= given and "model" not in given
+    yaml_file.write_text("lr: 0.05\nimgsz: 96\naug:\n  rot90: 0\n")
+    cfg = resolve_config(yaml_file, task="classify", lr=None)
+    assert (cfg.lr, cfg.imgsz, cfg.aug.rot90) == (0.05, 96, 0)  # from the file, not the task defaults
+    assert (cfg.model, cfg.optimizer) == ("mobilenet_v2", ClassifyTask.defaults["optimizer"])
 
 
 def test_classification_scores():

@@ -303,11 +303,26 @@ def test_no_model_chosen_gives_a_message(qtbot, make_window, cnmc_image, tmp_pat
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "x.png").exists()
 
 
+def test_detector_with_a_cell_classifier(qtbot, make_window, detector_ckpt, classifier_ckpt, cnmc_image, settings):
+    """Two stages in the GUI: each detected cell gets the classifier's class; the call shows the blast share."""
+    window = make_window()
+    window.load_model(detector_ckpt, classifier=classifier_ckpt)
+    qtbot.waitUntil(lambda: window.predictor is not None and window._loading is None, timeout=WAIT_MS)
+    assert window.classifier_path == classifier_ckpt and "cells classified by" in window.model_label.text()
+    window.open_image(cnmc_image)
+    qtbot.waitUntil(lambda: window.current_result("image") is not None, timeout=WAIT_MS)
+    expected = Predictor.from_checkpoint(detector_ckpt, conf=CONF, classifier=classifier_ckpt).predict(read_image(cnmc_image))
+    assert [r[1] for r in window.table.rows()] == [name for name, _ in expected.labels()]
+    assert set(r[1] for r in window.table.rows()) <= {"ALL", "HEM"}
+    assert "white cells" in window.call_label.text()
+    assert settings.value("model/classifier") == str(classifier_ckpt)  # remembered with the detector
+
+
 def test_checkpoint_of_another_task_gives_a_message(qtbot, make_window, detector_ckpt, classifier_ckpt, tmp_path):
     window = make_window()
-    window.load_model(classifier_ckpt)
+    window.load_model(detector_ckpt, classifier=detector_ckpt)  # a detector is no cell classifier
     message = _wait_message(qtbot, window, 0)
-    assert str(classifier_ckpt) in message and "not a detector" in message
+    assert str(detector_ckpt) in message and "not a cell classifier" in message
     assert window.predictor is None and window.model_label.text() == "no model chosen"
 
     _load(qtbot, window, detector_ckpt)

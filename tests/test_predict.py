@@ -136,12 +136,19 @@ def classifier_ckpt(tmp_path_factory) -> Path:
     return path
 
 
-def test_classify_checkpoint_as_detector_is_a_clear_error(classifier_ckpt, detector_ckpt, tmp_path, capsys):
+def test_classify_checkpoint_alone_or_as_detector(classifier_ckpt, detector_ckpt, tmp_path, capsys):
+    # a classifier alone classifies each frame as one cell (its whole image)
+    alone = Predictor.from_checkpoint(classifier_ckpt)
+    assert alone.task == "classify" and alone.output_classes == ["ALL", "HEM"]
+    r = alone.predict(np.zeros((40, 50, 3), np.uint8))
+    assert [d.box for d in r.detections] == [(0.0, 0.0, 50.0, 40.0)] and r.labels()[0][0] in ("ALL", "HEM")
+    # but it is no first stage, and a detector is no second stage
     with pytest.raises(BlastscopeError, match=r"cls\.pt: .*'classify' checkpoint.*not a detector.*--classifier"):
-        Predictor.from_checkpoint(classifier_ckpt)
+        Predictor.from_checkpoint(classifier_ckpt, classifier=classifier_ckpt)
     with pytest.raises(BlastscopeError, match=r"det\.pt: .*'detect' checkpoint.*not a cell classifier"):
         Predictor.from_checkpoint(detector_ckpt, classifier=detector_ckpt)
-    rc, err = _run(["predict", str(classifier_ckpt), str(tmp_path), "--out", str(tmp_path / "o")], capsys)
+    rc, err = _run(["predict", str(classifier_ckpt), str(tmp_path), "--classifier", str(classifier_ckpt),
+                    "--out", str(tmp_path / "o")], capsys)
     assert rc == 2 and err.startswith("error: ") and "not a detector" in err and len(err.strip().splitlines()) == 1
 
 

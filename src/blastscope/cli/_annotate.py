@@ -78,11 +78,11 @@ def run(args: argparse.Namespace) -> int:
     from blastscope.annotate.annotator import annotate_manifest
     from blastscope.data.manifest import write_manifest
 
+    from blastscope._problems import BlastscopeError
+
     log = ProblemLog(strict=args.strict)
     detector = finder = None
     if args.detector is not None and args.finder is not None:
-        from blastscope._problems import BlastscopeError
-
         raise BlastscopeError("annotate: --detector and --finder both given; use one (--finder DETECTOR.pt boxes only white cells)")
     if args.finder is not None:
         from blastscope.inference.finder import make_finder
@@ -92,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
         from blastscope.inference.predictor import Predictor
 
         detector = Predictor.from_checkpoint(args.detector, conf=args.conf, device=args.device)
+        if detector.task != "detect":
+            raise BlastscopeError(f"{args.detector}: a cell classifier checkpoint, not a detector; give --detector a "
+                                  "detector checkpoint (e.g. yolov3-tiny trained with 'blastscope train --task detect')")
     # smears in a folder have no class of their own: with a finder their white cells are WBC (or --label)
     rows = _load_source(args.src, args.label or ("WBC" if finder is not None and args.src.is_dir() else None))
     result = annotate_manifest(rows, args.out, overwrite=args.overwrite, log=log, progress=not args.no_progress,

@@ -16,6 +16,8 @@ HELP = "open the desktop app (image, video and camera detection with a live tabl
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None, metavar="CKPT",
                         help="detector checkpoint (.pt) to load (default: the last one used)")
+    parser.add_argument("--classifier", type=Path, default=None, metavar="CKPT",
+                        help="cell classifier checkpoint: classify each white cell the detector finds (two stages)")
     parser.add_argument("--conf", type=float, default=None,
                         help="confidence threshold, 0.01..1 (default: the last one used, else 0.25)")
 
@@ -60,7 +62,11 @@ def run(args: argparse.Namespace) -> int:
         raise BlastscopeError(
             "the desktop app needs PySide6, which is not installed; install it with: pip install 'blastscope[gui]'"
         ) from None
+    if args.classifier is not None and not args.classifier.is_file():
+        raise BlastscopeError(f"{args.classifier}: classifier checkpoint not found; give a runs/NAME/best.pt path")
+    if args.classifier is not None and args.model is None:
+        raise BlastscopeError("--classifier: needs --model, the detector whose white cells it classifies")
     check_display()
     from blastscope.gui.app import run_app
 
-    return run_app(model=args.model, conf=args.conf)
+    return run_app(model=args.model, conf=args.conf, classifier=args.classifier)

@@ -130,6 +130,7 @@ class MainWindow(QMainWindow):
         self.message_box: QMessageBox | None = None
         self.predictor = None
         self.model_path: Path | None = None
+        self.classifier_path: Path | None = None
         self.states = {m: _ModeState() for m in MODES}
         self._job = 0
         self._job_mode: str | None = None
@@ -155,8 +156,9 @@ class MainWindow(QMainWindow):
         self._conf_timer.stop()
         self._refresh()
         last = self.settings.value("model/path", "")
+        last_cls = str(self.settings.value("model/classifier", "") or "")
         if load_last_model and last and Path(str(last)).is_file():
-            self.load_model(str(last))
+            self.load_model(str(last), classifier=last_cls if last_cls and Path(last_cls).is_file() else None)
         self.resize(1200, 760)
 
     # ------------------------------------------------------------------------------------------
@@ -169,6 +171,11 @@ class MainWindow(QMainWindow):
         self.model_action.setToolTip("Choose the detector checkpoint (.pt written by blastscope train)")
         self.model_action.triggered.connect(self._choose_model)
         bar.addAction(self.model_action)
+        self.classifier_action = QAction("Classifier…", self)
+        self.classifier_action.setToolTip("Optional second stage: a cell classifier checkpoint that classifies each "
+                                          "white cell the detector finds (red cells and platelets are only counted)")
+        self.classifier_action.triggered.connect(self._choose_classifier)
+        bar.addAction(self.classifier_action)
         self.model_label = QLabel("no model chosen")
         self.model_label.setContentsMargins(6, 0, 12, 0)
         bar.addWidget(self.model_label)
@@ -340,8 +347,8 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"confidence {self.conf:.2f}")
             self._rerun()
 
-    def load_model(self, path: str | os.PathLike) -> None:
-        """Load a detector checkpoint in a worker thread at the current threshold.
+    def load_model(self, path: str | os.PathLike, classifier: str | os.PathLike | None = None) -> None:
+        """Load a detector checkpoint (and optionally a cell classifier) in a worker thread at the current threshold.
 
         On success the model is remembered and the open source is predicted again; a missing
         file, a file that is not a blastscope checkpoint or a checkpoint of another task gives a
@@ -353,7 +360,9 @@ class MainWindow(QMainWindow):
         conf = self.conf
         self._loading = path
         self.model_label.setText(f"loading {path.name}…")
-        worker = CallWorker(lambda: (Predictor.from_checkpoint(path, conf=conf), path, conf))
+        cls_path = Path(classifier) if classifier else None
+        self._loading_classifier = cls_path
+        worker = CallWorker(lambda: (Predictor.from_checkpoint(path, conf=conf, classifier=cls_path), path, conf))
         worker.done.connect(self._on_model_loaded)
         worker.failed.connect(self._on_model_failed)
         thread = start_in_thread(worker)
@@ -369,7 +378,9 @@ class MainWindow(QMainWindow):
         predictor, path, conf = loaded
         self._loading = None
         self.predictor, self.model_path = predictor, path
+        self.classifier_path = getattr(self, "_loading_classifier", None)
         self.settings.setValue("model/path", str(path))
+        self.settings.setValue("model/classifier", str(self.classifier_path or ""))
         self.settings.setValue("model/conf", conf)
         self.settings.sync()
         self._update_model_label()
@@ -394,7 +405,10 @@ class MainWindow(QMainWindow):
             self.model_label.setText("no model chosen")
             self.model_label.setToolTip("")
         else:
-            self.model_label.setText(f"{self.predictor.model_name} · classes {', '.join(self.predictor.class_names)}")
+            text = f"{self.predictor.model_name} · classes {', '.join(self.predictor.class_names)}"
+            if self.classifier_path is not None:
+                text += f" · cells classified by {self.classifier_path.name} ({', '.join(self.predictor.output_classes)})"
+            self.model_label.setText(text)
             self.model_label.setToolTip(str(self.model_path))
 
     def _need_model(self, pending) -> bool:
@@ -762,6 +776,15 @@ class MainWindow(QMainWindow):
         if path:
             self.load_model(path)
 
+    def _choose_classifier(self) -> None:
+        if self.model_path is None:
+            self.show_message("choose a detector first (Model…), then its cell classifier")
+            return
+        start = str(self.model_path.parent)
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a cell classifier checkpoint", start, CHECKPOINT_FILTER)
+        if path:
+            self.load_model(self.model_path, classifier=path)
+
     def _choose_image(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open an image", self._last_dir(), IMAGE_FILTER)
         if path:
@@ -850,9 +873,10 @@ class MainWindow(QMainWindow):
             self.call_label.setText("")
         else:
             this = "image" if mode == "image" else "frame"
-            text = f"Call for this {this}: <b>{summary_call(frame_counts, classes)}</b>"
+            text = f"Call for this {this}: <b>{summary_call(frame_counts, classes)}</b>{_blast_text(frame_counts, classes)}"
             if len(st.results) > 1:
-                text += f" · all {len(st.results)} {this}s: <b>{summary_call(total, classes)}</b>"
+                text += (f" · all {len(st.results)} {this}s: <b>{summary_call(total, classes)}</b>"
+                         f"{_blast_text(total, classes)}")
             self.call_label.setText(text + " <small>(the summary.csv rule: ALL if ≥ 20 % of the white cells are ALL)</small>")
         self.frame_label.setText(self._frame_text(mode, result))
 
@@ -920,6 +944,17 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
 
+def _blast_text(counts: dict[str, int], classes, positive: str = "ALL") -> str:
+    """`` (blasts 25 % of 4 white cells)`` when ``positive`` is a class, else ``""``."""
+    from blastscope.metrics.calls import blast_fraction
+
+    if positive not in classes:
+        return ""
+    frac = blast_fraction(counts, classes, positive)
+    n = sum(v for k, v in counts.items() if k in classes)
+    return "" if frac != frac else f" (blasts {100 * frac:.0f} % of {n} white cells)"
+
+
 def _float(value, default: float) -> float:
     try:
         return float(value)
@@ -927,7 +962,8 @@ def _float(value, default: float) -> float:
         return default
 
 
-def run_app(model: str | os.PathLike | None = None, conf: float | None = None, argv: list[str] | None = None) -> int:
+def run_app(model: str | os.PathLike | None = None, conf: float | None = None, argv: list[str] | None = None,
+            classifier: str | os.PathLike | None = None) -> int:
     """Start the app (``blastscope gui``); returns the Qt exit code.
 
     Parameters
@@ -946,7 +982,7 @@ def run_app(model: str | os.PathLike | None = None, conf: float | None = None, a
         window.settings.setValue("model/conf", window.conf)
         window._conf_timer.stop()
     if model is not None:
-        window.load_model(model)
+        window.load_model(model, classifier=classifier)
     window.show()
     # Ctrl-C in the terminal closes the window (Python handles signals only between Qt events,
     # so a timer gives it the chance)

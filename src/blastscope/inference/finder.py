@@ -129,6 +129,9 @@ class DetectorFinder:
         from blastscope.inference.predictor import Predictor
 
         predictor = Predictor.from_checkpoint(path, conf=conf, iou=iou, device=device)
+        if getattr(predictor, "task", "detect") != "detect":
+            raise BlastscopeError(f"{path}: a cell classifier checkpoint, not a detector; give --finder 'stain' or a "
+                                  "detector checkpoint (e.g. yolov3-tiny trained with 'blastscope train --task detect')")
         if cell_classes is None:
             cell_classes = predictor.cell_classes
         return cls(predictor, cell_classes, checkpoint=path)
