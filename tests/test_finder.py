@@ -274,3 +274,25 @@ def test_score_finder_hand_computed(tmp_path):
     assert (s.n_cells, s.n_duplicates, s.n_found, s.n_boxes) == (2, 1, 2, 3)
     assert s.recall30 == 1.0 and s.precision30 == pytest.approx(2 / 3)
     assert s.ap50 == pytest.approx(0.5)  # at 0.5 only the first box is right: recall 0.5 at precision 1
+
+
+def test_evaluate_two_stage_cells_are_white_cells_only(bccd, bccd_records):
+    # evaluate's two-stage step on the recorded real BCCD detections: the same rule as predict
+    from blastscope.engine.evaluate import _two_stage_cells
+
+    rec = bccd_records["images"][1]  # BloodImage_00011: its white cell is boxed twice by the detector
+    names = list(rec["labels"])
+    d = {"boxes": np.asarray(rec["boxes"], np.float32), "scores": np.asarray(rec["scores"], np.float32),
+         "labels": np.array([bccd_records["classes"].index(n) for n in names]), "names": names}
+    path = str(bccd / "JPEGImages" / rec["file"])
+    clf = _classifier()
+    cells, probs = _two_stage_cells({0: d}, clf, [path], single_cell=False, cell_conf=0.25, positive="neutrophil",
+                                    white_classes={"WBC"}, iou=0.45)
+    idx = cells[0]["index"]
+    strong_wbc = [i for i, (n, s) in enumerate(zip(names, rec["scores"])) if n == "WBC" and s >= 0.25]
+    assert len(strong_wbc) == 2 and len(idx) == 1 and int(idx[0]) in strong_wbc  # two boxes, one cell
+    assert len(clf.boxes_seen[0]) == 1 and probs[0].shape == (1, 3)
+    assert cells[0]["names"][0] in clf.class_names
+    for i, n in enumerate(d["names"]):  # red cells and platelets keep their names, never classified
+        if names[i] != "WBC":
+            assert n == names[i]
