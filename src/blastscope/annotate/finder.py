@@ -135,6 +135,9 @@ class StainSettings:
         The split is kept only when every part has at least this fraction of the largest part's
         area (two touching cells give two nuclei of similar size, a nucleus in debris gives one
         part; the lobes of one big nucleus differ); else the group stays whole.
+    merge_overlap : float
+        A box whose area overlaps a better box by at least this fraction is a lobe or granules of
+        the same cell (the grouping missed them): the two are joined into their union box.
     expand : float
         Box side = the nucleus's longer side times this (the cytoplasm around it). The sources'
         annotators differ (PBC boxes fit the cell tightly, Raabin-WBC boxes are larger); 1.2 is
@@ -153,6 +156,7 @@ class StainSettings:
     expand: float = 1.2
     max_side: float = 5.0
     split_balance: float = 0.5
+    merge_overlap: float = 0.3
     radius_range: tuple[float, float] = (0.03, 0.15)
 
     def __post_init__(self):
@@ -222,6 +226,23 @@ def red_cell_radius(image: np.ndarray, radius_range: tuple[float, float] = (0.03
     inscribed = inscribed[stats[1:, cv2.CC_STAT_AREA] >= 0.0005 * grey.size]
     radius = float(np.percentile(inscribed, 75)) if len(inscribed) else lo
     return float(np.clip(radius, lo, hi))
+
+
+def _merge_overlapping(found: FoundCells, overlap: float) -> FoundCells:
+    """Join each box into a better one that covers at least ``overlap`` of its area (union box, better score)."""
+    kept_boxes: list[np.ndarray] = []
+    kept_scores: list[float] = []
+    for box, score in zip(found.boxes, found.scores):  # most confident first
+        area = max(float((box[2] - box[0]) * (box[3] - box[1])), 1e-9)
+        for k, other in enumerate(kept_boxes):
+            wh = np.clip(np.minimum(box[2:], other[2:]) - np.maximum(box[:2], other[:2]), 0, None)
+            if wh[0] * wh[1] >= overlap * area:
+                kept_boxes[k] = np.concatenate([np.minimum(box[:2], other[:2]), np.maximum(box[2:], other[2:])])
+                break
+        else:
+            kept_boxes.append(box.copy())
+            kept_scores.append(float(score))
+    return FoundCells(np.array(kept_boxes, np.float32).reshape(-1, 4), np.array(kept_scores, np.float32))
 
 
 class StainFinder:
@@ -303,7 +324,8 @@ class StainFinder:
             cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * s.expand / 2
             boxes.append([max(0.0, cx - half), max(0.0, cy - half), min(float(w), cx + half), min(float(h), cy + half)])
             scores.append(area / largest)
-        return FoundCells(np.array(boxes, np.float32).reshape(-1, 4), np.array(scores, np.float32))
+        return _merge_overlapping(FoundCells(np.array(boxes, np.float32).reshape(-1, 4), np.array(scores, np.float32)),
+                                  s.merge_overlap)
 
     def _split(self, c: np.ndarray, nuclei: np.ndarray, r: float, depth: int) -> list[tuple[tuple[slice, slice], float]]:
         """Nucleus groups of a mask as ``(slice, area)``; oversized groups are re-thresholded and split."""
