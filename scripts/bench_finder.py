@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     p.add_argument("--finders", default="stain", help="comma list: stain, detector (default stain)")
     p.add_argument("--detector", action="append", default=[], metavar="SOURCE=PATH",
                    help="leave-one-source-out detector checkpoint for a held-out source (repeatable)")
+    p.add_argument("--conf", type=float, default=0.25,
+                   help="detector confidence threshold: its boxes are the finder's output (default 0.25)")
     p.add_argument("--sources", default=",".join(TXL_PBC_SOURCES), help="comma list of sources")
     p.add_argument("--limit", type=int, default=None, help="at most this many images per source and split")
     p.add_argument("--with-wbc-only", action="store_true",
@@ -54,7 +56,7 @@ def main(argv=None) -> int:
             if kind == "stain":
                 finder, spec = make_finder("stain"), "stain"
             elif source in detectors:
-                finder, spec = make_finder(detectors[source]), detectors[source]
+                finder, spec = make_finder(detectors[source], conf=args.conf), detectors[source]
             else:
                 print(f"{source}: no --detector {source}=PATH given; detector row skipped", file=sys.stderr)
                 continue
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
                                        with_wbc_only=args.with_wbc_only)
                 t0 = time.perf_counter()
                 score = score_finder(finder, items)
-                row = {"finder": kind, "spec": spec, "source": source, "split": split,
+                row = {"finder": kind, "spec": spec, "conf": args.conf if kind == "detector" else None, "source": source, "split": split,
                        "with_wbc_only": args.with_wbc_only, **score.as_dict(),
                        "wall_s": round(time.perf_counter() - t0, 1)}
                 row["floor_met"] = all(row[k] >= v for k, v in FLOOR.items())
