@@ -184,7 +184,8 @@ def test_two_stage_classifies_only_white_cells_on_real_bccd(bccd, bccd_records):
         two = Predictor(backend, bccd_records["classes"], 416, classifier=clf)
         one = Predictor(backend, bccd_records["classes"], 416)
         assert two.cell_classes == ["WBC"]
-        assert two.output_classes == ["lymphocyte", "monocyte", "neutrophil", "Platelets", "RBC"]
+        assert two.output_classes == ["lymphocyte", "monocyte", "neutrophil"]  # the calls: white cells only
+        assert two.counted_classes == ["Platelets", "RBC"]
         res, plain = two.predict(image), one.predict(image)
         # before the rule: two boxes on one cell (the "two boxes, one neutrophil")
         pb = np.array([d.box for d in plain.detections], np.float32)
@@ -210,6 +211,12 @@ def test_two_stage_classifies_only_white_cells_on_real_bccd(bccd, bccd_records):
             assert (box_iou(g[None], wb)[0] >= 0.5).sum() == 1
         rows = res.rows()
         assert [r["class"] for r in rows] == [n for n, _ in res.labels()]
+        # the smear's call counts white cells only (summary.csv's and the GUI's rule)
+        from blastscope.metrics.calls import blast_fraction, count_call
+
+        assert count_call(counts, two.output_classes, positive="neutrophil") in clf.class_names
+        frac = blast_fraction(counts, two.output_classes, "neutrophil")
+        assert frac == pytest.approx(counts.get("neutrophil", 0) / len(white))
     assert n_overlapping >= 1  # the recorded detector does box some cells twice
 
 

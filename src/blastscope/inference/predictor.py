@@ -409,12 +409,17 @@ class Predictor:
 
     @property
     def output_classes(self) -> list[str]:
-        """Classes that results are labelled with: with two stages the classifier's, then the detector's
-        classes that are not white cells (counted, never classified); else the detector's."""
-        if self.classifier is None:
-            return list(self.class_names)
-        others = [c for c in self.class_names if c not in self.cell_classes]
-        return list(self.classifier.class_names) + [c for c in others if c not in self.classifier.class_names]
+        """Classes of the calls: the classifier's with two stages (its white cells; the detector's other
+        classes keep their names in the results, see :attr:`counted_classes`), else the detector's."""
+        return list(self.classifier.class_names) if self.classifier is not None else list(self.class_names)
+
+    @property
+    def counted_classes(self) -> list[str]:
+        """With two stages, the detector classes that are counted under their own names and never
+        classified (red cells, platelets); empty without a classifier."""
+        if self.classifier is None or self.backend is None:
+            return []
+        return [c for c in self.class_names if c not in self.cell_classes]
 
     def predict(self, image: np.ndarray | Frame) -> FrameResult:
         """Detect cells in one frame.
