@@ -267,7 +267,8 @@ def annotate_manifest(
         if finder is not None:
             boxes = finder.find(pixels).boxes
             if not len(boxes):
-                log.add(image, f"the {finder.kind} finder found no white cell", "draw the boxes by hand in LabelImg")
+                hint = "lower --conf, or draw" if finder.kind == "detector" else "draw"
+                log.add(image, f"the {finder.kind} finder found no white cell", f"{hint} the boxes by hand in LabelImg")
                 result.no_cell.append(image)
                 continue
         elif detector is not None:
