@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.blastscope-installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: all venv weights browser demo test bench bench-finder train-finder-loso clean
+.PHONY: all venv weights browser demo lint test bench bench-finder train-finder-loso clean
 
 all: test
 
@@ -36,7 +36,11 @@ browser:
 demo: weights
 	$(BIN)/blastscope demo --out demo_out
 
-test: weights browser
+lint: venv
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+
+test: weights browser lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: weights

@@ -196,9 +196,8 @@ def main() -> int:
     if args.detector is None or not args.detector.is_file():
         raise SystemExit("give --detector runs/bccd/best.pt (a detector trained on BCCD), or pass --train")
     sys.path.insert(0, str(REPO / "src"))
-    from blastscope.engine.checkpoint import load_checkpoint
-
     from blastscope._problems import BlastscopeError
+    from blastscope.engine.checkpoint import load_checkpoint
 
     for path in (args.detector, args.classifier):
         try:

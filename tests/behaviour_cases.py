@@ -40,11 +40,10 @@ def compute(work: Path, bccd: Path | None = SHARED_DATA / "bccd") -> dict[str, d
     import torch
 
     sys.path.insert(0, str(HERE))
-    from conftest import _toy_detector  # noqa: PLC0415 - the tests' own toy head
-
     from blastscope.data.manifest import new_manifest, read_manifest, write_manifest
     from blastscope.data.synth import generate_dataset
     from blastscope.models import create_model
+    from conftest import _toy_detector  # noqa: PLC0415 - the tests' own toy head
 
     m = generate_dataset(work / "synth", n_per_class=12, n_patients_per_class=4, size=96)
     df = read_manifest(m)
@@ -112,13 +111,12 @@ def compute_two_stage_with_predictions(work: Path) -> tuple[dict, dict]:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from conftest import _toy_detector  # noqa: PLC0415
-
     from blastscope.data.manifest import read_manifest, write_manifest
     from blastscope.data.synth import generate_dataset
     from blastscope.engine.evaluate import evaluate_checkpoint
     from blastscope.engine.report import write_report
     from blastscope.models import create_model
+    from conftest import _toy_detector  # noqa: PLC0415
 
     m = generate_dataset(work / "synth", n_per_class=8, n_patients_per_class=4, size=96)
     df = read_manifest(m)

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 import pytest
+
 from behaviour_cases import compute
 
 FIXTURE = Path(__file__).parent / "data" / "behaviour_metrics.json"

@@ -53,7 +53,8 @@ def cells(tmp_path_factory) -> Path:
 def _train_args(manifest: Path, out: Path, *extra: str, epochs: int = 2) -> list[str]:
     return [
         "train", "--task", "classify", "--data", str(manifest), "--epochs", str(epochs), "--imgsz", str(IMGSZ),
-        "--batch", "8", "--freeze-backbone-epochs", "2", "--seed", "0", "--out", str(out), "--no-progress", *extra,
+        "--batch", "8", "--freeze-backbone-epochs", "2", "--seed", "0", "--save-period", "1", "--out", str(out),
+        "--no-progress", *extra,
     ]  # fmt: skip
 
 
@@ -227,7 +228,7 @@ def test_unknown_box_classes_are_skipped_and_logged(tmp_path):
 # class imbalance
 
 
-def _imbalanced(n_all: int, n_hem: int) -> "object":
+def _imbalanced(n_all: int, n_hem: int) -> object:
     rows = [{"image": f"/nonexistent/{k}.png", "label": "ALL" if k < n_all else "HEM", "split": "train"} for k in range(n_all + n_hem)]
     return new_manifest(rows)
 
@@ -403,3 +404,27 @@ def test_evaluate_classifier_crops_annotated_rows_and_takes_label_only_rows_whol
         boxes, margin = (np.array([box], np.float32), 0.1) if i < 3 else (np.array([[0, 0, w, h]], np.float32), 0.0)
         expected = clf(image, boxes, margin)[0].probabilities[pos]
         assert scores[row["image"]] == pytest.approx(expected, abs=1e-5), row["image"]
+
+
+def test_init_fine_tunes_from_a_checkpoint(cells, tmp_path, capsys):
+    """``train --init CKPT``: few-shot calibration to a new lab starts from a blastscope checkpoint's
+    weights (its architecture and size are the defaults); other classes get a fresh head."""
+    from blastscope.models.checkpoint import load_checkpoint
+
+    base = tmp_path / "base"
+    assert main(_train_args(cells, base, epochs=1)) == 0
+    capsys.readouterr()
+    tuned = tmp_path / "tuned"
+    assert main(["train", "--data", str(cells), "--init", str(base / "best.pt"), "--epochs", "1", "--batch", "8",
+                 "--lr", "1e-12", "--freeze-backbone-epochs", "0", "--out", str(tuned), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "init: all weights from" in out
+    cfg = (tuned / "config.yaml").read_text()
+    assert "model: mobilenet_v2" in cfg and f"imgsz: {IMGSZ}" in cfg and "task: classify" in cfg
+    a, b = (load_checkpoint(p)["state_dict"] for p in (base / "best.pt", tuned / "last.pt"))
+    # a negligible lr: the weights are the init's (batch-norm statistics still move in train mode)
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a if "running" not in k and "num_batches" not in k)
+    # a model of another architecture is refused in one line
+    assert main(["train", "--data", str(cells), "--init", str(base / "best.pt"), "--model", "efficientnet_lite0",
+                 "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "--init" in capsys.readouterr().err

@@ -266,6 +266,7 @@ def uninterrupted(cells, tmp_path_factory) -> Path:
 def test_full_disk_during_training_resumes_to_the_same_weights(cells, uninterrupted, tmp_path, monkeypatch, capsys,
                                                                target, nth):
     import torch
+
     from test_train import _args, _rows, _without_seconds
 
     out = tmp_path / "full"
@@ -425,6 +426,7 @@ def test_predict_overwrite_leaves_no_stale_annotated_images(toy_detector_ckpt, t
 
 def test_checkpoint_messages_say_what_the_file_is(toy_detector_ckpt, tmp_path, capsys):
     import torch
+
     from blastscope.engine.checkpoint import load_model
 
     noise = tmp_path / "noise.pt"

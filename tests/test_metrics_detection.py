@@ -13,7 +13,6 @@ import pytest
 
 from blastscope.metrics.detection import (
     COCO_IOU_THRESHOLDS,
-    DetectionEvaluator,
     ap_from_pr,
     box_iou,
     evaluate_detections,
@@ -401,31 +400,6 @@ def test_min_score_drops_detections_and_labels_the_keys():
         "@" not in k for k in d
     )  # no unlabelled key can be mistaken for the standard one
     assert "map50_voc" in evaluate_detections([TFTFT], gts, ["blast"]).as_dict()
-
-
-def test_torch_inputs_and_accumulator_agree_with_one_call():
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(1)
-    gts, preds = [], []
-    for _ in range(6):
-        g = rng.uniform(0, 200, (5, 2))
-        gb = np.concatenate([g, g + rng.uniform(10, 40, (5, 2))], axis=1)
-        gl = rng.integers(0, 2, 5)
-        pb = gb + rng.normal(0, 3, gb.shape)
-        pb[:, 2:] = np.maximum(pb[:, 2:], pb[:, :2] + 1)
-        gts.append(_gt(gb, gl))
-        preds.append(_pred(pb, rng.uniform(0, 1, 5), np.where(rng.random(5) < 0.8, gl, 1 - gl)))
-    ref = evaluate_detections(preds, gts, ["a", "b"])
-    tpreds = [{k: torch.as_tensor(v) for k, v in p.items()} for p in preds]
-    tgts = [{k: torch.as_tensor(v) for k, v in g.items()} for g in gts]
-    assert evaluate_detections(tpreds, tgts, ["a", "b"]).as_dict() == ref.as_dict()
-    ev = DetectionEvaluator(["a", "b"])
-    ev.update(tpreds[:4], tgts[:4])
-    ev.update(tpreds[4:], tgts[4:])
-    assert len(ev) == 6
-    assert ev.compute().as_dict() == ref.as_dict()
-    ev.reset()
-    assert len(ev) == 0 and math.isnan(ev.compute().map_voc)
 
 
 def test_bad_inputs_raise_value_error_naming_the_problem():

@@ -374,16 +374,16 @@ def test_csv_writer_rows(tmp_path):
 def test_summary_call_rule(tmp_path):
     path = tmp_path / "s.csv"
     with SummaryWriter(path, ["ALL", "HEM"]) as w:
-        w.write(_result("a.bmp", 0, ["ALL", "HEM"]))             # 1/2 ALL -> ALL (>= 0.5)
-        w.write(_result("b.bmp", 0, ["ALL", "HEM", "HEM"]))      # 1/3 -> HEM
+        w.write(_result("a.bmp", 0, ["ALL", "HEM"]))             # 1/2 ALL -> ALL (>= 20 %, WHO)
+        w.write(_result("b.bmp", 0, ["ALL"] + ["HEM"] * 5))      # 1/6 < 20 % -> HEM
         w.write(_result("c.bmp", 0, []))                         # none
         for i, cls in enumerate([["ALL"], ["HEM"], ["HEM"], []]):  # video: 1 ALL of 3 over 4 frames
             w.write(_result("v.mp4", i, cls))
     df = pd.read_csv(path, keep_default_na=False)
     assert df.columns.tolist() == ["source", "frames", "n_cells", "n_ALL", "n_HEM", "frac_ALL", "call"]
-    assert df["call"].tolist() == ["ALL", "HEM", "none", "HEM"]
+    assert df["call"].tolist() == ["ALL", "HEM", "none", "ALL"]  # the video: 1 of 3 >= 20 %
     assert df["frames"].tolist() == [1, 1, 1, 4]
-    assert df["n_ALL"].tolist() == [1, 1, 0, 1] and df["n_HEM"].tolist() == [1, 2, 0, 2]
+    assert df["n_ALL"].tolist() == [1, 1, 0, 1] and df["n_HEM"].tolist() == [1, 5, 0, 2]
     # another positive class / threshold, and a model without the positive class (majority)
     hem = SummaryWriter(tmp_path / "x.csv", ["ALL", "HEM"], positive="HEM", threshold=0.7)
     assert hem.call({"ALL": 1, "HEM": 2}) == "ALL"  # 2/3 HEM < 0.7
@@ -542,3 +542,49 @@ def test_ctrl_c_leaves_valid_csv(bccd_video, detector_ckpt, tmp_path, capsys, mo
     summary = pd.read_csv(out / "summary.csv")
     assert summary["frames"].tolist() == [3]
     assert len(_decoded(out / "smears_annotated.mp4")) == 3
+
+
+def test_shards_are_disjoint_and_cover_the_folder(detector_ckpt, cnmc_sample, tmp_path, capsys):
+    """``predict --shard I/N``: N jobs see disjoint parts whose CSVs concatenate into the whole."""
+    from blastscope.inference.sources import shard
+
+    items = list(range(11))
+    parts = [shard(items, (i, 4)) for i in range(4)]
+    assert sum(parts, []) == items and all(abs(len(a) - len(b)) <= 1 for a in parts for b in parts)
+    whole, _ = _run(["predict", str(detector_ckpt), str(cnmc_sample), "--out", str(tmp_path / "all"),
+                     "--no-draw", "--no-progress"], capsys)
+    assert whole == 0
+    lines = []
+    for i in range(3):
+        rc, _ = _run(["predict", str(detector_ckpt), str(cnmc_sample), "--shard", f"{i}/3", "--out",
+                      str(tmp_path / f"s{i}"), "--no-draw", "--no-progress"], capsys)
+        assert rc == 0
+        part = (tmp_path / f"s{i}" / "predictions.csv").read_text().splitlines()
+        lines += part[1:] if lines else part
+    assert lines == (tmp_path / "all" / "predictions.csv").read_text().splitlines()
+    rc, err = _run(["predict", str(detector_ckpt), str(cnmc_sample), "--shard", "3/3", "--out", str(tmp_path / "x")], capsys)
+    assert rc == 2 and "--shard 3/3" in err
+
+
+def test_video_seek_by_frame_index(bccd, tmp_path):
+    """A video source jumps to a frame index without decoding from the start (the GUI's seek)."""
+    import cv2
+
+    from blastscope.inference.sources import open_source
+
+    frames = [read_image(p) for p in sorted((bccd / "JPEGImages").glob("*.jpg"))[:6]]
+    path = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (640, 480))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    with open_source(str(path)) as src:
+        it = iter(src)
+        first = next(it)
+        assert first.frame == 0 and src.seek(4)
+        jumped = next(it)
+        assert jumped.frame == 4 and jumped.time_s == pytest.approx(4 / 5)
+        with open_source(str(path)) as ref:
+            fourth = [f for f in ref][4]
+        np.testing.assert_array_equal(jumped.image, fourth.image)  # the same pixels as reading through
+        assert next(it).frame == 5 and next(it, None) is None

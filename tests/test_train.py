@@ -71,7 +71,7 @@ def _args(manifest: Path, out: Path, *extra: str, epochs: int = 2, progress: boo
     return [
         "train", "--task", "detect", "--data", str(manifest), "--model", "yolov3-tiny", "--no-pretrained",
         "--auto-boxes", "--epochs", str(epochs), "--imgsz", str(IMGSZ), "--batch", "4", "--seed", "0",
-        "--val-fraction", "0.25", "--freeze-backbone-epochs", "1", "--out", str(out),
+        "--val-fraction", "0.25", "--freeze-backbone-epochs", "1", "--save-period", "1", "--out", str(out),
         *([] if progress else ["--no-progress"]), *extra,
     ]  # fmt: skip
 
@@ -455,3 +455,17 @@ def test_dataset_targets_in_letterboxed_frame(data):
     np.testing.assert_allclose(target["boxes"][0].numpy(), expected, atol=1e-4)
     images, targets = collate_fn([ds[0], ds[1]])
     assert images.shape == (2, 3, IMGSZ, IMGSZ) and len(targets) == 2
+
+
+def test_default_run_keeps_best_and_last_only(data, tmp_path):
+    """Disk: per-epoch files only with --save-period N (weights only, no optimizer state)."""
+    out = tmp_path / "lean"
+    args = _args(data, out, epochs=2)
+    i = args.index("--save-period")
+    del args[i : i + 2]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "last.pt"]
+    out2 = tmp_path / "every2"
+    assert main(_args(data, out2, "--save-period", "2", epochs=2)) == 0  # the last flag wins
+    assert sorted(p.name for p in out2.glob("*.pt")) == ["best.pt", "epoch_002.pt", "last.pt"]
+    assert torch.load(out2 / "epoch_002.pt", weights_only=True).get("optimizer") is None

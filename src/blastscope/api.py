@@ -29,10 +29,10 @@ from blastscope.engine.report import write_report
 from blastscope.engine.resolve import resolve_config, resume_config
 from blastscope.engine.trainer import RunResult
 from blastscope.engine.trainer import train as _engine_train
+from blastscope.inference.onnx import export_onnx
 from blastscope.inference.predictor import FrameResult, Predictor
 from blastscope.inference.sources import Frame
 from blastscope.models.checkpoint import load_checkpoint
-from blastscope.inference.onnx import export_onnx
 
 __all__ = ["Run", "Model", "Metrics", "train", "load", "evaluate"]
 

@@ -74,11 +74,9 @@ def _load_source(src: Path, label: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from blastscope._problems import ProblemLog
+    from blastscope._problems import BlastscopeError, ProblemLog
     from blastscope.annotate.annotator import annotate_manifest
     from blastscope.data.manifest import write_manifest
-
-    from blastscope._problems import BlastscopeError
 
     log = ProblemLog(strict=args.strict)
     detector = finder = None

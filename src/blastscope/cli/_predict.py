@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.2,
                         help="blast fraction: share of white cells called --positive for a positive call (default 0.2, the WHO criterion)")
     parser.add_argument("--no-draw", action="store_true", help="do not write annotated images / video")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="process only the I-th of N disjoint, contiguous parts of a folder or glob (0-based, "
+                             "e.g. 0/4): run N jobs (a SLURM array, a Kubernetes job) and concatenate their CSVs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in DIR")
 
@@ -68,6 +71,20 @@ def _check_args(args: argparse.Namespace) -> None:
         raise BlastscopeError(f"--max-frames {args.max_frames}: must be >= 1")
     if not 0.0 <= args.threshold <= 1.0:
         raise BlastscopeError(f"--threshold {args.threshold}: must be between 0 and 1")
+
+
+def _shard_spec(text: str | None) -> tuple[int, int] | None:
+    from blastscope._problems import BlastscopeError
+
+    if text is None:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise BlastscopeError(f"--shard {text}: give I/N, e.g. 0/4 for the first of four parts") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise BlastscopeError(f"--shard {text}: give I/N with 0 <= I < N (e.g. 0/4 .. 3/4)")
+    return i, n
 
 
 class _TqdmLines:
@@ -134,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
                                           device=args.device, backend=args.backend, classifier=args.classifier,
                                           cell_classes=args.cell_classes)
     log = ProblemLog(stream=_TqdmLines())
-    source = open_source(args.source, every=args.every, max_frames=args.max_frames, log=log)
+    source = open_source(args.source, every=args.every, max_frames=args.max_frames, log=log,
+                         shard_spec=_shard_spec(args.shard))
 
     if args.overwrite:
         _remove_earlier_outputs(out)

@@ -53,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
     a("--val-fraction", type=float, default=None, help="val share carved from train when the manifest has no val rows (default: 0.1)")
     a("--patience", type=int, default=None, help="stop after N epochs without improvement (default: 0, never)")
+    a("--save-period", type=int, default=None, metavar="N",
+      help="also keep every Nth epoch's weights as epoch_NNN.pt (default 0: only best.pt and last.pt)")
     a("--freeze-backbone-epochs", type=int, default=None, metavar="N", help="train only neck and heads for the first N epochs")
     a("--balance", choices=["none", "sampler", "loss"], default=None,
       help="classify: counter class imbalance by a class-balanced sampler of the training cells (when the "
@@ -61,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--auto-boxes", dest="auto_boxes", action="store_const", const=True, default=None, help="box single cells on black on the fly (C-NMC)")
     a("--no-pretrained", dest="pretrained", action="store_const", const=False, default=None, help="start from random weights")
     a("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last.pt")
+    a("--init", default=None, metavar="CKPT",
+      help="start from the weights of a blastscope checkpoint (few-shot calibration to a new lab: fine-tune on a "
+           "small labelled sample; its architecture, task and input size are the defaults)")
     a("--exist-ok", action="store_true", help="start a new run in an --out folder that holds checkpoints (they are replaced once the new run has written its first checkpoint)")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
 

@@ -48,6 +48,8 @@ class TrainConfig:
     data: str = ""
     model: str = "yolov3-tiny"
     pretrained: bool = True
+    #: a blastscope checkpoint whose weights start this run (fine-tuning to a new lab); "" for none
+    init: str = ""
     epochs: int = 25
     imgsz: int = 416
     batch: int = 8
@@ -60,6 +62,7 @@ class TrainConfig:
     grad_clip: float = 10.0
     freeze_backbone_epochs: int = 0
     patience: int = 0
+    save_period: int = 0
     workers: int = 0
     seed: int = 0
     device: str = "auto"
@@ -90,6 +93,7 @@ class TrainConfig:
             (self.grad_clip >= 0, "grad_clip", "0 (off) or more"),
             (self.freeze_backbone_epochs >= 0, "freeze_backbone_epochs", "0 or more"),
             (self.patience >= 0, "patience", "0 (off) or more"),
+            (self.save_period >= 0, "save_period", "0 (best and last only) or more"),
             (self.workers >= 0, "workers", "0 or more"),
             (0 < self.val_fraction < 1, "val_fraction", "between 0 and 1 (e.g. 0.1)"),
             (self.optimizer in ("sgd", "adamw"), "optimizer", "'sgd' or 'adamw'"),

@@ -17,6 +17,7 @@ import yaml
 from blastscope._problems import BlastscopeError
 from blastscope.engine.config import TrainConfig, load_config, merge_cli
 from blastscope.engine.tasks import apply_task_defaults
+from blastscope.models.checkpoint import load_checkpoint
 
 __all__ = ["RESUMABLE", "resolve_config", "resume_config"]
 
@@ -40,6 +41,11 @@ def resolve_config(config_file: str | Path | None = None, **settings: Any) -> Tr
     >>> cfg.model, cfg.imgsz, cfg.optimizer
     ('mobilenet_v2', 224, 'adamw')
     """
+    if settings.get("init"):  # fine-tuning: the checkpoint's architecture, task and size are the defaults
+        meta = load_checkpoint(settings["init"])["model"]
+        for key, value in (("task", meta["task"]), ("model", meta["arch"]), ("imgsz", meta.get("input_size"))):
+            if settings.get(key) is None and value is not None:
+                settings[key] = value
     given = {k for k, v in settings.items() if v is not None}
     unknown = sorted(given - set(TrainConfig.__dataclass_fields__))
     if unknown:

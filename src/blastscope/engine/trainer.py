@@ -8,7 +8,7 @@ A run folder (``config.out``, e.g. ``runs/NAME``) holds
                     ``blastscope evaluate --data runs/NAME/splits.csv --split val`` re-scores it
 ``metrics.csv``     one row per epoch: ``epoch``, ``train_loss`` and its parts, ``val_loss``, the
                     task's metrics, ``lr``, ``seconds`` (rewritten atomically after each epoch)
-``epoch_NNN.pt``    the weights after epoch NNN (self-describing, no optimizer state)
+``epoch_NNN.pt``    with ``save_period N``: the weights after every Nth epoch (no optimizer state)
 ``best.pt``         the epoch with the highest validation metric (``map50_voc`` for detection)
 ``last.pt``         the last completed epoch, with optimizer, scheduler and RNG states: ``--resume``
 ==================  ==========================================================================
@@ -495,7 +495,9 @@ def train(
     if len(log):
         echo(f"{len(log)} images skipped (see the 'skipped:' lines); training on the rest")
     echo(f"data: {len(train_ds)} train / {len(val_ds)} val {task.sample_noun}, classes {classes}")
-    model = task.build_model(config, classes, pretrained=config.pretrained and ckpt is None).to(device)
+    model = task.build_model(config, classes, pretrained=config.pretrained and ckpt is None and not config.init).to(device)
+    if config.init and ckpt is None:
+        echo(_init_from(model, config, classes))
     if config.freeze_backbone_epochs and not hasattr(model, "set_backbone_frozen"):
         raise BlastscopeError(f"{config.model}: has no backbone to freeze; drop --freeze-backbone-epochs")
     echo(f"model: {config.model} ({'pretrained' if config.pretrained else 'random init'}), {config.imgsz} px, device {device}")
@@ -584,7 +586,8 @@ def _run_epochs(config, task, run_dir, df, classes, note, ckpt, train_ds, val_ds
             weights = make_checkpoint(model, epoch=epoch, metrics=metrics, config=config_dict, input_size=config.imgsz, best_metric=best, best_epoch=best_epoch)
             if weights["model"]["task"] == "detect":  # which detector classes are white cells (two-stage prediction classifies only those)
                 weights["model"]["cell_classes"] = default_cell_classes(weights["model"]["class_names"])
-            save_checkpoint(weights, run_dir / f"epoch_{epoch:03d}.pt")
+            if config.save_period > 0 and epoch % config.save_period == 0:
+                save_checkpoint(weights, run_dir / f"epoch_{epoch:03d}.pt")  # weights only
             if is_best:
                 save_checkpoint(weights, run_dir / "best.pt")
             full = dict(weights, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=get_rng_state())
@@ -639,6 +642,33 @@ def _train_loader(task: Task, dataset, config: TrainConfig, epoch: int) -> DataL
         collate_fn=task.collate_fn,
         worker_init_fn=_seed_worker,
     )
+
+
+def _init_from(model, config, classes) -> str:
+    """Load the weights of ``config.init`` into ``model`` (fine-tuning); returns the line to print.
+
+    The architecture and task must match; with other classes (or another order) the layers whose
+    shapes differ (the classification head) start fresh and the rest is kept.
+    """
+    path = Path(config.init)
+    init = load_checkpoint(path)
+    meta = init["model"]
+    if meta["arch"] != config.model or meta["task"] != config.task:
+        raise BlastscopeError(f"--init {path}: a {meta['arch']} {meta['task']} checkpoint, but this run trains a "
+                              f"{config.model} {config.task} model; drop --model/--task or pass a matching checkpoint")
+    own = model.state_dict()
+    same_classes = list(meta["class_names"]) == list(classes)
+    keep = {k: v for k, v in init["state_dict"].items() if k in own and own[k].shape == v.shape and
+            (same_classes or not _is_head(k, model))}
+    model.load_state_dict(keep, strict=False)
+    fresh = len(own) - len(keep)
+    what = "all weights" if not fresh else f"{len(keep)} of {len(own)} tensors ({fresh} of the head start fresh: classes differ)"
+    return f"init: {what} from {path} (epoch {init.get('epoch')}, classes {list(meta['class_names'])})"
+
+
+def _is_head(key: str, model) -> bool:
+    """Classification / detection head parameters (replaced when the classes change)."""
+    return key.startswith(("classifier.", "head32.", "head16.", "fc.", "head.")) or "classifier" in key
 
 
 def _epoch_line(task: Task, m: dict[str, Any], epochs: int, is_best: bool) -> str:

@@ -199,13 +199,13 @@ class InferenceWorker(QObject):
                         target, self._seek = self._seek, None
                     if src.kind != "video":
                         continue  # images are stepped through by the window; a camera cannot seek
-                    # a FrameSource reads forward only: reopen it and skip to the target frame
-                    src.close()
-                    src = self._open()
-                    frames = iter(src)
+                    # seek by frame index in the open video; once it has ended (closed), reopen it
+                    if at_end or not src.seek(target):
+                        src.close()
+                        src = self._open()
+                        frames = iter(src)
+                        src.seek(target)
                     frame = next(frames, None)
-                    while frame is not None and frame.frame < target:
-                        frame = next(frames, None)
                     at_end = frame is None
                     clock = None
                     if frame is not None:

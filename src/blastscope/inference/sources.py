@@ -170,6 +170,7 @@ class _Capture(FrameSource):
                 "program, or pass another index"
             )
         self._first = first
+        self._seek_to: int | None = None
         self._t0 = time.monotonic()
 
     def __iter__(self) -> Iterator[Frame]:
@@ -181,7 +182,14 @@ class _Capture(FrameSource):
         index, n_out = 0, 0
         bgr = first
         try:
-            while bgr is not None and (self._max is None or n_out < self._max):
+            while True:
+                if self._seek_to is not None:  # jump by frame index (the decoder seeks; no re-read from 0)
+                    index, self._seek_to = self._seek_to, None
+                    cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+                    ok, bgr = cap.read()
+                    bgr = bgr if ok else None
+                if bgr is None or (self._max is not None and n_out >= self._max):
+                    break
                 if self.kind == "camera":
                     time_s = time.monotonic() - self._t0
                 else:
@@ -212,6 +220,15 @@ class _Capture(FrameSource):
                             print(f"warning: {self.name}: {msg}; {fix}", file=sys.stderr)
         finally:
             self.close()
+
+    def seek(self, frame: int) -> bool:
+        """Make the next frame of the iteration the one at index ``frame`` (videos only).
+
+        Returns False when the source cannot seek (a camera, or a video already closed)."""
+        if self.kind != "video" or self._cap is None:
+            return False
+        self._seek_to = max(0, int(frame))
+        return True
 
     def close(self) -> None:
         if self._cap is not None:
@@ -267,8 +284,27 @@ def _glob_root(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
+def shard(paths: list, spec: tuple[int, int] | None) -> list:
+    """The ``i``-th of ``n`` contiguous, disjoint parts of ``paths`` (``spec = (i, n)``, 0-based).
+
+    The parts cover ``paths`` in order, so the CSVs of parts ``0..n-1`` concatenated are the
+    CSV of the whole; sizes differ by at most one.
+
+    >>> [shard(list(range(7)), (i, 3)) for i in range(3)]
+    [[0, 1, 2], [3, 4], [5, 6]]
+    """
+    if spec is None:
+        return paths
+    i, n = spec
+    if not (n >= 1 and 0 <= i < n):
+        raise BlastscopeError(f"--shard {i}/{n}: give I/N with 0 <= I < N (e.g. 0/4 .. 3/4)")
+    base, extra = divmod(len(paths), n)
+    start = i * base + min(i, extra)
+    return paths[start : start + base + (1 if i < extra else 0)]
+
+
 def open_source(source: str | int | os.PathLike, *, every: int = 1, max_frames: int | None = None,
-                log: ProblemLog | None = None) -> FrameSource:
+                log: ProblemLog | None = None, shard_spec: tuple[int, int] | None = None) -> FrameSource:
     """Open an image, a folder or glob of images, a video file or a camera as one frame iterator.
 
     Parameters
@@ -330,7 +366,8 @@ def open_source(source: str | int | os.PathLike, *, every: int = 1, max_frames: 
                 f"{path}: folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in it or below it; "
                 "check the path"
             )
-        return _ImageFiles(paths, kind="folder", name=text, root=path, every=every, max_frames=max_frames, log=log)
+        return _ImageFiles(shard(paths, shard_spec), kind="folder", name=text, root=path, every=every,
+                           max_frames=max_frames, log=log)
     if path.is_file():
         if is_image_file(path):
             return _ImageFiles([path], kind="image", name=text, root=path.parent, every=1,
@@ -344,7 +381,7 @@ def open_source(source: str | int | os.PathLike, *, every: int = 1, max_frames: 
                 f"{text}: the pattern matches no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                 "check the pattern (quote it so the shell does not expand it)"
             )
-        return _ImageFiles(paths, kind="folder", name=text, root=_glob_root(os.path.expanduser(text)),
+        return _ImageFiles(shard(paths, shard_spec), kind="folder", name=text, root=_glob_root(os.path.expanduser(text)),
                            every=every, max_frames=max_frames, log=log)
     raise BlastscopeError(
         f"{text}: no such file or folder; pass an image, a folder, a glob pattern, a video file or a camera index"

@@ -1,10 +1,10 @@
-"""Metrics as pure functions plus small accumulators (``update`` / ``compute`` / ``reset``).
+"""Metrics as pure functions, tested against hand-computed cases and reference libraries.
 
 - :mod:`blastscope.metrics.detection`: VOC2007 11-point, VOC2010+ all-point and COCO AP
-  (:func:`evaluate_detections`, :class:`DetectionEvaluator`).
+  (:func:`evaluate_detections`).
 - :mod:`blastscope.metrics.classification`: diagnostic metrics at image and patient level
-  (:func:`diagnostic_metrics`, :func:`patient_level`, :func:`bootstrap_ci`,
-  :class:`ClassificationEvaluator`).
+  (:func:`diagnostic_metrics`, :func:`patient_level`, :func:`bootstrap_ci`).
+- :mod:`blastscope.metrics.calls`: the call rules (cell, image, smear) shared by evaluate, predict and the GUI.
 
 Names are imported lazily, so ``import blastscope.metrics.detection`` does not load scikit-learn.
 """
@@ -15,7 +15,6 @@ import importlib
 
 _EXPORTS = {
     "detection": (
-        "DetectionEvaluator",
         "DetectionResult",
         "PRCurve",
         "ap_from_pr",
@@ -23,14 +22,11 @@ _EXPORTS = {
         "evaluate_detections",
     ),
     "classification": (
-        "ClassificationEvaluator",
         "bootstrap_ci",
         "confusion",
         "count_baseline",
-        "count_cells",
         "diagnostic_metrics",
         "patient_level",
-        "pr_curve_points",
         "roc_curve_points",
     ),
 }

@@ -14,26 +14,24 @@ positive calls, ROC AUC with one class only), never a silent 0 or 1. Empty input
 every rate and zero counts.
 
 Patient-level results (:func:`patient_level`) and a count-only baseline (:func:`count_baseline`)
-use the same metrics. :class:`ClassificationEvaluator` accumulates batches.
+use the same metrics.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 __all__ = [
     "PATIENT_RULES",
-    "ClassificationEvaluator",
     "bootstrap_ci",
     "confusion",
     "count_baseline",
-    "count_cells",
     "diagnostic_metrics",
     "patient_level",
-    "pr_curve_points",
     "roc_curve_points",
 ]
 
@@ -79,24 +77,24 @@ def _auc(is_pos: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[is_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _weighted_f1(cm: np.ndarray) -> float:
-    # Per-class F1 weighted by the true support, as sklearn's f1_score(average="weighted") with
-    # zero_division=0; a class with no support has weight 0.
-    tp = np.diag(cm).astype(float)
-    support = cm.sum(axis=1).astype(float)
-    den = cm.sum(axis=1) + cm.sum(axis=0)
-    f1 = np.divide(2 * tp, den, out=np.zeros_like(tp), where=den > 0)
-    n = support.sum()
-    return float((f1 * support).sum() / n) if n > 0 else math.nan
+def _weighted_f1(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence) -> float:
+    # the C-NMC 2019 ranking metric, exactly scikit-learn's; a class with no support weighs 0
+    from sklearn.metrics import f1_score
 
-
-def _balanced_accuracy(cm: np.ndarray) -> float:
-    # Mean recall over the classes present in y_true (sklearn's balanced_accuracy_score).
-    support = cm.sum(axis=1)
-    present = support > 0
-    if not present.any():
+    if not len(y_true):
         return math.nan
-    return float(np.mean(np.diag(cm)[present] / support[present]))
+    return float(f1_score(y_true, y_pred, labels=list(labels), average="weighted", zero_division=0))
+
+
+def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    # mean recall over the classes present in y_true (scikit-learn's balanced_accuracy_score,
+    # without its warning when y_pred holds a class y_true lacks)
+    from sklearn.metrics import recall_score
+
+    present = sorted({v.item() if hasattr(v, "item") else v for v in np.unique(y_true)}, key=str)
+    if not present:
+        return math.nan
+    return float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
 
 
 def confusion(y_true, y_pred, labels: Sequence) -> np.ndarray:
@@ -141,12 +139,14 @@ def confusion(y_true, y_pred, labels: Sequence) -> np.ndarray:
         )
         if extra:
             raise ValueError(f"{name} holds {extra!r}, which is not among labels={labels!r}")
-    cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
-    if yt.size:
-        ti = np.array([index[v.item() if hasattr(v, "item") else v] for v in yt])
-        pi = np.array([index[v.item() if hasattr(v, "item") else v] for v in yp])
-        np.add.at(cm, (ti, pi), 1)
-    return cm
+    if not yt.size:
+        return np.zeros((len(labels), len(labels)), dtype=np.int64)
+    from sklearn.metrics import confusion_matrix
+
+    # integer codes: scikit-learn sorts mixed-type labels itself; the codes keep the given order
+    ti = np.array([index[v.item() if hasattr(v, "item") else v] for v in yt])
+    pi = np.array([index[v.item() if hasattr(v, "item") else v] for v in yp])
+    return confusion_matrix(ti, pi, labels=list(range(len(labels)))).astype(np.int64)
 
 
 def diagnostic_metrics(
@@ -259,12 +259,13 @@ def diagnostic_metrics(
     fp = int(np.count_nonzero(~is_pos & pred_pos))
     tn = int(np.count_nonzero(~is_pos & ~pred_pos))
     fn = int(np.count_nonzero(is_pos & ~pred_pos))
-    if labels is not None and len(labels) > 2:
-        cm = confusion(yt, yp, labels)
-        accuracy = _ratio(np.trace(cm), n)
-    else:
-        cm = np.array([[tp, fn], [fp, tn]])
+    if labels is not None and len(labels) > 2:  # several classes: the multi-class accuracy and F1
+        accuracy = _ratio(int(np.count_nonzero(yt == yp)), n)
+        weighted_f1, balanced = _weighted_f1(yt, yp, labels), _balanced_accuracy(yt, yp)
+    else:  # positive versus the rest
         accuracy = _ratio(tp + tn, n)
+        weighted_f1 = _weighted_f1(is_pos, pred_pos, [True, False])
+        balanced = _balanced_accuracy(is_pos, pred_pos)
     out: dict[str, float] = {
         "accuracy": accuracy,
         "sensitivity": _ratio(tp, tp + fn),
@@ -272,8 +273,8 @@ def diagnostic_metrics(
         "precision": _ratio(tp, tp + fp),
         "npv": _ratio(tn, tn + fn),
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "weighted_f1": _weighted_f1(cm),
-        "balanced_accuracy": _balanced_accuracy(cm),
+        "weighted_f1": weighted_f1,
+        "balanced_accuracy": balanced,
         "roc_auc": _auc(is_pos, pos_score) if pos_score is not None else math.nan,
         "tp": tp,
         "fp": fp,
@@ -309,34 +310,6 @@ def roc_curve_points(
 
     fpr, tpr, thr = roc_curve(is_pos, s)
     return fpr, tpr, thr
-
-
-def pr_curve_points(
-    y_true, y_score, *, positive: Any = 1
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision-recall curve as numbers for the report: ``(precision, recall, thresholds)``.
-
-    Thin wrapper of :func:`sklearn.metrics.precision_recall_curve` (recall decreasing, the last
-    point is ``(1, 0)`` with no threshold). Returns three empty arrays when ``y_true`` has no
-    positive (recall is undefined).
-
-    Examples
-    --------
-    >>> p, r, t = pr_curve_points([0, 1, 1], [0.2, 0.9, 0.6])
-    >>> p.tolist(), r.tolist()
-    ([0.6666666666666666, 1.0, 1.0, 1.0], [1.0, 1.0, 0.5, 0.0])
-    """
-    is_pos = _np1(y_true, "y_true").reshape(-1) == positive
-    s = _np1(y_score, "y_score", np.float64).reshape(-1)
-    if is_pos.size != s.size:
-        raise ValueError(
-            f"y_true has {is_pos.size} values and y_score {s.size}; they must be equal"
-        )
-    if not is_pos.any():
-        return np.zeros(0), np.zeros(0), np.zeros(0)
-    from sklearn.metrics import precision_recall_curve
-
-    return precision_recall_curve(is_pos, s)
 
 
 def bootstrap_ci(
@@ -508,41 +481,6 @@ def patient_level(
     return np.asarray(out_ids), np.asarray(out_true), np.asarray(out_score, dtype=np.float64)
 
 
-def count_cells(
-    preds: Sequence[dict], *, min_score: float = 0.0, labels: Sequence[int] | None = None
-) -> np.ndarray:
-    """Number of detected cells per image, the score of the count-only baseline.
-
-    Parameters
-    ----------
-    preds : sequence of dict
-        Detector output per image, ``{"boxes", "scores", "labels"}`` (numpy or torch).
-    min_score : float
-        Only detections scoring ``>= min_score`` count.
-    labels : sequence of int, optional
-        Only these class indices count (e.g. white cells); all by default.
-
-    Returns
-    -------
-    ndarray, shape (n_images,), int64
-
-    Examples
-    --------
-    >>> count_cells([{"boxes": [[0, 0, 1, 1]] * 3, "scores": [0.9, 0.5, 0.1], "labels": [0, 0, 1]}],
-    ...             min_score=0.3).tolist()
-    [2]
-    """
-    out = []
-    for i, p in enumerate(preds):
-        s = _np1(p["scores"], f"preds[{i}]['scores']", np.float64).reshape(-1)
-        keep = s >= min_score
-        if labels is not None:
-            lab = _np1(p["labels"], f"preds[{i}]['labels']").reshape(-1)
-            keep &= np.isin(lab, list(labels))
-        out.append(int(np.count_nonzero(keep)))
-    return np.asarray(out, dtype=np.int64)
-
-
 def count_baseline(
     y_true,
     counts,
@@ -564,7 +502,7 @@ def count_baseline(
     ----------
     y_true : array_like, shape (n,)
     counts : array_like, shape (n,)
-        Cells per image (or mean cells per image of a patient); see :func:`count_cells`.
+        Cells per image (or mean cells per image of a patient).
     positive : label
     threshold : float, optional
 
@@ -598,87 +536,3 @@ def count_baseline(
     return out
 
 
-class ClassificationEvaluator:
-    """Accumulates image-level predictions batch by batch, then computes diagnostic metrics.
-
-    Parameters
-    ----------
-    positive : label
-    threshold : float
-        As in :func:`diagnostic_metrics`.
-    patient_rule : {"mean", "majority"}
-        Used when patient ids were given to :meth:`update`.
-
-    Examples
-    --------
-    >>> ev = ClassificationEvaluator()
-    >>> ev.update([1, 0], [0.8, 0.3], patient_ids=["p1", "p2"])
-    >>> ev.update([1, 0], [0.4, 0.1], patient_ids=["p1", "p2"])
-    >>> m = ev.compute()
-    >>> m["accuracy"], m["patient.accuracy"]
-    (0.75, 1.0)
-    """
-
-    def __init__(self, *, positive: Any = 1, threshold: float = 0.5, patient_rule: str = "mean"):
-        if patient_rule not in PATIENT_RULES:
-            raise ValueError(f"patient_rule={patient_rule!r} is not one of {PATIENT_RULES}")
-        self.positive = positive
-        self.threshold = float(threshold)
-        self.patient_rule = patient_rule
-        self.reset()
-
-    def reset(self) -> None:
-        self._true: list[np.ndarray] = []
-        self._score: list[np.ndarray] = []
-        self._pid: list[np.ndarray] = []
-
-    def update(self, y_true, y_score, *, patient_ids=None) -> None:
-        """Add a batch: labels ``(b,)`` and scores ``(b,)`` or ``(b, C)``; optional patient ids."""
-        yt = _np1(y_true, "y_true").reshape(-1)
-        ys = _np1(y_score, "y_score", np.float64)
-        if ys.shape[0] != yt.size:
-            raise ValueError(
-                f"y_true has {yt.size} values and y_score {ys.shape[0]}; they must be equal"
-            )
-        if patient_ids is None:
-            if self._pid:
-                raise ValueError(
-                    "patient_ids were given in earlier batches; give them in every batch"
-                )
-        else:
-            pid = _np1(patient_ids, "patient_ids").reshape(-1)
-            if pid.size != yt.size:
-                raise ValueError(f"y_true has {yt.size} values and patient_ids {pid.size}")
-            if self._true and not self._pid:
-                raise ValueError(
-                    "earlier batches had no patient_ids; give them in every batch or none"
-                )
-            self._pid.append(pid)
-        self._true.append(yt)
-        self._score.append(ys)
-
-    def compute(self) -> dict[str, float]:
-        """Image-level metrics, plus ``patient.<metric>`` when patient ids were given.
-
-        Patient-level metrics need a 1-D score (probability of ``positive``); with ``(n, C)``
-        scores the column ``positive`` is used.
-        """
-        if not self._true:
-            yt, ys = np.zeros(0), np.zeros(0)
-        else:
-            yt, ys = np.concatenate(self._true), np.concatenate(self._score)
-        out = diagnostic_metrics(yt, ys, positive=self.positive, threshold=self.threshold)
-        if self._pid:
-            pos_score = ys[:, self.positive] if ys.ndim == 2 else ys
-            is_pos = (yt == self.positive).astype(int)
-            _, pt, ps = patient_level(
-                np.concatenate(self._pid),
-                is_pos,
-                pos_score,
-                rule=self.patient_rule,
-                threshold=self.threshold,
-            )
-            thr = self.threshold if self.patient_rule == "mean" else 0.5
-            for k, v in diagnostic_metrics(pt, ps, positive=1, threshold=thr).items():
-                out[f"patient.{k}"] = v
-        return out

@@ -24,25 +24,22 @@ VOC (:func:`match_voc`)
     purpose (a detection whose best box is already taken is a duplicate even if it also overlaps
     another free box): it is the rule behind published VOC numbers and the ImageAI/keras-yolo3
     evaluation the paper used.
-COCO (:func:`match_coco`)
-    Exactly ``pycocotools.cocoeval.COCOeval.evaluateImg`` for area range ``'all'``,
-    ``maxDets=100`` and no crowd boxes: per image and class, the 100 best-scoring detections
-    (stable sort) are taken in score order and each is matched to the still-unmatched ground
-    truth box with the highest IoU ``>= t`` (the *last* such box on ties, as pycocotools does).
-    ``difficult`` boxes play the part of pycocotools' ignored boxes: a detection prefers a regular
-    box; one that matches only a difficult box is ignored (neither TP nor FP), and difficult boxes
-    are not counted as positives.
+COCO (:func:`coco_aps`)
+    pycocotools' own ``COCOeval`` (area range ``'all'``, ``maxDets=100``), reached through one
+    converter, :func:`to_coco_api`. ``difficult`` boxes become pycocotools' ignored boxes (area 0
+    outside the area range): a detection that matches only a difficult box is neither TP nor FP,
+    and difficult boxes are not counted as positives.
 
 AP from a precision/recall curve is :func:`ap_from_pr`. :func:`evaluate_detections` runs both
-matchings and returns a :class:`DetectionResult`; :class:`DetectionEvaluator` accumulates images
-batch by batch.
+and returns a :class:`DetectionResult`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,13 +47,13 @@ __all__ = [
     "AP_METHODS",
     "COCO_IOU_THRESHOLDS",
     "COCO_MAX_DETS",
-    "DetectionEvaluator",
     "DetectionResult",
     "PRCurve",
     "ap_from_pr",
     "box_iou",
     "evaluate_detections",
-    "match_coco",
+    "to_coco_api",
+    "coco_aps",
     "match_voc",
 ]
 
@@ -322,67 +319,64 @@ def match_voc(
     return scores[order][keep], tp[keep], fp[keep], n_pos
 
 
-def match_coco(
-    preds: Sequence[_Image],
-    gts: Sequence[_Image],
-    cls: int,
-    iou_thresholds: np.ndarray,
-    max_dets: int = COCO_MAX_DETS,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """pycocotools matching of one class over all images (inputs already validated).
+def to_coco_api(preds: Sequence[_Image], gts: Sequence[_Image], num_classes: int) -> tuple[dict, list[dict]]:
+    """The one converter to pycocotools (as torchvision's ``convert_to_coco_api``).
 
-    Returns ``(scores, tp, fp, n_pos)``: ``scores`` shape ``(D,)`` in rank order (stable sort by
-    score over the images' top-``max_dets`` detections), ``tp`` and ``fp`` bool of shape
-    ``(T, D)`` (both false for an ignored detection), ``n_pos`` the number of non-difficult boxes.
+    Returns the ground-truth dataset dict and the detection list, boxes as COCO ``xywh``; image ids
+    are ``1..N`` and category ids ``label + 1``. Difficult boxes get area 0, and the evaluation's
+    area range starts at 1, so pycocotools treats them as *ignored* (a match with one is neither a
+    true nor a false positive), the meaning of difficult in VOC.
     """
-    thr = np.minimum(np.asarray(iou_thresholds, dtype=np.float64).reshape(-1), 1 - 1e-10)
-    T = len(thr)
-    all_scores, all_tp, all_fp, n_pos = [], [], [], 0
-    for p, g in zip(preds, gts):
-        dk = np.flatnonzero(p.labels == cls)
-        gk = np.flatnonzero(g.labels == cls)
-        # pycocotools sorts ground truth with ignored (here: difficult) boxes last, stably.
-        gk = gk[np.argsort(g.difficult[gk], kind="mergesort")]
-        ig = g.difficult[gk]
-        n_pos += int(np.count_nonzero(~ig))
-        if dk.size == 0:
-            continue
-        dk = dk[np.argsort(-p.scores[dk], kind="mergesort")][:max_dets]
-        D, G = len(dk), len(gk)
-        tp = np.zeros((T, D), dtype=bool)
-        fp = np.ones((T, D), dtype=bool)
-        if G:
-            ious = box_iou(p.boxes[dk], g.boxes[gk])
-            gtm = np.zeros((T, G), dtype=bool)
-            reach = ious.max(axis=1) >= thr.min()  # detections that can match at any threshold
-            for d in np.flatnonzero(reach):
-                row = ious[d]
-                ok = ~gtm & (row[None, :] >= thr[:, None])  # (T, G) candidates
-                for ignored in (False, True):
-                    cand = ok & (ig == ignored)[None, :]
-                    has = cand.any(axis=1)
-                    if ignored:
-                        has &= ~(tp[:, d] | ~fp[:, d])  # only thresholds still unmatched
-                    if not has.any():
-                        continue
-                    vals = np.where(cand, row[None, :], -np.inf)
-                    # the last box among equal best IoUs wins, as in pycocotools' loop
-                    best = G - 1 - np.argmax(vals[:, ::-1], axis=1)
-                    t_idx = np.flatnonzero(has)
-                    gtm[t_idx, best[t_idx]] = True
-                    fp[t_idx, d] = False
-                    if not ignored:
-                        tp[t_idx, d] = True
-        all_scores.append(p.scores[dk])
-        all_tp.append(tp)
-        all_fp.append(fp)
-    if not all_scores:
-        return np.zeros(0), np.zeros((T, 0), bool), np.zeros((T, 0), bool), n_pos
-    scores = np.concatenate(all_scores)
-    order = np.argsort(-scores, kind="mergesort")
-    tp = np.concatenate(all_tp, axis=1)[:, order]
-    fp = np.concatenate(all_fp, axis=1)[:, order]
-    return scores[order], tp, fp, n_pos
+    images, anns, dets = [], [], []
+    for i, (p, g) in enumerate(zip(preds, gts), start=1):
+        images.append({"id": i, "width": 1, "height": 1})
+        for b, lab, d in zip(g.boxes.astype(np.float64), g.labels, g.difficult):
+            w, h = float(b[2] - b[0]), float(b[3] - b[1])
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(lab) + 1,
+                         "bbox": [float(b[0]), float(b[1]), w, h], "area": 0.0 if d else max(w * h, 1.0), "iscrowd": 0})
+        for b, sc, lab in zip(p.boxes.astype(np.float64), p.scores, p.labels):
+            dets.append({"image_id": i, "category_id": int(lab) + 1, "score": float(sc),
+                         "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
+    dataset = {"images": images, "annotations": anns,
+               "categories": [{"id": k + 1, "name": str(k)} for k in range(num_classes)]}
+    return dataset, dets
+
+
+def coco_aps(preds: Sequence[_Image], gts: Sequence[_Image], num_classes: int,
+             iou_thresholds: np.ndarray, max_dets: int = COCO_MAX_DETS) -> np.ndarray:
+    """COCO AP (101-point, area "all", ``max_dets`` per image) of each class at each IoU threshold,
+    computed by pycocotools' ``COCOeval``; shape ``(T, K)``, NaN for a class without ground truth."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    thr = np.asarray(iou_thresholds, dtype=np.float64).reshape(-1)
+    dataset, dets = to_coco_api(preds, gts, num_classes)
+    n_gt = np.zeros(num_classes, int)
+    for a in dataset["annotations"]:
+        n_gt[a["category_id"] - 1] += a["area"] > 0
+    out = np.where(n_gt > 0, 0.0, np.nan)[None, :].repeat(len(thr), 0)
+    if not dets or not dataset["annotations"]:
+        return out
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        coco_gt = COCO()
+        coco_gt.dataset = dataset
+        coco_gt.createIndex()
+        ev = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
+        ev.params.iouThrs = thr
+        ev.params.maxDets = [int(max_dets)]
+        ev.params.areaRng = [[1.0, 1e10]]
+        ev.params.areaRngLbl = ["all"]
+        ev.evaluate()
+        ev.accumulate()
+    prec = ev.eval["precision"][:, :, :, 0, 0]  # (T, R, K); -1 where a class has no ground truth
+    for k in range(num_classes):
+        pk = prec[:, :, k]
+        if n_gt[k] > 0:
+            out[:, k] = np.where((pk < 0).all(axis=1), 0.0, np.clip(pk, 0, None).mean(axis=1))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -502,15 +496,6 @@ def _mean(values: dict[str, float]) -> float:
     return float(np.mean(v)) if v else math.nan
 
 
-def _coco_ap(tp: np.ndarray, fp: np.ndarray, n_pos: int) -> float:
-    # pycocotools' accumulate, for one threshold row
-    tps = np.cumsum(tp).astype(float)
-    fps = np.cumsum(fp).astype(float)
-    rec = tps / n_pos
-    prec = tps / (fps + tps + np.spacing(1))
-    return ap_from_pr(rec, prec, "coco")
-
-
 def evaluate_detections(
     preds: Sequence[Mapping[str, Any]],
     gts: Sequence[Mapping[str, Any]],
@@ -584,6 +569,7 @@ def evaluate_detections(
     ap07, ap, apc, apc95 = {}, {}, {}, {}
     n_gt, n_det, tps, fps, curves = {}, {}, {}, {}, {}
     thr_grid = np.concatenate([COCO_IOU_THRESHOLDS, [float(iou_threshold)]])
+    coco = coco_aps(p_imgs, g_imgs, len(classes), thr_grid)  # (T + 1, K), pycocotools
     for k, name in enumerate(classes):
         scores, tp, fp, n_pos = match_voc(p_imgs, g_imgs, k, float(iou_threshold))
         ctp, cfp = np.cumsum(tp), np.cumsum(fp)
@@ -594,15 +580,13 @@ def evaluate_detections(
         n_gt[name] = n_pos
         n_det[name] = int(sum(int(np.count_nonzero(p.labels == k)) for p in p_imgs))
         tps[name], fps[name] = int(tp.sum()), int(fp.sum())
-        _, ctp_t, cfp_t, _ = match_coco(p_imgs, g_imgs, k, thr_grid)
         if n_pos == 0:
             ap07[name] = ap[name] = apc[name] = apc95[name] = math.nan
             continue
         ap07[name] = ap_from_pr(rec, prec, "voc07")
         ap[name] = ap_from_pr(rec, prec, "voc")
-        per_t = [_coco_ap(ctp_t[t], cfp_t[t], n_pos) for t in range(len(thr_grid))]
-        apc95[name] = float(np.mean(per_t[: len(COCO_IOU_THRESHOLDS)]))
-        apc[name] = per_t[-1]
+        apc95[name] = float(np.mean(coco[: len(COCO_IOU_THRESHOLDS), k]))
+        apc[name] = float(coco[-1, k])
     return DetectionResult(
         classes=classes,
         iou_threshold=float(iou_threshold),
@@ -624,56 +608,3 @@ def evaluate_detections(
     )
 
 
-class DetectionEvaluator:
-    """Accumulates images batch by batch, then runs :func:`evaluate_detections`.
-
-    Parameters
-    ----------
-    classes : sequence of str
-    iou_threshold, min_score : float
-        As in :func:`evaluate_detections`.
-
-    Examples
-    --------
-    >>> ev = DetectionEvaluator(["cell"])
-    >>> ev.update([{"boxes": [[0, 0, 10, 10]], "scores": [0.9], "labels": [0]}],
-    ...           [{"boxes": [[0, 0, 10, 10]], "labels": [0]}])
-    >>> ev.compute().map_voc
-    1.0
-    >>> ev.reset(); len(ev)
-    0
-    """
-
-    def __init__(
-        self, classes: Sequence[str], *, iou_threshold: float = 0.5, min_score: float = 0.0
-    ):
-        self.classes = [str(c) for c in classes]
-        self.iou_threshold = float(iou_threshold)
-        self.min_score = float(min_score)
-        self._preds: list[dict[str, np.ndarray]] = []
-        self._gts: list[dict[str, np.ndarray]] = []
-
-    def update(self, preds: Sequence[Mapping[str, Any]], gts: Sequence[Mapping[str, Any]]) -> None:
-        """Add one batch (lists of per-image dicts, as in :func:`evaluate_detections`).
-
-        The batch is validated and copied to numpy now, so tensors may be reused by the caller.
-        """
-        p, g = _check_inputs(preds, gts, len(self.classes))
-        self._preds += [{"boxes": x.boxes, "scores": x.scores, "labels": x.labels} for x in p]
-        self._gts += [{"boxes": x.boxes, "labels": x.labels, "difficult": x.difficult} for x in g]
-
-    def compute(self) -> DetectionResult:
-        """Evaluate everything added since the last :meth:`reset`."""
-        return evaluate_detections(
-            self._preds,
-            self._gts,
-            self.classes,
-            iou_threshold=self.iou_threshold,
-            min_score=self.min_score,
-        )
-
-    def reset(self) -> None:
-        self._preds, self._gts = [], []
-
-    def __len__(self) -> int:
-        return len(self._preds)

@@ -57,7 +57,7 @@ class ImageClassifier(nn.Module):
             p.requires_grad_(not frozen)
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "ImageClassifier":
+    def train(self, mode: bool = True) -> ImageClassifier:
         super().train(mode)
         if mode and getattr(self, "backbone_frozen", False):
             self._backbone[0].eval()
