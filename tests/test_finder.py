@@ -118,8 +118,7 @@ def test_annotate_finder_stain_writes_voc_and_never_overwrites(txl_pbc, tmp_path
     df = pd.read_csv(manifest, dtype=str).fillna("")
     df["label"] = "ALL"
     df.to_csv(out / "m.csv", index=False)  # image paths are relative to the manifest
-    assert main(["annotate", str(out / "m.csv"), "--finder", "stain", "--out", str(tmp_path / "b2"),
-                 "--no-progress"]) == 0
+    assert main(["annotate", str(out / "m.csv"), "--finder", "stain", "--out", str(tmp_path / "b2"), "--no-progress"]) == 0
     assert set(read_voc(tmp_path / "b2" / (items[1][0].stem + ".xml"), image_root=src).labels) == {"ALL"}
     assert main(["annotate", str(src), "--finder", "stain", "--detector", "x.pt", "--out", str(tmp_path / "b3")]) == 2
     assert "--detector and --finder both given" in capsys.readouterr().err
@@ -139,8 +138,11 @@ class _ReplayBackend:
         labels = np.array([classes.index(n) for n in record["labels"]], np.int64)
         boxes = letterbox_geometry(h, w, imgsz).to_input(np.asarray(record["boxes"], np.float32))
         keep = np.asarray(record["scores"]) >= conf
-        self.out = {"boxes": torch.tensor(boxes[keep]), "scores": torch.tensor(np.asarray(record["scores"])[keep]),
-                    "labels": torch.tensor(labels[keep])}
+        self.out = {
+            "boxes": torch.tensor(boxes[keep]),
+            "scores": torch.tensor(np.asarray(record["scores"])[keep]),
+            "labels": torch.tensor(labels[keep]),
+        }
 
     def __call__(self, batch):
         return [self.out for _ in range(len(batch))]
@@ -167,8 +169,9 @@ def _classifier():
     from blastscope.models import create_model
 
     torch.manual_seed(1)
-    model = create_model("mobilenet_v2", num_classes=3, class_names=["lymphocyte", "monocyte", "neutrophil"],
-                         pretrained=False, input_size=64)
+    model = create_model(
+        "mobilenet_v2", num_classes=3, class_names=["lymphocyte", "monocyte", "neutrophil"], pretrained=False, input_size=64
+    )
     return _Counting(model.eval(), model.info.class_names, 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
@@ -289,12 +292,17 @@ def test_evaluate_two_stage_cells_are_white_cells_only(bccd, bccd_records):
 
     rec = bccd_records["images"][1]  # BloodImage_00011: its white cell is boxed twice by the detector
     names = list(rec["labels"])
-    d = {"boxes": np.asarray(rec["boxes"], np.float32), "scores": np.asarray(rec["scores"], np.float32),
-         "labels": np.array([bccd_records["classes"].index(n) for n in names]), "names": names}
+    d = {
+        "boxes": np.asarray(rec["boxes"], np.float32),
+        "scores": np.asarray(rec["scores"], np.float32),
+        "labels": np.array([bccd_records["classes"].index(n) for n in names]),
+        "names": names,
+    }
     path = str(bccd / "JPEGImages" / rec["file"])
     clf = _classifier()
-    cells, probs = _two_stage_cells({0: d}, clf, [path], single_cell=False, cell_conf=0.25, positive="neutrophil",
-                                    white_classes={"WBC"}, iou=0.45)
+    cells, probs = _two_stage_cells(
+        {0: d}, clf, [path], single_cell=False, cell_conf=0.25, positive="neutrophil", white_classes={"WBC"}, iou=0.45
+    )
     idx = cells[0]["index"]
     strong_wbc = [i for i, (n, s) in enumerate(zip(names, rec["scores"])) if n == "WBC" and s >= 0.25]
     assert len(strong_wbc) == 2 and len(idx) == 1 and int(idx[0]) in strong_wbc  # two boxes, one cell

@@ -111,8 +111,14 @@ def score_finder(finder, items: Iterable[tuple[str | Path, np.ndarray]]) -> Find
     )  # fmt: skip
 
 
-def txl_pbc_images(root: str | Path, source: str, splits: Iterable[str] | None = ("test",),
-                   limit: int | None = None, *, with_wbc_only: bool = False) -> list[tuple[Path, np.ndarray]]:
+def txl_pbc_images(
+    root: str | Path,
+    source: str,
+    splits: Iterable[str] | None = ("test",),
+    limit: int | None = None,
+    *,
+    with_wbc_only: bool = False,
+) -> list[tuple[Path, np.ndarray]]:
     """The TXL-PBC images of one source with their WBC boxes.
 
     Parameters
@@ -150,8 +156,7 @@ def txl_pbc_images(root: str | Path, source: str, splits: Iterable[str] | None =
             image = root / row["image"]
             width, height = (int(v) for v in row["size"].split("x"))
             rel = Path(row["image"]).relative_to("images")
-            ann = read_yolo(root / "labels" / rel.with_suffix(".txt"), width=width, height=height, classes=None,
-                            image=image)
+            ann = read_yolo(root / "labels" / rel.with_suffix(".txt"), width=width, height=height, classes=None, image=image)
             keep = np.array([str(lab) == "0" for lab in ann.labels], bool)
             if with_wbc_only and not keep.any():
                 continue

@@ -324,8 +324,9 @@ class StainFinder:
             cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * s.expand / 2
             boxes.append([max(0.0, cx - half), max(0.0, cy - half), min(float(w), cx + half), min(float(h), cy + half)])
             scores.append(area / largest)
-        return _merge_overlapping(FoundCells(np.array(boxes, np.float32).reshape(-1, 4), np.array(scores, np.float32)),
-                                  s.merge_overlap)
+        return _merge_overlapping(
+            FoundCells(np.array(boxes, np.float32).reshape(-1, 4), np.array(scores, np.float32)), s.merge_overlap
+        )
 
     def _split(self, c: np.ndarray, nuclei: np.ndarray, r: float, depth: int) -> list[tuple[tuple[slice, slice], float]]:
         """Nucleus groups of a mask as ``(slice, area)``; oversized groups are re-thresholded and split."""

@@ -40,8 +40,9 @@ def cell_classes_of(info: dict[str, Any]) -> list[str]:
     return [str(c) for c in recorded] if recorded else default_cell_classes(names)
 
 
-def resolve_cell_classes(class_names: Sequence[str], cell_classes: Sequence[str] | str | None,
-                         where: str = "detector") -> list[str]:
+def resolve_cell_classes(
+    class_names: Sequence[str], cell_classes: Sequence[str] | str | None, where: str = "detector"
+) -> list[str]:
     """Check a ``--cell-classes`` list (or comma-separated string) against the detector's classes.
 
     Raises
@@ -56,9 +57,11 @@ def resolve_cell_classes(class_names: Sequence[str], cell_classes: Sequence[str]
         cell_classes = [c.strip() for c in cell_classes.split(",") if c.strip()]
     unknown = [c for c in cell_classes if c not in names]
     if unknown or not cell_classes:
-        raise BlastscopeError(f"{where}: --cell-classes {','.join(cell_classes) or '(empty)'}: "
-                              f"{'not a class of the detector: ' + ', '.join(unknown) if unknown else 'no class given'}; "
-                              f"its classes are {', '.join(names)}")
+        raise BlastscopeError(
+            f"{where}: --cell-classes {','.join(cell_classes) or '(empty)'}: "
+            f"{'not a class of the detector: ' + ', '.join(unknown) if unknown else 'no class given'}; "
+            f"its classes are {', '.join(names)}"
+        )
     return [str(c) for c in cell_classes]
 
 
@@ -124,14 +127,23 @@ class DetectorFinder:
         self._sha256: str | None = None
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, conf: float = 0.25, iou: float = 0.45, device: str = "cpu",
-                        cell_classes: Sequence[str] | None = None) -> DetectorFinder:
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        *,
+        conf: float = 0.25,
+        iou: float = 0.45,
+        device: str = "cpu",
+        cell_classes: Sequence[str] | None = None,
+    ) -> DetectorFinder:
         from blastscope.inference.predictor import Predictor
 
         predictor = Predictor.from_checkpoint(path, conf=conf, iou=iou, device=device)
         if getattr(predictor, "task", "detect") != "detect":
-            raise BlastscopeError(f"{path}: a cell classifier checkpoint, not a detector; give --finder 'stain' or a "
-                                  "detector checkpoint (e.g. yolov3-tiny trained with 'blastscope train --task detect')")
+            raise BlastscopeError(
+                f"{path}: a cell classifier checkpoint, not a detector; give --finder 'stain' or a "
+                "detector checkpoint (e.g. yolov3-tiny trained with 'blastscope train --task detect')"
+            )
         if cell_classes is None:
             cell_classes = predictor.cell_classes
         return cls(predictor, cell_classes, checkpoint=path)
@@ -139,8 +151,13 @@ class DetectorFinder:
     def settings(self) -> dict[str, Any]:
         if self.checkpoint is not None and self._sha256 is None:
             self._sha256 = hashlib.sha256(self.checkpoint.read_bytes()).hexdigest()
-        return {"checkpoint": str(self.checkpoint) if self.checkpoint else None, "sha256": self._sha256,
-                "cell_classes": list(self.cell_classes), "conf": self.predictor.conf, "iou": self.predictor.iou}
+        return {
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "sha256": self._sha256,
+            "cell_classes": list(self.cell_classes),
+            "conf": self.predictor.conf,
+            "iou": self.predictor.iou,
+        }
 
     def find(self, image: np.ndarray) -> FoundCells:
         """White-cell boxes of one RGB image: detections of the white-cell classes after class-agnostic NMS.
@@ -165,8 +182,15 @@ class DetectorFinder:
         return f"DetectorFinder({self.checkpoint}, cell_classes={self.cell_classes})"
 
 
-def make_finder(spec: str | os.PathLike | CellFinder, *, conf: float = 0.25, iou: float = 0.45, device: str = "cpu",
-                cell_classes: Sequence[str] | None = None, settings: dict[str, Any] | None = None) -> CellFinder:
+def make_finder(
+    spec: str | os.PathLike | CellFinder,
+    *,
+    conf: float = 0.25,
+    iou: float = 0.45,
+    device: str = "cpu",
+    cell_classes: Sequence[str] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> CellFinder:
     """A white-cell finder from a spec.
 
     Parameters
@@ -190,6 +214,8 @@ def make_finder(spec: str | os.PathLike | CellFinder, *, conf: float = 0.25, iou
         return StainFinder.from_settings(settings)
     path = Path(spec)
     if not path.is_file():
-        raise BlastscopeError(f"--finder {spec}: neither 'stain' nor an existing detector checkpoint; "
-                              "pass --finder stain or the best.pt of 'blastscope train --task detect'")
+        raise BlastscopeError(
+            f"--finder {spec}: neither 'stain' nor an existing detector checkpoint; "
+            "pass --finder stain or the best.pt of 'blastscope train --task detect'"
+        )
     return DetectorFinder.from_checkpoint(path, conf=conf, iou=iou, device=device, cell_classes=cell_classes)
