@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.blastscope-installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: all venv weights browser demo lint test bench clean
+.PHONY: all venv weights browser demo lint test bench bench-finder train-finder-loso clean
 
 all: test
 
@@ -46,6 +46,25 @@ test: weights browser lint
 bench: weights
 	$(BIN)/python -m pytest -q -m slow -s
 	$(BIN)/python scripts/bench.py
+
+# White-cell finders on TXL-PBC per source (stain finder: test split and all images; add
+# --detector SOURCE=PATH for leave-one-source-out detectors). About 5 minutes on 2 CPU cores.
+TXL ?= ../shared/data/txl-pbc
+bench-finder: venv
+	$(BIN)/python scripts/bench_finder.py --root $(TXL) --out bench_out
+
+# One leave-one-source-out detector (HELD_OUT=BCCD|BCD|PBC|Raabin-WBC), small and short enough for
+# this CPU: yolov3-tiny, 320 px, 3 epochs on the other three sources' train (best by their val).
+HELD_OUT ?= Raabin-WBC
+LOSO_EPOCHS ?= 3
+LOSO_IMGSZ ?= 320
+train-finder-loso: weights
+	$(BIN)/blastscope import $(TXL) --out runs/txl/manifest.csv
+	$(BIN)/python scripts/loso_manifest.py runs/txl/manifest.csv --held-out $(HELD_OUT) --root $(TXL) --out runs/txl/loso-$(HELD_OUT).csv
+	$(BIN)/blastscope train --task detect --data runs/txl/loso-$(HELD_OUT).csv --model yolov3-tiny \
+	  --epochs $(LOSO_EPOCHS) --imgsz $(LOSO_IMGSZ) --out runs/loso-$(HELD_OUT) --exist-ok
+	$(BIN)/python scripts/bench_finder.py --root $(TXL) --finders detector --splits test,all --sources $(HELD_OUT) \
+	  --detector $(HELD_OUT)=runs/loso-$(HELD_OUT)/best.pt --out runs/loso-$(HELD_OUT)
 
 clean:
 	rm -rf demo_out .pytest_cache

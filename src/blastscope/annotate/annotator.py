@@ -177,6 +177,8 @@ def annotate_manifest(
     progress: bool = True,
     min_area: int = MIN_AREA,
     detector=None,
+    finder=None,
+    default_label: str | None = None,
 ) -> AnnotateResult:
     """Box the cells of every image and write one Pascal VOC XML per image.
 
@@ -202,6 +204,12 @@ def annotate_manifest(
         ``conf`` applied): every detected cell is boxed and labelled with the row's label, instead
         of the one automatic box of a cell on black. Images where it detects nothing get no XML
         (listed in ``no_cell``).
+    finder : CellFinder, optional
+        A white-cell finder (:class:`blastscope.annotate.finder.StainFinder`, or a detector's
+        :class:`blastscope.inference.finder.DetectorFinder`): every white cell it finds is boxed.
+        Rows without a label are then labelled ``default_label``.
+    default_label : str, optional
+        Box name for rows without a label (default with ``finder``: ``"WBC"``; else such rows fail).
 
     Returns
     -------
@@ -211,6 +219,10 @@ def annotate_manifest(
     from tqdm.auto import tqdm
 
     log = ProblemLog() if log is None else log
+    if detector is not None and finder is not None:
+        raise BlastscopeError("annotate: give a detector or a finder, not both")
+    if finder is not None and default_label is None:
+        default_label = "WBC"
     df = _as_manifest(rows_or_manifest)
     result = AnnotateResult(manifest=df)
     targets = xml_paths(df["image"], out_dir)
@@ -239,6 +251,7 @@ def annotate_manifest(
             df.at[idx, "annotation"] = str(xml.resolve())
             result.kept += 1
             continue
+        label = label or default_label
         if not label:
             log.add(image, "has no label to name its box", "fill the manifest's label column or pass --label NAME")
             result.failed.append(image)
@@ -251,7 +264,14 @@ def annotate_manifest(
             continue
         height, width = pixels.shape[:2]
         df.at[idx, "width"], df.at[idx, "height"] = str(width), str(height)
-        if detector is not None:
+        if finder is not None:
+            boxes = finder.find(pixels).boxes
+            if not len(boxes):
+                hint = "lower --conf, or draw" if finder.kind == "detector" else "draw"
+                log.add(image, f"the {finder.kind} finder found no white cell", f"{hint} the boxes by hand in LabelImg")
+                result.no_cell.append(image)
+                continue
+        elif detector is not None:
             boxes = detected_boxes(detector, pixels)
             if not len(boxes):
                 log.add(image, f"the detector found no cell (confidence >= {detector.conf:g})",

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--split", default="test", help="split to evaluate (default: test)")
     a("--out", type=Path, required=True, metavar="DIR", help="output folder for metrics.json, report.html and plots")
     a("--classifier", type=Path, default=None, metavar="CKPT", help="classifier checkpoint: two stages (detect, then classify each cell)")
+    a("--cell-classes", default=None, metavar="A,B",
+      help="with --classifier: detector classes that are white cells, the only ones classified (default: recorded in "
+           "the detector checkpoint, else every class not named like red cells or platelets)")
     a("--min-score", type=float, default=0.0, help="also report AP with detections below this dropped first (ImageAI style, e.g. 0.3)")
     a("--conf", type=float, default=0.001, help="detector confidence threshold (default 0.001, low so AP sees the whole curve)")
     a("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
@@ -63,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(
         args.checkpoint, args.data, split=args.split, classifier=args.classifier, conf=args.conf, iou=args.iou,
         min_score=args.min_score, imgsz=args.imgsz, batch=args.batch, positive=args.positive,
-        patient_rule=args.patient_rule, cell_conf=args.cell_conf, progress=args.progress, device=args.device,
-        predictions=args.predictions, blast_threshold=args.blast_threshold,
+        patient_rule=args.patient_rule, cell_conf=args.cell_conf, white_cell_classes=args.cell_classes, progress=args.progress,
+        device=args.device, predictions=args.predictions, blast_threshold=args.blast_threshold,
     )  # fmt: skip
     report = write_report(result, args.out)
     n = len(result.predictions)

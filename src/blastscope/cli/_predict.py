@@ -38,7 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--imgsz", type=int, default=None,
                         help="network input size, a multiple of 32 (default: the checkpoint's)")
     parser.add_argument("--classifier", type=Path, default=None, metavar="CKPT",
-                        help="classifier checkpoint for two-stage prediction (classifies each detected cell)")
+                        help="classifier checkpoint for two-stage prediction (classifies each detected white cell; "
+                             "the detector's other classes, e.g. RBC and Platelets, are counted, never classified)")
+    parser.add_argument("--cell-classes", default=None, metavar="A,B",
+                        help="with --classifier: the detector classes that are white cells (default: recorded in the "
+                             "detector checkpoint, else every class not named like red cells or platelets)")
     parser.add_argument("--every", type=int, default=1, metavar="N", help="use every N-th frame / image (default 1)")
     parser.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames / images")
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
@@ -144,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
     refuse_overwrite(pred_csv, args.overwrite)
 
     predictor = Predictor.from_checkpoint(args.checkpoint, conf=args.conf, iou=args.iou, imgsz=args.imgsz,
-                                          device=args.device, backend=args.backend, classifier=args.classifier)
+                                          device=args.device, backend=args.backend, classifier=args.classifier,
+                                          cell_classes=args.cell_classes)
     log = ProblemLog(stream=_TqdmLines())
     source = open_source(args.source, every=args.every, max_frames=args.max_frames, log=log,
                          shard_spec=_shard_spec(args.shard))

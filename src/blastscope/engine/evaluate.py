@@ -39,8 +39,9 @@ Image calls (when the rows carry image labels)
     ``patient_rule`` (``"mean"``: mean image score ``>= 0.5``; ``"majority"``: at least half of the
     patient's images called positive).
 Two stages (``classifier=``)
-    The detector finds the cells; each cell (the top detection for single-cell images, every
-    detection ``>= cell_conf`` otherwise) is cut as a square around its box with a margin, resized
+    The detector finds the cells; each white cell (the top white-cell detection for single-cell
+    images, every white-cell detection ``>= cell_conf`` left by class-agnostic NMS otherwise; the
+    detector's red cells and platelets are never classified) is cut as a square around its box with a margin, resized
     to the classifier's input size and classified. The cell's call is the classifier's arg-max, its
     score the classifier's probability of ``positive``; images are then called as above.
 Classifier (``task == "classify"``)
@@ -71,6 +72,7 @@ from blastscope.data.formats import image_size, load_annotation
 from blastscope.data.images import read_image
 from blastscope.data.manifest import manifest_classes, read_manifest
 from blastscope.engine.tasks import get_task
+from blastscope.inference.finder import MERGE_IOU, agnostic_nms, cell_classes_of, resolve_cell_classes
 from blastscope.inference.predictor import CropClassifier, Predictor, TorchBackend
 from blastscope.metrics.calls import BLAST_THRESHOLD, image_calls
 from blastscope.metrics.classification import (
@@ -695,12 +697,22 @@ def _called_index(d: dict, c: dict | None) -> dict[int, int]:
 
 
 def _two_stage_cells(dets: dict[int, dict], stage2, paths: list[str], *, single_cell: bool, cell_conf: float,
-                     positive: str) -> tuple[dict[int, dict], dict[int, np.ndarray]]:
-    """Classify the cells of each image's detections (the top one for single cells, else those >= cell_conf)."""
+                     positive: str, white_classes: Sequence[str] | None = None,
+                     iou: float = MERGE_IOU) -> tuple[dict[int, dict], dict[int, np.ndarray]]:
+    """Classify the white cells of each image's detections (the top white-cell detection for single
+    cells; else the white-cell detections >= cell_conf left by class-agnostic NMS at ``min(iou,
+    MERGE_IOU)``). Detections of other classes (red cells, platelets) keep their detector names and
+    are no cells of the image calls. ``white_classes`` None: every class is a white cell."""
     cells, probs_by_row = {}, {}
     cell_classes = list(stage2.class_names)
     for i, d in dets.items():
-        sel = np.argsort(-d["scores"])[:1] if single_cell else np.flatnonzero(d["scores"] >= cell_conf)
+        white = np.array([white_classes is None or n in white_classes for n in d["names"]], bool)
+        if single_cell:
+            sel = np.argsort(-np.where(white, d["scores"], -np.inf), kind="stable")[: int(white.any())]
+        else:
+            sel = np.flatnonzero(d["scores"] >= cell_conf)
+            sel = np.sort(sel[agnostic_nms(d["boxes"][sel], d["scores"][sel], min(float(iou), MERGE_IOU))])
+            sel = sel[white[sel]]
         probs = _classify_cells(stage2, paths[i], d["boxes"][sel], CROP_MARGIN)
         names = [cell_classes[int(k)] for k in probs.argmax(axis=1)] if len(probs) else []
         d["names"] = list(d["names"])
@@ -743,11 +755,13 @@ def _classify_rows(stage2, truth: Truth, positive: str, progress: bool, log: Pro
 def predict_rows(model, meta: dict, truth: Truth, *, stage2=None, conf: float = 0.001, iou: float = 0.45,
                  imgsz: int | None = None, batch: int = 8, positive: str = "ALL", cell_conf: float = 0.25,
                  progress: bool = True, device: str = "cpu", log: ProblemLog | None = None,
-                 name: str = "") -> Predictions:
+                 name: str = "", white_cell_classes: Sequence[str] | str | None = None) -> Predictions:
     """Run the model (and a second-stage classifier) over the rows of ``truth``: the prediction table.
 
     The only function of the evaluation that runs a network; :func:`score` turns its output and the
-    truth into metrics.
+    truth into metrics. With two stages only the detector's white-cell classes are classified:
+    ``white_cell_classes`` (``--cell-classes``), else the checkpoint's ``cell_classes`` record, else
+    every class not named like red cells or platelets.
     """
     log = log if log is not None else ProblemLog()
     task, classes = meta["task"], [str(c) for c in meta["class_names"]]
@@ -761,8 +775,10 @@ def predict_rows(model, meta: dict, truth: Truth, *, stage2=None, conf: float = 
     if stage2 is None:
         cells = {i: {"names": d["names"], "scores": d["scores"], "p_pos": None} for i, d in dets.items()}
         return Predictions("detect", classes, classes, positive, dets, cells)
+    white = (resolve_cell_classes(classes, white_cell_classes, name or "detector") if white_cell_classes is not None
+             else cell_classes_of(meta))
     cells, probs = _two_stage_cells(dets, stage2, truth.paths, single_cell=truth.single_cell, cell_conf=cell_conf,
-                                    positive=positive)
+                                    positive=positive, white_classes=set(white), iou=iou)
     return Predictions("detect+classify", classes, list(stage2.class_names), positive, dets, cells, probs)
 
 
@@ -971,6 +987,7 @@ def evaluate_checkpoint(
     device: str = "cpu",
     predictions: str | Path | pd.DataFrame | None = None,
     blast_threshold: float = BLAST_THRESHOLD,
+    white_cell_classes: Sequence[str] | str | None = None,
 ) -> EvaluationResult:
     """Run a checkpoint over one split of a manifest and compute every metric that applies.
 
@@ -980,8 +997,9 @@ def evaluate_checkpoint(
 
     ``conf`` is the detector's threshold before NMS (low, so AP sees the whole curve); ``iou`` the
     NMS IoU (AP matching always uses 0.5 and COCO's 0.50:0.95); ``min_score`` adds the ImageAI-style
-    APs; ``positive`` is the class of interest; ``cell_conf`` makes a detection a cell; see the module
-    docstring for the rules.
+    APs; ``positive`` is the class of interest; ``cell_conf`` makes a detection a cell;
+    ``white_cell_classes`` (``--cell-classes``) names the detector classes that a second-stage
+    classifier classifies (see :func:`predict_rows`); see the module docstring for the rules.
 
     Raises
     ------
@@ -1002,7 +1020,7 @@ def evaluate_checkpoint(
     if predictions is None:
         preds = predict_rows(model, meta, truth, stage2=stage2, conf=conf, iou=iou, imgsz=imgsz, batch=batch,
                              positive=positive, cell_conf=cell_conf, progress=progress, device=device, log=log,
-                             name=f"{checkpoint.name} ({meta['arch']})")
+                             name=f"{checkpoint.name} ({meta['arch']})", white_cell_classes=white_cell_classes)
     else:
         table = predictions if isinstance(predictions, pd.DataFrame) else pd.read_csv(predictions, keep_default_na=False, na_values=[""])
         kind = "detect+classify" if classifier is not None else task

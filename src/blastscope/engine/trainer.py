@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader
 
 from blastscope._atomic import atomic_write
 from blastscope._problems import BlastscopeError, ProblemLog, describe_os_error
+from blastscope.annotate.finder import default_cell_classes
 from blastscope.data.manifest import manifest_classes, read_manifest, write_manifest
 from blastscope.data.splits import patient_split
 from blastscope.engine.config import TrainConfig, config_to_dict, save_config
@@ -583,6 +584,8 @@ def _run_epochs(config, task, run_dir, df, classes, note, ckpt, train_ds, val_ds
             if is_best:
                 best, best_epoch = value, epoch
             weights = make_checkpoint(model, epoch=epoch, metrics=metrics, config=config_dict, input_size=config.imgsz, best_metric=best, best_epoch=best_epoch)
+            if weights["model"]["task"] == "detect":  # which detector classes are white cells (two-stage prediction classifies only those)
+                weights["model"]["cell_classes"] = default_cell_classes(weights["model"]["class_names"])
             if config.save_period > 0 and epoch % config.save_period == 0:
                 save_checkpoint(weights, run_dir / f"epoch_{epoch:03d}.pt")  # weights only
             if is_best:

@@ -104,8 +104,10 @@ class FrameResult:
     model : str
         Model name written to the CSV: the checkpoint file name and its architecture, e.g.
         ``"best.pt (yolov3-tiny)"``.
-    classifications : list of Classification or None
-        With a second-stage classifier, one entry per detection (same order); else ``None``.
+    classifications : list of (Classification or None), or None
+        With a second-stage classifier, one entry per detection (same order): the classifier's
+        verdict for a white cell, ``None`` for a detection of another detector class (red cells,
+        platelets), which keeps its detector class; ``None`` without a classifier.
     image : ndarray or None
         The RGB frame itself (not copied; for drawing and GUIs), excluded from ``repr`` and ``==``.
     """
@@ -122,7 +124,8 @@ class FrameResult:
     def labels(self) -> list[tuple[str, float]]:
         """Final ``(class, confidence)`` per detection: the classifier's when there is one, else the detector's."""
         if self.classifications is not None:
-            return [(c.class_name, c.confidence) for c in self.classifications]
+            return [(c.class_name, c.confidence) if c is not None else (d.class_name, d.confidence)
+                    for d, c in zip(self.detections, self.classifications, strict=True)]
         return [(d.class_name, d.confidence) for d in self.detections]
 
     def counts(self) -> dict[str, int]:
@@ -277,14 +280,24 @@ class Predictor:
         Input normalisation ``x = (rgb / 255 - mean) / std`` (identity for YOLO).
     classifier : callable, optional
         Second-stage hook ``classifier(image, boxes) -> list[Classification]`` given the RGB frame
-        and the ``(N, 4)`` xyxy boxes in its pixels (two-stage prediction).
+        and the ``(N, 4)`` xyxy boxes in its pixels (two-stage prediction). Only white cells go to
+        it: with a classifier, the detections are first merged by class-agnostic NMS at ``iou``
+        (at most :data:`blastscope.inference.finder.MERGE_IOU`)
+        (one box per cell even when the detector boxed it as two classes), then the detections of
+        ``cell_classes`` are classified and the others keep their detector class.
+    cell_classes : sequence of str, optional
+        Detector classes that are white cells (default: every class not named like red cells or
+        platelets, :func:`blastscope.annotate.finder.default_cell_classes`).
     """
 
     def __init__(self, backend: Backend, class_names: Sequence[str], imgsz: int, *, model_name: str = "",
                  mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
-                 classifier=None):
+                 classifier=None, cell_classes: Sequence[str] | None = None):
+        from blastscope.inference.finder import resolve_cell_classes
+
         self.backend = backend
         self.class_names = [str(c) for c in class_names]
+        self.cell_classes = resolve_cell_classes(self.class_names, cell_classes, model_name or "detector")
         self.imgsz = _as_int_size(imgsz, "imgsz")
         self.model_name = model_name
         self.classifier = classifier
@@ -293,7 +306,8 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, conf: float = 0.25, iou: float = 0.45,
                         imgsz: int | None = None, device: str = "cpu", backend: str = "torch",
-                        classifier: str | os.PathLike | None = None) -> Predictor:
+                        classifier: str | os.PathLike | None = None,
+                        cell_classes: Sequence[str] | str | None = None) -> Predictor:
         """Load a detector checkpoint written by blastscope (``engine.checkpoint`` format).
 
         Parameters
@@ -314,6 +328,10 @@ class Predictor:
             from it at ``imgsz``, else exports one into the cache once (a message says so).
         classifier : path, optional
             A classifier checkpoint (``task == "classify"``) for two-stage prediction.
+        cell_classes : sequence of str or comma-separated str, optional
+            Detector classes that are white cells (only they are classified); default the
+            checkpoint's ``cell_classes`` record, else every class not named like red cells or
+            platelets.
 
         Raises
         ------
@@ -350,8 +368,13 @@ class Predictor:
         hook = None
         if classifier is not None:
             hook = CropClassifier.from_checkpoint(classifier, device=device)
+        from blastscope.inference.finder import cell_classes_of, resolve_cell_classes
+
+        cells = resolve_cell_classes(info["class_names"], cell_classes, str(path)) if cell_classes is not None \
+            else cell_classes_of(info)
         return cls(runner, info["class_names"], size, model_name=f"{path.name} ({info.get('arch', '?')})",
-                   mean=info.get("mean", (0.0, 0.0, 0.0)), std=info.get("std", (1.0, 1.0, 1.0)), classifier=hook)
+                   mean=info.get("mean", (0.0, 0.0, 0.0)), std=info.get("std", (1.0, 1.0, 1.0)), classifier=hook,
+                   cell_classes=cells)
 
     @property
     def task(self) -> str:
@@ -386,8 +409,17 @@ class Predictor:
 
     @property
     def output_classes(self) -> list[str]:
-        """Classes that results are labelled with: the classifier's with two stages, else the detector's."""
+        """Classes of the calls: the classifier's with two stages (its white cells; the detector's other
+        classes keep their names in the results, see :attr:`counted_classes`), else the detector's."""
         return list(self.classifier.class_names) if self.classifier is not None else list(self.class_names)
+
+    @property
+    def counted_classes(self) -> list[str]:
+        """With two stages, the detector classes that are counted under their own names and never
+        classified (red cells, platelets); empty without a classifier."""
+        if self.classifier is None or self.backend is None:
+            return []
+        return [c for c in self.class_names if c not in self.cell_classes]
 
     def predict(self, image: np.ndarray | Frame) -> FrameResult:
         """Detect cells in one frame.
@@ -433,7 +465,7 @@ class Predictor:
             ]
             cls = None
             if self.classifier is not None:
-                cls = list(self.classifier(f.image, np.array([d.box for d in dets], dtype=np.float32).reshape(-1, 4)))
+                dets, cls = self._classify_white_cells(f.image, dets)
             results.append(FrameResult(f.source, f.frame, f.time_s, dets, (h, w), self.model_name, cls, f.image))
         return results
 
@@ -468,6 +500,26 @@ class Predictor:
         finally:
             if owned:
                 src.close()
+
+    def _classify_white_cells(self, image: np.ndarray, dets: list[Detection]):
+        """Two stages: class-agnostic NMS, then the classifier on the white cells only.
+
+        Returns the kept detections (highest confidence first) and one entry per detection: a
+        :class:`Classification` for a white cell, ``None`` for another detector class.
+        """
+        from blastscope.inference.finder import MERGE_IOU, agnostic_nms
+
+        boxes = np.array([d.box for d in dets], dtype=np.float32).reshape(-1, 4)
+        keep = sorted(agnostic_nms(boxes, np.array([d.confidence for d in dets], np.float32),
+                                   min(self.iou, MERGE_IOU)).tolist())
+        dets = [dets[i] for i in keep]
+        white = [i for i, d in enumerate(dets) if d.class_name in self.cell_classes]
+        cls: list[Classification | None] = [None] * len(dets)
+        if white:
+            verdicts = list(self.classifier(image, np.array([dets[i].box for i in white], np.float32).reshape(-1, 4)))
+            for i, v in zip(white, verdicts, strict=True):
+                cls[i] = v
+        return dets, cls
 
     def _classify_whole(self, f: Frame) -> FrameResult:
         """A classifier alone: the frame is one cell, its box the whole image (no margin)."""
