@@ -169,6 +169,12 @@ class DetectionDataset(Dataset):
             return None
         return _Item(image, box.reshape(1, 4).astype(np.float32), np.array([self.classes.index(label)], np.int64))
 
+    def _source_augmentations(self):
+        from blastscope.engine.transforms import LabJitter
+
+        jitter = LabJitter(self.aug)
+        return jitter if jitter.active else None
+
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draw of ``epoch`` (call before iterating over each epoch)."""
         self.epoch = int(epoch)
@@ -301,6 +307,7 @@ class ClassificationDataset(Dataset):
         self.cells: list[_Cell] = _load_split(manifest_df, split, self._load_row, log, "cells")
         self.targets = np.array([c.label for c in self.cells], dtype=np.int64)
         self._transform = self._augmentations() if self.augment else None
+        self._lab_jitter = self._source_augmentations() if self.augment else None
 
     def _load_row(self, row, log: ProblemLog) -> list[_Cell]:
         image = str(row.image)
@@ -338,6 +345,12 @@ class ClassificationDataset(Dataset):
 
         return Compose(stain_and_orientation(self.aug))
 
+    def _source_augmentations(self):
+        from blastscope.engine.transforms import LabJitter
+
+        jitter = LabJitter(self.aug)
+        return jitter if jitter.active else None
+
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draw of ``epoch`` (call before iterating over each epoch)."""
         self.epoch = int(epoch)
@@ -351,7 +364,7 @@ class ClassificationDataset(Dataset):
 
     def crop(self, index: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """The ``(imgsz, imgsz, 3)`` uint8 crop of sample ``index``, augmented when ``rng`` is given."""
-        from blastscope.data.crops import square_crop
+        from blastscope.data.crops import square_crop, square_window
 
         cell = self.cells[index]
         image = read_image(cell.image)
@@ -360,6 +373,15 @@ class ClassificationDataset(Dataset):
             box, margin = np.array([0, 0, w, h], np.float32), 0.0
         else:
             box, margin = cell.box, self.margin
+        if rng is not None and self._lab_jitter is not None:
+            # at the source's resolution (blur and JPEG act as in a lab), on the cell's neighbourhood
+            # only (twice the box's longer side, more than any zoom and shift below reach): faster
+            if cell.box is not None:
+                x0, y0, side = square_window(box, 1.0)
+                x0, y0 = max(x0, 0), max(y0, 0)
+                image = image[y0 : y0 + side, x0 : x0 + side]
+                box = box - np.array([x0, y0, x0, y0], np.float32)
+            image = self._lab_jitter({"image": np.ascontiguousarray(image)}, rng)["image"]
         zoom, shift = 1.0, (0.0, 0.0)
         if rng is not None and self.aug.scale > 0:
             s = float(self.aug.scale)

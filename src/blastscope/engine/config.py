@@ -50,6 +50,18 @@ class AugmentConfig:
     hsv_s: float = 0.5
     hsv_v: float = 0.3
     scale: float = 0.25
+    # classifier only (blastscope.engine.transforms.LabJitter, applied to the whole image before
+    # the cell is cut out): another lab's stain, lamp, optics and camera; 0 turns each off
+    hed: float = 0.0  # HED stain jitter (Tellez et al. 2019): scale 1 +- hed, shift +- hed of the stain's range
+    lab: float = 0.0  # RandStainNA-style random LAB target: std x (1 +- lab), mean +- 40 * lab (8-bit LAB)
+    grayscale: float = 0.0  # probability of a grey-level image
+    gamma: float = 0.0  # log-gamma range (0.8: gamma 0.45..2.2) and brightness +- gamma / 4
+    white_balance: float = 0.0  # red x (1 + t), blue x (1 - t), t in +- white_balance
+    downscale: float = 0.0  # probability of a resolution loss: down by 0.5..1 and back up
+    blur: float = 0.0  # probability of a Gaussian defocus blur of sigma 0..blur_sigma pixels
+    blur_sigma: float = 3.0  # largest blur sigma in pixels of the source image (0..10)
+    jpeg: float = 0.0  # probability of JPEG compression at quality jpeg_quality..95
+    jpeg_quality: int = 10  # lowest JPEG quality drawn (1..95)
 
 
 @dataclass
@@ -111,8 +123,10 @@ class TrainConfig:
             (self.max_det >= 1, "max_det", "at least 1"),
             (self.balance in BALANCE_MODES, "balance", "one of " + ", ".join(f"'{m}'" for m in BALANCE_MODES)),
         ]
+        ranges = {"blur_sigma": (0, 10), "jpeg_quality": (1, 95)}  # the rest are probabilities or relative strengths
         for name, value in dataclasses.asdict(self.aug).items():
-            checks.append((0 <= value <= 1, f"aug.{name}", "in [0, 1]"))
+            lo, hi = ranges.get(name, (0, 1))
+            checks.append((lo <= value <= hi, f"aug.{name}", f"in [{lo}, {hi}]"))
         for ok, name, allowed in checks:
             if not ok:
                 obj, attr = (self.aug, name[4:]) if name.startswith("aug.") else (self, name)

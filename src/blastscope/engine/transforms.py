@@ -45,6 +45,7 @@ __all__ = [
     "HSVJitter",
     "build_transforms",
     "stain_and_orientation",
+    "LabJitter",
     "clip_boxes",
 ]
 
@@ -246,6 +247,52 @@ def build_transforms(size: int, *, train: bool, augment: bool = True, aug: Any =
         aug = AugmentConfig()
     first = RandomScaleLetterbox(size, aug.scale, pad_value) if aug.scale > 0 else Letterbox(size, pad_value)
     return Compose([first, *stain_and_orientation(aug)])
+
+
+class LabJitter:
+    """Another lab's stain, lamp, optics and camera: the random draws of :mod:`blastscope.data.stain`.
+
+    In this order, each when its :class:`~blastscope.engine.config.AugmentConfig` field is non-zero:
+    HED stain jitter (``hed``), a random LAB target (``lab``), grey levels (probability
+    ``grayscale``), gamma and brightness (``gamma``), white balance (``white_balance``), a
+    resolution loss (probability ``downscale``), defocus blur (probability ``blur``, sigma up to
+    ``blur_sigma`` pixels) and JPEG compression (probability ``jpeg``, quality ``jpeg_quality`` to
+    95). Nothing moves, so boxes are kept. The classifier applies it to the whole image before the
+    cell is cut out, so blur and compression act at the source's resolution, as in a lab.
+    """
+
+    def __init__(self, aug):
+        self.aug = aug
+
+    @property
+    def active(self) -> bool:
+        a = self.aug
+        return any((a.hed, a.lab, a.grayscale, a.gamma, a.white_balance, a.downscale, a.blur and a.blur_sigma, a.jpeg))
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        from blastscope.data import stain as st
+
+        a, img = self.aug, sample["image"]
+        if a.hed:
+            img = st.hed_jitter(img, rng, a.hed, a.hed)
+        if a.lab:
+            img = st.random_lab_normalise(img, rng, 40 * a.lab, a.lab)
+        if a.grayscale and rng.random() < a.grayscale:
+            img = st.grayscale(img)
+        if a.gamma:
+            img = st.gamma_jitter(img, rng, a.gamma, a.gamma / 4)
+        if a.white_balance:
+            img = st.white_balance_jitter(img, rng, a.white_balance)
+        if a.downscale and rng.random() < a.downscale:
+            img = st.downscale(img, rng, 0.5)
+        if a.blur and a.blur_sigma and rng.random() < a.blur:
+            img = st.blur(img, rng, a.blur_sigma)
+        if a.jpeg and rng.random() < a.jpeg:
+            img = st.jpeg_degrade(img, rng, a.jpeg_quality, 95)
+        return {**sample, "image": img}
+
+    def __repr__(self) -> str:
+        return f"LabJitter({self.aug!r})"
 
 
 def stain_and_orientation(aug) -> list[Transform]:
