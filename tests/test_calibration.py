@@ -95,3 +95,15 @@ def test_calls_with_band():
     assert calls_with_band(s, 0.5, 0.05).tolist() == [0, 0, UNCERTAIN, UNCERTAIN, UNCERTAIN, 1, 1]
     with pytest.raises(ValueError, match="band"):
         calls_with_band(s, 0.5, -0.1)
+
+
+def test_threshold_settings_are_checked():
+    from blastscope._problems import BlastscopeError
+    from blastscope.engine.config import config_from_dict, load_config
+
+    cfg = load_config()
+    assert (cfg.threshold_method, cfg.target_sensitivity, cfg.uncertain_band) == ("sensitivity", 0.95, 0.05)
+    for bad, key in (({"threshold_method": "f1"}, "threshold_method"), ({"target_sensitivity": 0.0}, "target_sensitivity"),
+                     ({"uncertain_band": 0.5}, "uncertain_band")):
+        with pytest.raises(BlastscopeError, match=key):
+            config_from_dict(bad, base=cfg).validate()

@@ -404,3 +404,28 @@ def test_evaluate_classifier_crops_annotated_rows_and_takes_label_only_rows_whol
         boxes, margin = (np.array([box], np.float32), 0.1) if i < 3 else (np.array([[0, 0, w, h]], np.float32), 0.0)
         expected = clf(image, boxes, margin)[0].probabilities[pos]
         assert scores[row["image"]] == pytest.approx(expected, abs=1e-5), row["image"]
+
+
+def test_checkpoint_records_calibration_and_evaluate_reports_ece(cells, run_a, tmp_path):
+    """Temperature and threshold in best.pt are those of its validation cells, recomputed here."""
+    from blastscope.engine.checkpoint import load_model
+    from blastscope.engine.shifts import classify_manifest
+    from blastscope.metrics.calibration import fit_temperature, softmax
+
+    model, ckpt = load_model(run_a / "best.pt", task="classify")
+    cal = ckpt["calibration"]
+    assert cal["positive"] == "ALL" and cal["threshold_method"] == "sensitivity" and cal["target_sensitivity"] == 0.95
+    val = read_manifest(run_a / "splits.csv")
+    val = val[val["split"] == "val"]
+    y, p = classify_manifest(model, val, ["ALL", "HEM"])
+    assert cal["n_val"] == len(y)
+    logits = np.log(p)
+    assert cal["temperature"] == pytest.approx(fit_temperature(logits, y), rel=1e-3)
+    score = softmax(logits, cal["temperature"])[:, 0]
+    eps = 1e-5  # float32 logits here and in training
+    assert (score[y == 0] >= cal["threshold"] - eps).mean() >= 0.95
+    assert (score[y == 0] >= cal["threshold"] + eps).mean() < 0.95  # the most specific such threshold
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run_a / "best.pt"), "--data", str(cells), "--split", "test", "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["ece"] <= 1 and 0 <= metrics["ece.calibrated"] <= 1 and metrics["temperature"] == pytest.approx(cal["temperature"])

@@ -809,6 +809,17 @@ def evaluate_checkpoint(
             truth = gts_by_row[i]["names"] if i in gts_by_row else [labels[i]]
             cell_true += truth
             cell_probs.append(probs)
+        known = [k for k, t in enumerate(cell_true) if t in cell_classes]
+        if known:  # calibration of the classifier's cell probabilities (blastscope.metrics.calibration)
+            from blastscope.metrics.calibration import expected_calibration_error, softmax
+
+            p_all = np.concatenate(cell_probs)[known]
+            y_all = np.array([cell_classes.index(cell_true[k]) for k in known])
+            metrics["ece"] = expected_calibration_error(p_all, y_all)
+            temperature = (ckpt.get("calibration") or {}).get("temperature")
+            if temperature:  # log-probabilities are the logits up to a per-cell constant
+                metrics["temperature"] = float(temperature)
+                metrics["ece.calibrated"] = expected_calibration_error(softmax(np.log(np.maximum(p_all, 1e-12)), temperature), y_all)
         if not single_cell and cell_true:
             from blastscope.metrics.classification import confusion, diagnostic_metrics
 

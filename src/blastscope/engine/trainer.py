@@ -479,6 +479,7 @@ def train(
             if is_best:
                 best, best_epoch = value, epoch
             weights = make_checkpoint(model, epoch=epoch, metrics=metrics, config=config_dict, input_size=config.imgsz, best_metric=best, best_epoch=best_epoch)
+            weights.update(task.checkpoint_extras())
             save_checkpoint(weights, run_dir / f"epoch_{epoch:03d}.pt")
             if is_best:
                 save_checkpoint(weights, run_dir / "best.pt")
