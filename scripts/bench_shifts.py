@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1: on a shared 2-core machine one thread trained 6x faster than two)")
     ap.add_argument("--retrain", action="store_true", help="train again even when an identical run exists")
+    ap.add_argument("--adapt", default="", metavar="W,W,...",
+                    help="also score AdaBN adaptation of the last variant to each shifted set's own cells (unlabelled), at these weights")
     ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PT", help="also score an existing checkpoint")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO / "src"))
@@ -151,6 +153,34 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = acc
         s = summarise(acc)
         print(f"{name}: clean {s['clean']:.3f}, mean {s['mean']:.3f}, min {s['min']:.3f} ({eval_times[name]:.0f} s to score)", flush=True)
+
+    weights = [float(w) for w in args.adapt.split(",") if w]
+    if weights:
+        from torch.utils.data import DataLoader
+
+        from blastscope._problems import ProblemLog
+        from blastscope.data.dataset import ClassificationDataset
+        from blastscope.engine.adapt import mix_statistics, new_lab_statistics, source_statistics
+
+        base_name = list(checkpoints)[-1]
+        model, _ = load_model(checkpoints[base_name], task="classify")
+        classes = list(model.info.class_names)
+        src = source_statistics(model)
+        t0 = time.perf_counter()
+        for w in weights:
+            results[f"{base_name} + AdaBN w={w:g}"] = {}
+        for key, df in manifests.items():  # transductive: each set's own cells, labels unused
+            ds = ClassificationDataset(df, None, classes, imgsz=int(model.info.input_size), train=False, log=ProblemLog(stream=None))
+            target = new_lab_statistics(model, DataLoader(ds, batch_size=32, shuffle=False))
+            for w in weights:
+                adapted = mix_statistics(model, src, target, w)
+                y, p = classify_manifest(adapted, df, classes)
+                results[f"{base_name} + AdaBN w={w:g}"][key] = float((p.argmax(1) == y).mean())
+            mix_statistics(model, src, target, 0.0)
+        eval_times["adapt"] = time.perf_counter() - t0
+        for w in weights:
+            s = summarise(results[f"{base_name} + AdaBN w={w:g}"])
+            print(f"{base_name} + AdaBN w={w:g}: clean {s['clean']:.3f}, mean {s['mean']:.3f}, min {s['min']:.3f}", flush=True)
 
     table = markdown_table(results)
     note = (f"\nMobileNetV2 (ImageNet-pretrained), {args.imgsz} px, {args.epochs} epochs, seed {args.seed}, trained on the "
