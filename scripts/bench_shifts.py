@@ -46,6 +46,12 @@ QUALITY = {"gamma": 0.8, "white_balance": 0.3, "downscale": 0.25, "blur": 0.3, "
 VARIANTS = {"plain": OFF, "stain": {**OFF, **STAIN}, "all": {**OFF, **STAIN, **QUALITY}, "default": {}}
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def ensure_shifts(work: Path, python: str) -> Path:
     """``WORK/pbc-shifts`` with its ``index.csv``, made by the shared tool when missing."""
     out = work / "pbc-shifts"
@@ -107,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retrain", action="store_true", help="train again even when an identical run exists")
     ap.add_argument("--adapt", default="", metavar="W,W,...",
                     help="also score AdaBN adaptation of the last variant to each shifted set's own cells (unlabelled), at these weights")
+    ap.add_argument("--adapt-levels", default="0,1,2,3", metavar="L,L,...",
+                    help="shift levels on which --adapt is scored (0 is clean; fewer levels, less time)")
     ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PT", help="also score an existing checkpoint")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO / "src"))
@@ -141,15 +149,25 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[tuple[str, int], float]] = {}
     eval_times = {}
     for name, ckpt in checkpoints.items():
-        model, _ = load_model(ckpt, task="classify")
-        classes = list(model.info.class_names)
-        t0 = time.perf_counter()
-        acc = {}
-        with torch.inference_mode():
-            for key, df in manifests.items():
-                y, p = classify_manifest(model, df, classes)
-                acc[key] = float((p.argmax(1) == y).mean())
-        eval_times[name] = time.perf_counter() - t0
+        cache = Path(ckpt).with_name(Path(ckpt).stem + ".shifts.json")  # scores of this very file, reused
+        digest = _sha256(Path(ckpt))
+        if cache.is_file() and json.loads(cache.read_text()).get("sha256") == digest:
+            saved = json.loads(cache.read_text())
+            acc = {(k.rsplit("-", 1)[0], int(k.rsplit("-", 1)[1])): v for k, v in saved["accuracy"].items()}
+            eval_times[name] = saved["seconds"]
+            print(f"{name}: scores of {ckpt} reused from {cache}", flush=True)
+        else:
+            model, _ = load_model(ckpt, task="classify")
+            classes = list(model.info.class_names)
+            t0 = time.perf_counter()
+            acc = {}
+            with torch.inference_mode():
+                for key, df in manifests.items():
+                    y, p = classify_manifest(model, df, classes)
+                    acc[key] = float((p.argmax(1) == y).mean())
+            eval_times[name] = time.perf_counter() - t0
+            cache.write_text(json.dumps({"sha256": digest, "seconds": eval_times[name],
+                                         "accuracy": {f"{k[0]}-{k[1]}": v for k, v in acc.items()}}))
         results[name] = acc
         s = summarise(acc)
         print(f"{name}: clean {s['clean']:.3f}, mean {s['mean']:.3f}, min {s['min']:.3f} ({eval_times[name]:.0f} s to score)", flush=True)
@@ -169,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         for w in weights:
             results[f"{base_name} + AdaBN w={w:g}"] = {}
+        levels = {int(v) for v in args.adapt_levels.split(",") if v}
         for key, df in manifests.items():  # transductive: each set's own cells, labels unused
+            if key[1] not in levels:
+                continue
             ds = ClassificationDataset(df, None, classes, imgsz=int(model.info.input_size), train=False, log=ProblemLog(stream=None))
             target = new_lab_statistics(model, DataLoader(ds, batch_size=32, shuffle=False))
             for w in weights:
@@ -178,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[f"{base_name} + AdaBN w={w:g}"][key] = float((p.argmax(1) == y).mean())
             mix_statistics(model, src, target, 0.0)
         eval_times["adapt"] = time.perf_counter() - t0
+        if levels != {0, 1, 2, 3}:  # the unadapted model on the same sets, for a fair comparison
+            results[f"{base_name} (sets of the AdaBN rows)"] = {k: v for k, v in results[base_name].items() if k[1] in levels}
         for w in weights:
             s = summarise(results[f"{base_name} + AdaBN w={w:g}"])
             print(f"{base_name} + AdaBN w={w:g}: clean {s['clean']:.3f}, mean {s['mean']:.3f}, min {s['min']:.3f}", flush=True)
