@@ -2,6 +2,7 @@
 #   make demo   - create .venv, install, fetch pretrained weights, run the demo pipeline
 #   make test   - create .venv, install, run the test suite (under 10 minutes on 2 CPU cores)
 #   make bench  - opt-in long runs and benchmarks (pytest -m slow, training/inference speed)
+#   make bench-shifts - PBC classifier under fixed lab shifts (about 1 hour on 2 shared cores)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.blastscope-installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: all venv weights browser demo test bench clean
+.PHONY: all venv weights browser demo test bench bench-shifts clean
 
 all: test
 
@@ -42,6 +43,10 @@ test: weights browser
 bench: weights
 	$(BIN)/python -m pytest -q -m slow -s
 	$(BIN)/python scripts/bench.py
+
+# PBC under lab shifts (scripts/bench_shifts.py): plain vs +stain vs +all augmentations, AdaBN
+bench-shifts: weights
+	$(BIN)/python scripts/bench_shifts.py --imgsz 128 --epochs 6 --variants plain,stain,all --adapt 0.5,1 --adapt-levels 0,3 --out bench_out
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -13,6 +13,7 @@ Variants (``--variants``, comma-separated; each one training run):
   (flips, 90-degree turns, HSV jitter, scale jitter of the crop);
 * ``stain``: plain + HED stain jitter, random LAB normalisation and grey levels;
 * ``all``: stain + gamma/brightness, white balance, resolution loss, blur and JPEG;
+* ``all-half``: ``all`` applied to half of the training cells (``lab_p: 0.5``), the other half clean;
 * ``default``: whatever ``configs/default.yaml`` now says (the shipped defaults).
 
 Writes ``OUT/shifts.md`` (the table), ``OUT/shifts.json`` (every accuracy, settings and times) and
@@ -43,7 +44,8 @@ PBC_NAMES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "mono
 OFF = {"hed": 0.0, "lab": 0.0, "grayscale": 0.0, "gamma": 0.0, "white_balance": 0.0, "downscale": 0.0, "blur": 0.0, "jpeg": 0.0}
 STAIN = {"hed": 0.3, "lab": 0.25, "grayscale": 0.1}
 QUALITY = {"gamma": 0.8, "white_balance": 0.3, "downscale": 0.25, "blur": 0.3, "blur_sigma": 4.0, "jpeg": 0.3, "jpeg_quality": 10}
-VARIANTS = {"plain": OFF, "stain": {**OFF, **STAIN}, "all": {**OFF, **STAIN, **QUALITY}, "default": {}}
+VARIANTS = {"plain": OFF, "stain": {**OFF, **STAIN}, "all": {**OFF, **STAIN, **QUALITY},
+            "all-half": {**OFF, **STAIN, **QUALITY, "lab_p": 0.5}, "default": {}}
 
 
 def _sha256(path: Path) -> str:

@@ -92,6 +92,11 @@ def test_lab_jitter_in_classifier_training(pbc_sample):
     df = import_dataset(pbc_sample, layout="yolo", names=names, progress=False).head(3)
     strong = config_from_dict({"hed": 0.3, "lab": 0.25, "gamma": 0.5, "white_balance": 0.2, "blur": 1.0, "jpeg": 1.0}, cls=AugmentConfig)
     assert LabJitter(strong).active and not LabJitter(AugmentConfig()).active
+    assert not LabJitter(config_from_dict({"lab_p": 0.0}, base=strong, cls=AugmentConfig)).active
+    half = LabJitter(config_from_dict({"lab_p": 0.5}, base=strong, cls=AugmentConfig))
+    img = read_image(df["image"].iloc[0])
+    kept = [np.array_equal(half({"image": img}, np.random.default_rng(k))["image"], img) for k in range(40)]
+    assert 10 <= sum(kept) <= 30  # about half the cells keep the training lab's look
     base = ClassificationDataset(df, None, names, imgsz=64, train=True, seed=1)
     jit = ClassificationDataset(df, None, names, imgsz=64, train=True, seed=1, aug=strong)
     x0, y0 = base[0]

@@ -52,6 +52,7 @@ class AugmentConfig:
     scale: float = 0.25
     # classifier only (blastscope.engine.transforms.LabJitter, applied to the whole image before
     # the cell is cut out): another lab's stain, lamp, optics and camera; 0 turns each off
+    lab_p: float = 1.0  # probability that a training cell gets any of the lab jitters below
     hed: float = 0.0  # HED stain jitter (Tellez et al. 2019): scale 1 +- hed, shift +- hed of the stain's range
     lab: float = 0.0  # RandStainNA-style random LAB target: std x (1 +- lab), mean +- 40 * lab (8-bit LAB)
     grayscale: float = 0.0  # probability of a grey-level image

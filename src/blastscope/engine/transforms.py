@@ -252,7 +252,7 @@ def build_transforms(size: int, *, train: bool, augment: bool = True, aug: Any =
 class LabJitter:
     """Another lab's stain, lamp, optics and camera: the random draws of :mod:`blastscope.data.stain`.
 
-    In this order, each when its :class:`~blastscope.engine.config.AugmentConfig` field is non-zero:
+    With probability ``1 - lab_p`` a cell is left as it is; otherwise, in this order, each when its :class:`~blastscope.engine.config.AugmentConfig` field is non-zero:
     HED stain jitter (``hed``), a random LAB target (``lab``), grey levels (probability
     ``grayscale``), gamma and brightness (``gamma``), white balance (``white_balance``), a
     resolution loss (probability ``downscale``), defocus blur (probability ``blur``, sigma up to
@@ -267,12 +267,14 @@ class LabJitter:
     @property
     def active(self) -> bool:
         a = self.aug
-        return any((a.hed, a.lab, a.grayscale, a.gamma, a.white_balance, a.downscale, a.blur and a.blur_sigma, a.jpeg))
+        return a.lab_p > 0 and any((a.hed, a.lab, a.grayscale, a.gamma, a.white_balance, a.downscale, a.blur and a.blur_sigma, a.jpeg))
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         from blastscope.data import stain as st
 
         a, img = self.aug, sample["image"]
+        if a.lab_p < 1 and rng.random() >= a.lab_p:  # this cell keeps the training lab's look
+            return sample
         if a.hed:
             img = st.hed_jitter(img, rng, a.hed, a.hed)
         if a.lab:
