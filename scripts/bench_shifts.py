@@ -40,8 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BLASTSCOPE_SHARED", REPO.parent / "shared"))
 PBC_NAMES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil"]
 
-#: augmentation settings of each variant on top of the classifier defaults (AugmentConfig fields)
-OFF = {"hed": 0.0, "lab": 0.0, "grayscale": 0.0, "gamma": 0.0, "white_balance": 0.0, "downscale": 0.0, "blur": 0.0, "jpeg": 0.0}
+#: augmentation settings of each variant on top of the classifier defaults (AugmentConfig fields);
+#: lab_p and blur_sigma in OFF do nothing while the jitters are off (kept as the runs were made)
+OFF = {"lab_p": 1.0, "blur_sigma": 3.0, "hed": 0.0, "lab": 0.0, "grayscale": 0.0, "gamma": 0.0, "white_balance": 0.0, "downscale": 0.0, "blur": 0.0, "jpeg": 0.0}
 STAIN = {"hed": 0.3, "lab": 0.25, "grayscale": 0.1}
 QUALITY = {"gamma": 0.8, "white_balance": 0.3, "downscale": 0.25, "blur": 0.3, "blur_sigma": 4.0, "jpeg": 0.3, "jpeg_quality": 10}
 VARIANTS = {"plain": OFF, "stain": {**OFF, **STAIN}, "all": {**OFF, **STAIN, **QUALITY},
@@ -87,12 +88,17 @@ def train_variant(name: str, work: Path, manifest: Path, args) -> tuple[Path, fl
     given = {"task": "classify", "data": str(manifest), "epochs": args.epochs, "imgsz": args.imgsz, "out": str(run_dir), "seed": args.seed}
     config = apply_task_defaults(merge_cli(load_config(), given), set(given))
     config = dataclasses.replace(config, aug=config_from_dict(VARIANTS[name], base=config.aug, cls=type(config.aug))).validate()
-    done = run_dir / "best.pt"
-    if done.is_file() and (run_dir / "config.yaml").is_file() and not args.retrain:
-        old = load_config(run_dir / "config.yaml")
+    # an earlier run with the same settings (under any variant name) is reused
+    candidates = [run_dir, *sorted(p for p in (work / "runs").glob("*") if p != run_dir)] if not args.retrain else []
+    for other in candidates:
+        done = other / "best.pt"
+        if not (done.is_file() and (other / "config.yaml").is_file() and (other / "bench_time.json").is_file()):
+            continue
+        old = load_config(other / "config.yaml")
         if dataclasses.replace(old, out=config.out) == dataclasses.replace(config, data=old.data):
             print(f"{name}: reusing {done}", flush=True)
-            return done, float(json.loads((run_dir / "bench_time.json").read_text())["seconds"]) if (run_dir / "bench_time.json").is_file() else float("nan")
+            return done, float(json.loads((other / "bench_time.json").read_text())["seconds"])
+    done = run_dir / "best.pt"
     t0 = time.perf_counter()
     train(config, exist_ok=True, progress=False)
     seconds = time.perf_counter() - t0

@@ -75,11 +75,11 @@ def test_weight_mixes_linearly_and_zero_keeps_the_checkpoint(setup, capsys):
         name = "net.features.3.conv.1.1"
         torch.testing.assert_close(_bn(half, name)[0], 0.5 * (_bn(src, name)[0] + _bn(full, name)[0]))
     # errors: an existing output, a weight out of range, no images
-    assert main(["adapt", str(ckpt), "--images", str(lab), "--out", str(root / "w0.pt")]) == 2
+    assert main(["adapt", str(ckpt), "--images", str(lab), "--out", str(root / "w0.pt"), "--weight", "1"]) == 2
     assert "exists" in capsys.readouterr().err
     assert main(["adapt", str(ckpt), "--images", str(lab), "--out", str(root / "bad.pt"), "--weight", "1.5"]) == 2
     assert "[0, 1]" in capsys.readouterr().err
     empty = root / "empty"
     empty.mkdir()
-    assert main(["adapt", str(ckpt), "--images", str(empty), "--out", str(root / "e.pt")]) == 2
+    assert main(["adapt", str(ckpt), "--images", str(empty), "--out", str(root / "e.pt"), "--weight", "1"]) == 2
     assert "no images" in capsys.readouterr().err

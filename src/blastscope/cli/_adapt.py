@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("checkpoint", type=Path, help="classifier checkpoint (.pt) written by 'blastscope train --task classify'")
     a("--images", type=Path, required=True, metavar="DIR|CSV", help="the new lab's cells: a folder of images or a manifest CSV")
     a("--out", type=Path, required=True, metavar="FILE", help="the adapted checkpoint")
-    a("--weight", type=float, default=0.5, help="share of the new lab's statistics in [0, 1] (default 0.5)")
+    a("--weight", type=float, required=True,
+      help="share of the new lab's statistics in [0, 1]; no default: on the PBC lab-shift benchmark every weight tried "
+      "lost on some shift (README), so adaptation is off unless asked for")
     a("--batch", type=int, default=32, help="cells per batch when measuring (default 32)")
     a("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     a("--overwrite", action="store_true", help="replace an existing --out file")

@@ -52,16 +52,16 @@ class AugmentConfig:
     scale: float = 0.25
     # classifier only (blastscope.engine.transforms.LabJitter, applied to the whole image before
     # the cell is cut out): another lab's stain, lamp, optics and camera; 0 turns each off
-    lab_p: float = 1.0  # probability that a training cell gets any of the lab jitters below
-    hed: float = 0.0  # HED stain jitter (Tellez et al. 2019): scale 1 +- hed, shift +- hed of the stain's range
-    lab: float = 0.0  # RandStainNA-style random LAB target: std x (1 +- lab), mean +- 40 * lab (8-bit LAB)
-    grayscale: float = 0.0  # probability of a grey-level image
-    gamma: float = 0.0  # log-gamma range (0.8: gamma 0.45..2.2) and brightness +- gamma / 4
-    white_balance: float = 0.0  # red x (1 + t), blue x (1 - t), t in +- white_balance
-    downscale: float = 0.0  # probability of a resolution loss: down by 0.5..1 and back up
-    blur: float = 0.0  # probability of a Gaussian defocus blur of sigma 0..blur_sigma pixels
-    blur_sigma: float = 3.0  # largest blur sigma in pixels of the source image (0..10)
-    jpeg: float = 0.0  # probability of JPEG compression at quality jpeg_quality..95
+    lab_p: float = 0.5  # probability that a training cell gets any of the lab jitters below
+    hed: float = 0.3  # HED stain jitter (Tellez et al. 2019): scale 1 +- hed, shift +- hed of the stain's range
+    lab: float = 0.25  # RandStainNA-style random LAB target: std x (1 +- lab), mean +- 40 * lab (8-bit LAB)
+    grayscale: float = 0.1  # probability of a grey-level image
+    gamma: float = 0.8  # log-gamma range (0.8: gamma 0.45..2.2) and brightness +- gamma / 4
+    white_balance: float = 0.3  # red x (1 + t), blue x (1 - t), t in +- white_balance
+    downscale: float = 0.25  # probability of a resolution loss: down by 0.5..1 and back up
+    blur: float = 0.3  # probability of a Gaussian defocus blur of sigma 0..blur_sigma pixels
+    blur_sigma: float = 4.0  # largest blur sigma in pixels of the source image (0..10)
+    jpeg: float = 0.3  # probability of JPEG compression at quality jpeg_quality..95
     jpeg_quality: int = 10  # lowest JPEG quality drawn (1..95)
 
 
