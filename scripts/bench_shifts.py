@@ -132,7 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from blastscope.data.manifest import write_manifest
     from blastscope.engine.checkpoint import load_model
-    from blastscope.engine.shifts import classify_manifest, markdown_table, read_shift_index, summarise
+    from blastscope.engine.shifts import (
+        classify_manifest,
+        markdown_table,
+        read_shift_index,
+        summarise,
+    )
 
     names = [v for v in args.variants.split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
@@ -186,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
 
         from blastscope._problems import ProblemLog
         from blastscope.data.dataset import ClassificationDataset
-        from blastscope.engine.adapt import mix_statistics, new_lab_statistics, source_statistics
+        from blastscope.engine.adapt import (
+            mix_statistics,
+            new_lab_statistics,
+            source_statistics,
+        )
 
         base_name = list(checkpoints)[-1]
         model, _ = load_model(checkpoints[base_name], task="classify")

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from blastscope.cli.main import main
-from blastscope.engine.checkpoint import load_checkpoint, load_model, make_checkpoint, save_checkpoint
+from blastscope.engine.checkpoint import (
+    load_checkpoint,
+    load_model,
+    make_checkpoint,
+    save_checkpoint,
+)
 from blastscope.models.registry import create_model
 
 NAMES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil"]

@@ -16,7 +16,7 @@ from blastscope.engine.transforms import LabJitter
 
 @pytest.fixture(scope="module")
 def cell(pbc_sample):
-    return read_image(sorted((pbc_sample / "test" / "images").iterdir())[0])
+    return read_image(min((pbc_sample / "test" / "images").iterdir()))
 
 
 def rng(seed=0):
@@ -91,13 +91,13 @@ def test_lab_jitter_in_classifier_training(pbc_sample):
     names = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil"]
     df = import_dataset(pbc_sample, layout="yolo", names=names, progress=False).head(3)
     strong = config_from_dict({"hed": 0.3, "lab": 0.25, "gamma": 0.5, "white_balance": 0.2, "blur": 1.0, "jpeg": 1.0}, cls=AugmentConfig)
-    assert LabJitter(strong).active and not LabJitter(AugmentConfig()).active
-    assert not LabJitter(config_from_dict({"lab_p": 0.0}, base=strong, cls=AugmentConfig)).active
+    off = config_from_dict({"lab_p": 0.0}, cls=AugmentConfig)
+    assert LabJitter(strong).active and LabJitter(AugmentConfig()).active and not LabJitter(off).active
     half = LabJitter(config_from_dict({"lab_p": 0.5}, base=strong, cls=AugmentConfig))
     img = read_image(df["image"].iloc[0])
     kept = [np.array_equal(half({"image": img}, np.random.default_rng(k))["image"], img) for k in range(40)]
     assert 10 <= sum(kept) <= 30  # about half the cells keep the training lab's look
-    base = ClassificationDataset(df, None, names, imgsz=64, train=True, seed=1)
+    base = ClassificationDataset(df, None, names, imgsz=64, train=True, seed=1, aug=off)
     jit = ClassificationDataset(df, None, names, imgsz=64, train=True, seed=1, aug=strong)
     x0, y0 = base[0]
     x1, y1 = jit[0]
@@ -114,3 +114,20 @@ def test_config_ranges():
         config_from_dict({"aug": {"blur_sigma": 11.0}}, base=cfg).validate()
     with pytest.raises(BlastscopeError, match="jpeg_quality"):
         config_from_dict({"aug": {"jpeg_quality": 0}}, base=cfg).validate()
+
+
+def test_jitter_on_the_cells_neighbourhood_gives_the_same_crop(pbc_sample):
+    """The jitter runs on a window around the cell (for speed): a pixel-wise one must give the crop of the jittered image."""
+    from blastscope.data.crops import square_crop
+    from blastscope.data.dataset import ClassificationDataset
+    from blastscope.data.importer import import_dataset
+
+    names = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil"]
+    df = import_dataset(pbc_sample, layout="yolo", names=names, progress=False).head(2)
+    zero = dict.fromkeys(("fliplr", "flipud", "rot90", "hsv_h", "hsv_s", "hsv_v", "scale", "hed", "lab", "gamma",
+                          "white_balance", "downscale", "blur", "jpeg"), 0.0)
+    gray = config_from_dict({**zero, "lab_p": 1.0, "grayscale": 1.0}, cls=AugmentConfig)
+    ds = ClassificationDataset(df, None, names, imgsz=64, train=True, aug=gray)
+    for i, cell in enumerate(ds.cells):
+        expected = square_crop(st.grayscale(read_image(cell.image)), cell.box, ds.margin, 64, 0)
+        assert np.array_equal(ds.crop(i, np.random.default_rng(i)), expected)

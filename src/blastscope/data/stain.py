@@ -39,18 +39,18 @@ import numpy as np
 from skimage.color import hed_from_rgb, rgb_from_hed
 
 __all__ = [
-    "rgb_to_od",
-    "od_to_rgb",
-    "hed_jitter",
-    "lab_statistics",
-    "reinhard_normalise",
-    "random_lab_normalise",
-    "grayscale",
-    "gamma_jitter",
-    "white_balance_jitter",
     "blur",
     "downscale",
+    "gamma_jitter",
+    "grayscale",
+    "hed_jitter",
     "jpeg_degrade",
+    "lab_statistics",
+    "od_to_rgb",
+    "random_lab_normalise",
+    "reinhard_normalise",
+    "rgb_to_od",
+    "white_balance_jitter",
 ]
 
 # skimage's convention (skimage.color.separate_stains / combine_stains): stains are the

@@ -32,7 +32,7 @@ from torch import nn
 
 from blastscope._problems import BlastscopeError, ProblemLog
 
-__all__ = ["bn_layers", "new_lab_statistics", "source_statistics", "mix_statistics", "cells_manifest", "adapt_checkpoint"]
+__all__ = ["adapt_checkpoint", "bn_layers", "cells_manifest", "mix_statistics", "new_lab_statistics", "source_statistics"]
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from blastscope._problems import BlastscopeError
 
-__all__ = ["ShiftSet", "read_shift_index", "classify_manifest", "summarise", "markdown_table"]
+__all__ = ["ShiftSet", "classify_manifest", "markdown_table", "read_shift_index", "summarise"]
 
 
 @dataclass(frozen=True)

@@ -31,16 +31,16 @@ import math
 import numpy as np
 
 __all__ = [
+    "THRESHOLD_METHODS",
     "UNCERTAIN",
-    "softmax",
-    "fit_temperature",
+    "calls_with_band",
     "expected_calibration_error",
+    "fit_temperature",
     "reliability_bins",
+    "select_threshold",
+    "softmax",
     "threshold_at_sensitivity",
     "youden_threshold",
-    "select_threshold",
-    "calls_with_band",
-    "THRESHOLD_METHODS",
 ]
 
 #: the call of a cell whose score lies inside the band around the threshold
