@@ -46,7 +46,7 @@ bench: weights
 
 # PBC under lab shifts (scripts/bench_shifts.py): plain vs +stain vs +all augmentations, AdaBN
 bench-shifts: weights
-	$(BIN)/python scripts/bench_shifts.py --imgsz 128 --epochs 6 --variants plain,stain,all --adapt 0.5,1 --adapt-levels 0,3 --out bench_out
+	$(BIN)/python scripts/bench_shifts.py --imgsz 128 --epochs 6 --variants plain,stain,all,all-half,default --adapt 0.5,1 --adapt-levels 0,3 --out bench_out
 
 clean:
 	rm -rf demo_out .pytest_cache
