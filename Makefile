@@ -2,6 +2,7 @@
 #   make demo   - create .venv, install, fetch pretrained weights, run the demo pipeline
 #   make test   - create .venv, install, run the test suite (under 10 minutes on 2 CPU cores)
 #   make bench  - opt-in long runs and benchmarks (pytest -m slow, training/inference speed)
+#   make bench-shifts - PBC classifier under fixed lab shifts (about 1 hour on 2 shared cores)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.blastscope-installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: all venv weights browser demo lint test bench bench-finder train-finder-loso clean
+.PHONY: all venv weights browser demo lint test bench bench-finder bench-shifts train-finder-loso clean
 
 all: test
 
@@ -65,6 +66,10 @@ train-finder-loso: weights
 	  --epochs $(LOSO_EPOCHS) --imgsz $(LOSO_IMGSZ) --out runs/loso-$(HELD_OUT) --exist-ok
 	$(BIN)/python scripts/bench_finder.py --root $(TXL) --finders detector --splits test,all --sources $(HELD_OUT) \
 	  --detector $(HELD_OUT)=runs/loso-$(HELD_OUT)/best.pt --out runs/loso-$(HELD_OUT)
+
+# PBC under lab shifts (scripts/bench_shifts.py): plain vs +stain vs +all augmentations, AdaBN
+bench-shifts: weights
+	$(BIN)/python scripts/bench_shifts.py --imgsz 128 --epochs 6 --variants plain,stain,all,all-half,default --adapt 0.5,1 --adapt-levels 0,3 --out bench_out
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -197,7 +197,7 @@ def main() -> int:
         raise SystemExit("give --detector runs/bccd/best.pt (a detector trained on BCCD), or pass --train")
     sys.path.insert(0, str(REPO / "src"))
     from blastscope._problems import BlastscopeError
-    from blastscope.engine.checkpoint import load_checkpoint
+    from blastscope.models.checkpoint import load_checkpoint
 
     for path in (args.detector, args.classifier):
         try:

@@ -25,7 +25,7 @@ import pandas as pd
 from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.annotate.autobox import MIN_AREA, cell_box
 from blastscope.data.formats.voc import write_voc
-from blastscope.data.images import is_image_file, read_image
+from blastscope.data.images import image_size, is_image_file, read_image
 from blastscope.data.manifest import new_manifest
 from blastscope.data.types import ImageAnnotation
 
@@ -157,7 +157,6 @@ def _as_manifest(rows_or_manifest: pd.DataFrame | Iterable[Mapping[str, Any]]) -
 
 def _header_size(path: str) -> tuple[int, int]:
     """``(width, height)`` from the image header (no decode), for rows whose XML is kept."""
-    from blastscope.data.images import image_size
 
     return image_size(path)
 

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "synth": "blastscope.cli._synth",
     "train": "blastscope.cli._train",
     "evaluate": "blastscope.cli._evaluate",
+    "adapt": "blastscope.cli._adapt",
     "predict": "blastscope.cli._predict",
     "export": "blastscope.cli._export",
     "reproduce": "blastscope.cli._reproduce",

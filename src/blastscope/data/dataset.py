@@ -39,12 +39,13 @@ import torch
 from torch.utils.data import Dataset
 
 from blastscope._problems import BlastscopeError, ProblemLog
-from blastscope.data.crops import DEFAULT_MARGIN, square_crop
+from blastscope.data.crops import DEFAULT_MARGIN, square_crop, square_window
 from blastscope.data.formats import load_annotation
 from blastscope.data.images import image_size, read_image
 from blastscope.data.transforms import (
     AugmentConfig,
     Compose,
+    LabJitter,
     Letterbox,
     stain_and_orientation,
 )
@@ -307,6 +308,7 @@ class ClassificationDataset(Dataset):
         self.cells: list[_Cell] = _load_split(manifest_df, split, self._load_row, log, "cells")
         self.targets = np.array([c.label for c in self.cells], dtype=np.int64)
         self._transform = self._augmentations() if self.augment else None
+        self._lab_jitter = self._source_augmentations() if self.augment else None
 
     def _load_row(self, row, log: ProblemLog) -> list[_Cell]:
         image = str(row.image)
@@ -342,6 +344,10 @@ class ClassificationDataset(Dataset):
 
         return Compose(stain_and_orientation(self.aug))
 
+    def _source_augmentations(self):
+        jitter = LabJitter(self.aug)
+        return jitter if jitter.active else None
+
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draw of ``epoch`` (call before iterating over each epoch)."""
         self.epoch = int(epoch)
@@ -363,6 +369,15 @@ class ClassificationDataset(Dataset):
             box, margin = np.array([0, 0, w, h], np.float32), 0.0
         else:
             box, margin = cell.box, self.margin
+        if rng is not None and self._lab_jitter is not None:
+            # at the source's resolution (blur and JPEG act as in a lab), on the cell's neighbourhood
+            # only (twice the box's longer side, more than any zoom and shift below reach): faster
+            if cell.box is not None:
+                x0, y0, side = square_window(box, 1.0)
+                x0, y0 = max(x0, 0), max(y0, 0)
+                image = image[y0 : y0 + side, x0 : x0 + side]
+                box = box - np.array([x0, y0, x0, y0], np.float32)
+            image = self._lab_jitter({"image": np.ascontiguousarray(image)}, rng)["image"]
         zoom, shift = 1.0, (0.0, 0.0)
         if rng is not None and self.aug.scale > 0:
             s = float(self.aug.scale)

@@ -547,7 +547,6 @@ def generate_dataset(
 def _refuse_changed_manifest(manifest: Path, root: Path, overwrite: bool) -> None:
     """A manifest that synth wrote and nobody changed since may be replaced; any other needs --overwrite
     (a ``split`` column added by the user would be lost)."""
-    from blastscope._problems import BlastscopeError
 
     if overwrite or not manifest.exists():
         return

@@ -33,6 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from blastscope.data import stain as st
 from blastscope.data.letterbox import letterbox_geometry, resize
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "HSVJitter",
     "build_transforms",
     "stain_and_orientation",
+    "LabJitter",
     "clip_boxes",
 ]
 
@@ -70,6 +72,19 @@ class AugmentConfig:
     hsv_s: float = 0.5
     hsv_v: float = 0.3
     scale: float = 0.25
+    # classifier only (blastscope.data.transforms.LabJitter, applied to the whole image before
+    # the cell is cut out): another lab's stain, lamp, optics and camera; 0 turns each off
+    lab_p: float = 0.5  # probability that a training cell gets any of the lab jitters below
+    hed: float = 0.3  # HED stain jitter (Tellez et al. 2019): scale 1 +- hed, shift +- hed of the stain's range
+    lab: float = 0.25  # RandStainNA-style random LAB target: std x (1 +- lab), mean +- 40 * lab (8-bit LAB)
+    grayscale: float = 0.1  # probability of a grey-level image
+    gamma: float = 0.8  # log-gamma range (0.8: gamma 0.45..2.2) and brightness +- gamma / 4
+    white_balance: float = 0.3  # red x (1 + t), blue x (1 - t), t in +- white_balance
+    downscale: float = 0.25  # probability of a resolution loss: down by 0.5..1 and back up
+    blur: float = 0.3  # probability of a Gaussian defocus blur of sigma 0..blur_sigma pixels
+    blur_sigma: float = 4.0  # largest blur sigma in pixels of the source image (0..10)
+    jpeg: float = 0.3  # probability of JPEG compression at quality jpeg_quality..95
+    jpeg_quality: int = 10  # lowest JPEG quality drawn (1..95)
 
 
 def clip_boxes(boxes: np.ndarray, labels: np.ndarray, width: int, height: int, before_area: np.ndarray | None = None):
@@ -259,6 +274,53 @@ def build_transforms(size: int, *, train: bool, augment: bool = True, aug: Any =
         aug = AugmentConfig()
     first = RandomScaleLetterbox(size, aug.scale, pad_value) if aug.scale > 0 else Letterbox(size, pad_value)
     return Compose([first, *stain_and_orientation(aug)])
+
+
+class LabJitter:
+    """Another lab's stain, lamp, optics and camera: the random draws of :mod:`blastscope.data.stain`.
+
+    With probability ``1 - lab_p`` a cell is left as it is; otherwise, in this order, each when its :class:`~blastscope.engine.config.AugmentConfig` field is non-zero:
+    HED stain jitter (``hed``), a random LAB target (``lab``), grey levels (probability
+    ``grayscale``), gamma and brightness (``gamma``), white balance (``white_balance``), a
+    resolution loss (probability ``downscale``), defocus blur (probability ``blur``, sigma up to
+    ``blur_sigma`` pixels) and JPEG compression (probability ``jpeg``, quality ``jpeg_quality`` to
+    95). Nothing moves, so boxes are kept. The classifier applies it to the whole image before the
+    cell is cut out, so blur and compression act at the source's resolution, as in a lab.
+    """
+
+    def __init__(self, aug):
+        self.aug = aug
+
+    @property
+    def active(self) -> bool:
+        a = self.aug
+        return a.lab_p > 0 and any((a.hed, a.lab, a.grayscale, a.gamma, a.white_balance, a.downscale, a.blur and a.blur_sigma, a.jpeg))
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+
+        a, img = self.aug, sample["image"]
+        if a.lab_p < 1 and rng.random() >= a.lab_p:  # this cell keeps the training lab's look
+            return sample
+        if a.hed:
+            img = st.hed_jitter(img, rng, a.hed, a.hed)
+        if a.lab:
+            img = st.random_lab_normalise(img, rng, 40 * a.lab, a.lab)
+        if a.grayscale and rng.random() < a.grayscale:
+            img = st.grayscale(img)
+        if a.gamma:
+            img = st.gamma_jitter(img, rng, a.gamma, a.gamma / 4)
+        if a.white_balance:
+            img = st.white_balance_jitter(img, rng, a.white_balance)
+        if a.downscale and rng.random() < a.downscale:
+            img = st.downscale(img, rng, 0.5)
+        if a.blur and a.blur_sigma and rng.random() < a.blur:
+            img = st.blur(img, rng, a.blur_sigma)
+        if a.jpeg and rng.random() < a.jpeg:
+            img = st.jpeg_degrade(img, rng, a.jpeg_quality, 95)
+        return {**sample, "image": img}
+
+    def __repr__(self) -> str:
+        return f"LabJitter({self.aug!r})"
 
 
 def stain_and_orientation(aug) -> list[Transform]:

@@ -79,6 +79,13 @@ class TrainConfig:
     #: cells with probability inversely proportional to their class's frequency) or "loss"
     #: (class-weighted cross-entropy); see blastscope.engine.tasks.ClassifyTask
     balance: str = "sampler"
+    #: classification only: how the operating threshold on the positive class (two classes) is
+    #: chosen on the validation cells after temperature scaling; "sensitivity" (the highest
+    #: threshold reaching target_sensitivity) or "youden"; recorded in the checkpoint's "calibration"
+    threshold_method: str = "sensitivity"
+    target_sensitivity: float = 0.95
+    #: cells whose calibrated score lies within +- this of the threshold are called "uncertain"
+    uncertain_band: float = 0.05
 
     def validate(self, source: str = "config") -> TrainConfig:
         """Raise :class:`BlastscopeError` naming ``source`` for values out of range; return self."""
@@ -102,9 +109,14 @@ class TrainConfig:
             (0 < self.val_iou <= 1, "val_iou", "in (0, 1]"),
             (self.max_det >= 1, "max_det", "at least 1"),
             (self.balance in BALANCE_MODES, "balance", "one of " + ", ".join(f"'{m}'" for m in BALANCE_MODES)),
+            (self.threshold_method in ("sensitivity", "youden"), "threshold_method", "'sensitivity' or 'youden'"),
+            (0 < self.target_sensitivity <= 1, "target_sensitivity", "in (0, 1]"),
+            (0 <= self.uncertain_band < 0.5, "uncertain_band", "in [0, 0.5)"),
         ]
+        ranges = {"blur_sigma": (0, 10), "jpeg_quality": (1, 95)}  # the rest are probabilities or relative strengths
         for name, value in dataclasses.asdict(self.aug).items():
-            checks.append((0 <= value <= 1, f"aug.{name}", "in [0, 1]"))
+            lo, hi = ranges.get(name, (0, 1))
+            checks.append((lo <= value <= hi, f"aug.{name}", f"in [{lo}, {hi}]"))
         for ok, name, allowed in checks:
             if not ok:
                 obj, attr = (self.aug, name[4:]) if name.startswith("aug.") else (self, name)

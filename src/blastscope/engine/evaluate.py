@@ -74,6 +74,7 @@ from blastscope.data.manifest import manifest_classes, read_manifest
 from blastscope.engine.tasks import get_task
 from blastscope.inference.finder import MERGE_IOU, agnostic_nms, cell_classes_of, resolve_cell_classes
 from blastscope.inference.predictor import CropClassifier, Predictor, TorchBackend
+from blastscope.metrics.calibration import expected_calibration_error, softmax
 from blastscope.metrics.calls import BLAST_THRESHOLD, image_calls
 from blastscope.metrics.classification import (
     bootstrap_ci,
@@ -824,6 +825,28 @@ def _cell_part(preds: Predictions, truth: Truth, positive: str) -> tuple[dict, d
     return metrics, {"cells (annotated boxes): true class vs classifier call": {"matrix": cm, "labels": list(cc)}}
 
 
+def calibration_part(preds: Predictions, truth: Truth, temperature: float | None = None) -> dict[str, float]:
+    """ECE of a classifier's cell probabilities (and after the checkpoint's temperature scaling)."""
+    if preds.task != "classify":
+        return {}
+    cc = preds.cell_classes
+    true, probs = [], []
+    for i in sorted(preds.cells):
+        names = truth.gts[i]["names"] if i in truth.gts else [truth.labels[i]]
+        for t, p in zip(names, preds.probs.get(i, np.zeros((0, len(cc)))), strict=False):
+            if t in cc:
+                true.append(cc.index(t))
+                probs.append(p)
+    if not true:
+        return {}
+    p_all, y_all = np.asarray(probs, np.float64), np.asarray(true)
+    out = {"ece": expected_calibration_error(p_all, y_all)}
+    if temperature:  # log-probabilities are the logits up to a per-cell constant
+        out["temperature"] = float(temperature)
+        out["ece.calibrated"] = expected_calibration_error(softmax(np.log(np.maximum(p_all, 1e-12)), temperature), y_all)
+    return out
+
+
 def _image_table(preds: Predictions, truth: Truth, order: list[int], labels: list[str], *, cell_conf: float,
                  blast_threshold: float = BLAST_THRESHOLD):
     """Per-image calls and the per-image table (``EvaluationResult.predictions``)."""
@@ -1027,6 +1050,7 @@ def evaluate_checkpoint(
         preds = Predictions.from_frame(table, task=kind, classes=classes, cell_classes=cell_classes, positive=positive)
     scored = score(preds, truth, min_score=min_score, patient_rule=patient_rule, cell_conf=cell_conf,
                    blast_threshold=blast_threshold, notes=notes, log=log)
+    scored["metrics"].update(calibration_part(preds, truth, (ckpt.get("calibration") or {}).get("temperature")))
     arch = meta["arch"] + (f" + {Path(str(classifier)).name} classifier" if classifier is not None else "")
     settings = {"conf": conf, "iou": iou, "min_score": min_score, "imgsz": imgsz or meta.get("input_size"), "positive": positive,
                 "patient_rule": patient_rule, "cell_conf": cell_conf, "classifier": str(classifier) if classifier else None,

@@ -36,6 +36,7 @@ from blastscope.annotate.autobox import cell_box
 from blastscope.data.dataset import ClassificationDataset, DetectionDataset, collate_fn
 from blastscope.data.preprocess import Preprocess
 from blastscope.data.transforms import build_transforms
+from blastscope.metrics.calibration import expected_calibration_error, fit_temperature, select_threshold, softmax
 from blastscope.metrics.detection import evaluate_detections
 from blastscope.models.registry import create_model
 
@@ -92,6 +93,10 @@ class Task:
 
     def evaluate(self, model: nn.Module, loader, config: Any, device: torch.device) -> dict[str, float]:
         raise NotImplementedError
+
+    def checkpoint_extras(self) -> dict[str, Any]:
+        """Plain data the task adds to each epoch's checkpoint (e.g. a classifier's calibration)."""
+        return {}
 
 
 def _detach_parts(parts: dict[str, Any], names: Sequence[str]) -> dict[str, float]:
@@ -289,6 +294,7 @@ class ClassifyTask(Task):
         self.balance = "sampler"
         self.class_weights: torch.Tensor | None = None
         self.positive: int | None = None
+        self.calibration: dict[str, Any] = {}
 
     def check_config(self, config: Any) -> None:
         # no multiple-of-32 rule: the classifiers pool globally (TrainConfig checks imgsz >= 32)
@@ -351,6 +357,7 @@ class ClassifyTask(Task):
         total, n = 0.0, 0
         ys: list[np.ndarray] = []
         ps: list[np.ndarray] = []
+        zs: list[np.ndarray] = []
         with torch.inference_mode():
             for images, labels in loader:
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -359,11 +366,45 @@ class ClassifyTask(Task):
                 n += len(labels)
                 ys.append(labels.cpu().numpy())
                 ps.append(torch.softmax(logits, dim=1).cpu().numpy())
+                zs.append(logits.cpu().numpy())
         out = {"val_loss": total / max(n, 1)}
         if not math.isfinite(out["val_loss"]):
             return out | dict.fromkeys(self.metric_names, math.nan)
         classes = list(model.info.class_names)
-        return out | classification_scores(np.concatenate(ys), np.concatenate(ps), classes, positive=self.positive)
+        y = np.concatenate(ys)
+        self.calibration = self.calibrate(np.concatenate(zs), y, config, classes)
+        extra = {k: self.calibration[k] for k in ("temperature", "ece", "ece_calibrated", "threshold") if k in self.calibration}
+        return out | classification_scores(y, np.concatenate(ps), classes, positive=self.positive) | extra
+
+    def calibrate(self, logits: np.ndarray, y: np.ndarray, config: Any, classes: Sequence[str] | None = None) -> dict[str, Any]:
+        """Temperature, ECE before and after it, and (two classes) the operating threshold, from validation logits.
+
+        ``logits`` are ``(n, C)``, ``y`` ``(n,)`` class indices. The threshold applies to the
+        temperature-scaled probability of the positive class (``config.threshold_method`` at
+        ``config.target_sensitivity``); it is NaN when the validation cells hold no positive.
+        The result goes into the checkpoint as ``calibration`` (plain data).
+        """
+
+        t = fit_temperature(logits, y)
+        cal = softmax(logits, t)
+        out: dict[str, Any] = {
+            "temperature": t, "n_val": int(len(y)),
+            "ece": expected_calibration_error(softmax(logits), y), "ece_calibrated": expected_calibration_error(cal, y),
+        }
+        if self.positive is not None and logits.shape[1] == 2:
+            method = getattr(config, "threshold_method", "sensitivity")
+            target = float(getattr(config, "target_sensitivity", 0.95))
+            out |= {
+                "positive": str(classes[self.positive]) if classes is not None else None,
+                "positive_index": int(self.positive), "threshold_method": method, "target_sensitivity": target,
+                "threshold": select_threshold(cal[:, self.positive], y == self.positive, method, target),
+                "uncertain_band": float(getattr(config, "uncertain_band", 0.0)),
+            }
+        return out
+
+    def checkpoint_extras(self) -> dict[str, Any]:
+        """``{"calibration": ...}`` of the last :meth:`evaluate`, stored in that epoch's checkpoints."""
+        return {"calibration": dict(self.calibration)} if self.calibration else {}
 
 
 #: task name -> class; ``--task`` chooses from these

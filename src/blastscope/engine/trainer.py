@@ -586,6 +586,7 @@ def _run_epochs(config, task, run_dir, df, classes, note, ckpt, train_ds, val_ds
             weights = make_checkpoint(model, epoch=epoch, metrics=metrics, config=config_dict, input_size=config.imgsz, best_metric=best, best_epoch=best_epoch)
             if weights["model"]["task"] == "detect":  # which detector classes are white cells (two-stage prediction classifies only those)
                 weights["model"]["cell_classes"] = default_cell_classes(weights["model"]["class_names"])
+            weights.update(task.checkpoint_extras())
             if config.save_period > 0 and epoch % config.save_period == 0:
                 save_checkpoint(weights, run_dir / f"epoch_{epoch:03d}.pt")  # weights only
             if is_best:

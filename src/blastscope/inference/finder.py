@@ -24,6 +24,7 @@ from blastscope.annotate.finder import (
     StainFinder,
     default_cell_classes,
 )
+from blastscope.inference.predictor import Predictor
 
 __all__ = ["MERGE_IOU", "DetectorFinder", "agnostic_nms", "cell_classes_of", "make_finder", "resolve_cell_classes"]
 
@@ -136,7 +137,6 @@ class DetectorFinder:
         device: str = "cpu",
         cell_classes: Sequence[str] | None = None,
     ) -> DetectorFinder:
-        from blastscope.inference.predictor import Predictor
 
         predictor = Predictor.from_checkpoint(path, conf=conf, iou=iou, device=device)
         if getattr(predictor, "task", "detect") != "detect":

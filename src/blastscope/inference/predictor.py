@@ -308,7 +308,7 @@ class Predictor:
                         imgsz: int | None = None, device: str = "cpu", backend: str = "torch",
                         classifier: str | os.PathLike | None = None,
                         cell_classes: Sequence[str] | str | None = None) -> Predictor:
-        """Load a detector checkpoint written by blastscope (``engine.checkpoint`` format).
+        """Load a detector checkpoint written by blastscope (``models.checkpoint`` format).
 
         Parameters
         ----------
@@ -541,7 +541,7 @@ def _check_image(image: np.ndarray, source: str = "") -> np.ndarray:
 
 
 def _load(path: Path):
-    """``engine.checkpoint.load_model`` with user errors for missing/foreign files; returns (model, info dict)."""
+    """``models.checkpoint.load_model`` with user errors for missing/foreign files; returns (model, info dict)."""
 
     model, ckpt = load_model(path)  # checks the format and the model record (class names included)
     return model, ckpt["model"]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from blastscope._problems import BlastscopeError, ProblemLog
+from blastscope.data.images import image_size as _header_size
 from blastscope.data.types import ImageAnnotation
 
 __all__ = [
@@ -132,6 +133,5 @@ def image_size(path: str | Path) -> tuple[int, int]:
     Raises :class:`BlastscopeError` naming the file when it is missing, not an image, or over the
     pixel limit (:func:`blastscope.data.images.image_size`, the one decode path).
     """
-    from blastscope.data.images import image_size as _header_size
 
     return _header_size(path)
