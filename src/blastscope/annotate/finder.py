@@ -29,7 +29,12 @@ import numpy as np
 from blastscope._problems import BlastscopeError
 
 __all__ = [
+    "CELLS_MODES",
     "NON_WHITE_CELL_NAMES",
+    "centred_cell_box",
+    "cell_box_function",
+    "cells_record",
+    "on_black",
     "CellFinder",
     "FoundCells",
     "StainFinder",
@@ -358,3 +363,74 @@ class StainFinder:
 
     def __repr__(self) -> str:
         return f"StainFinder({self.config})"
+
+
+# ---------------------------------------------------------------------------------------------
+# cell-centred classifier inputs: one rule for training, evaluation and prediction
+
+#: how a classifier's input is made from an image without a box: the white cell the image is
+#: centred on, found by a finder ("finder"), or the whole image ("whole")
+CELLS_MODES = ("finder", "whole")
+
+
+def on_black(image: np.ndarray, *, dark: int = 16, share: float = 0.5) -> bool:
+    """True for a segmented cell on black (C-NMC): most of the image's outer frame is near black.
+
+    Such images are already centred on their cell and keep their own framing.
+    """
+    image = _check_rgb(image)
+    h, w = image.shape[:2]
+    k = max(1, min(h, w) // 50)
+    frame = np.concatenate([image[:k].reshape(-1, 3), image[-k:].reshape(-1, 3),
+                            image[:, :k].reshape(-1, 3), image[:, -k:].reshape(-1, 3)])
+    return float(np.mean(frame.max(axis=1) < dark)) >= share
+
+
+def centred_cell_box(image: np.ndarray, finder: CellFinder) -> np.ndarray | None:
+    """The box of the white cell an image is centred on, or None to use the whole image.
+
+    None for a segmented cell on black (:func:`on_black`) and when the finder finds no white cell.
+    Otherwise the found box that contains the image centre (the highest scoring if several), else
+    the box nearest to the centre: single-cell crops of smears (224 px JPEGs, 257 px TIFFs, PBC)
+    are centred on their cell, with red cells and other labs' background around it.
+    """
+    if on_black(image):
+        return None
+    found = finder.find(image)
+    if not len(found):
+        return None
+    h, w = image.shape[:2]
+    cx, cy = w / 2.0, h / 2.0
+    b = found.boxes
+    inside = (b[:, 0] <= cx) & (cx <= b[:, 2]) & (b[:, 1] <= cy) & (cy <= b[:, 3])
+    if inside.any():
+        k = int(np.flatnonzero(inside)[np.argmax(found.scores[inside])])
+    else:
+        d = np.hypot((b[:, 0] + b[:, 2]) / 2 - cx, (b[:, 1] + b[:, 3]) / 2 - cy)
+        k = int(np.argmin(d))
+    return b[k].astype(np.float32)
+
+
+def cells_record(mode: str, finder: CellFinder | None = None) -> dict[str, Any]:
+    """What a classifier checkpoint records of how its inputs were made (``model.cells``)."""
+    if mode not in CELLS_MODES:
+        raise BlastscopeError(f"cells={mode!r}: use one of {', '.join(CELLS_MODES)}")
+    if mode == "whole":
+        return {"mode": "whole"}
+    finder = finder if finder is not None else StainFinder()
+    return {"mode": "finder", "finder": finder.kind, "settings": finder.settings()}
+
+
+def cell_box_function(record: dict[str, Any] | None):
+    """``box_fn(image) -> box | None`` of a checkpoint's ``model.cells`` record (None: whole images).
+
+    Checkpoints written before the record existed (no ``cells``) classify whole images, as they
+    were trained.
+    """
+    if not record or record.get("mode", "whole") == "whole":
+        return None
+    if record.get("finder", "stain") != "stain":
+        raise BlastscopeError(f"cells finder {record.get('finder')!r}: this blastscope reads 'stain' records only; "
+                              "re-train the classifier with --cells finder")
+    finder = StainFinder.from_settings(record.get("settings"))
+    return lambda image: centred_cell_box(image, finder)

@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
     a("--val-fraction", type=float, default=None, help="val share carved from train when the manifest has no val rows (default: 0.1)")
     a("--patience", type=int, default=None, help="stop after N epochs without improvement (default: 0, never)")
+    a("--cells", choices=("finder", "whole"), default=None,
+      help="classify: cut images without a box around the white cell the stain finder finds (default), or take "
+           "them whole; segmented cells on black are taken whole either way")
     a("--save-period", type=int, default=None, metavar="N",
       help="also keep every Nth epoch's weights as epoch_NNN.pt (default 0: only best.pt and last.pt)")
     a("--freeze-backbone-epochs", type=int, default=None, metavar="N", help="train only neck and heads for the first N epochs")

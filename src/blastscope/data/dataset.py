@@ -291,8 +291,10 @@ class ClassificationDataset(Dataset):
         seed: int = 0,
         log: ProblemLog | None = None,
         pad_value: int = 0,
+        box_fn: Callable | None = None,
     ):
-
+        self.box_fn = box_fn
+        self._found: dict[str, np.ndarray | None] = {}  # the box_fn's answer per image, computed once
         if aug is None:
             aug = AugmentConfig()
         self.classes = [str(c) for c in classes]
@@ -364,15 +366,20 @@ class ClassificationDataset(Dataset):
 
         cell = self.cells[index]
         image = read_image(cell.image)
-        if cell.box is None:
+        box = cell.box
+        if box is None and self.box_fn is not None:  # the white cell a label-only image is centred on
+            if cell.image not in self._found:
+                self._found[cell.image] = self.box_fn(image)
+            box = self._found[cell.image]
+        if box is None:
             h, w = image.shape[:2]
             box, margin = np.array([0, 0, w, h], np.float32), 0.0
         else:
-            box, margin = cell.box, self.margin
+            margin = self.margin
         if rng is not None and self._lab_jitter is not None:
             # at the source's resolution (blur and JPEG act as in a lab), on the cell's neighbourhood
             # only (twice the box's longer side, more than any zoom and shift below reach): faster
-            if cell.box is not None:
+            if margin > 0:  # a cell box, not the whole image
                 x0, y0, side = square_window(box, 1.0)
                 x0, y0 = max(x0, 0), max(y0, 0)
                 image = image[y0 : y0 + side, x0 : x0 + side]

@@ -63,6 +63,9 @@ class TrainConfig:
     freeze_backbone_epochs: int = 0
     patience: int = 0
     save_period: int = 0
+    #: classify: images without a box are cut around the white cell a finder finds ("finder"), or
+    #: taken whole ("whole"); segmented cells on black are always taken whole
+    cells: str = "finder"
     workers: int = 0
     seed: int = 0
     device: str = "auto"
@@ -101,6 +104,7 @@ class TrainConfig:
             (self.freeze_backbone_epochs >= 0, "freeze_backbone_epochs", "0 or more"),
             (self.patience >= 0, "patience", "0 (off) or more"),
             (self.save_period >= 0, "save_period", "0 (best and last only) or more"),
+            (self.cells in ("finder", "whole"), "cells", "'finder' or 'whole'"),
             (self.workers >= 0, "workers", "0 or more"),
             (0 < self.val_fraction < 1, "val_fraction", "between 0 and 1 (e.g. 0.1)"),
             (self.optimizer in ("sgd", "adamw"), "optimizer", "'sgd' or 'adamw'"),

@@ -67,6 +67,7 @@ import pandas as pd
 
 from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.annotate.autobox import cell_box
+from blastscope.annotate.finder import cell_box_function
 from blastscope.data.crops import DEFAULT_MARGIN
 from blastscope.data.formats import image_size, load_annotation
 from blastscope.data.images import read_image
@@ -725,8 +726,9 @@ def _two_stage_cells(dets: dict[int, dict], stage2, paths: list[str], *, single_
     return cells, probs_by_row
 
 
-def _classify_rows(stage2, truth: Truth, positive: str, progress: bool, log: ProblemLog):
-    """A classifier checkpoint: each annotated cell from its crop, each label-only row whole."""
+def _classify_rows(stage2, truth: Truth, positive: str, progress: bool, log: ProblemLog, box_fn=None):
+    """A classifier checkpoint: each annotated cell from its crop; each label-only row cut around the
+    white cell it is centred on when the checkpoint was trained so (``box_fn``), else whole."""
     from tqdm import tqdm
 
     cell_classes = list(stage2.class_names)
@@ -738,8 +740,12 @@ def _classify_rows(stage2, truth: Truth, positive: str, progress: bool, log: Pro
                 boxes, margin = truth.gts[i]["boxes"], CROP_MARGIN
             else:
                 row = truth.rows.iloc[i]
-                w, h = (int(row["width"]), int(row["height"])) if row["width"] else image_size(truth.paths[i])
-                boxes, margin = np.array([[0, 0, w, h]], np.float32), 0.0
+                found = box_fn(read_image(truth.paths[i])) if box_fn is not None else None
+                if found is not None:
+                    boxes, margin = np.asarray(found, np.float32).reshape(1, 4), CROP_MARGIN
+                else:
+                    w, h = (int(row["width"]), int(row["height"])) if row["width"] else image_size(truth.paths[i])
+                    boxes, margin = np.array([[0, 0, w, h]], np.float32), 0.0
             probs = _classify_cells(stage2, truth.paths[i], boxes, margin)
         except BlastscopeError as e:
             log.add(truth.paths[i], str(e))
@@ -767,7 +773,7 @@ def predict_rows(model, meta: dict, truth: Truth, *, stage2=None, conf: float = 
     log = log if log is not None else ProblemLog()
     task, classes = meta["task"], [str(c) for c in meta["class_names"]]
     if task == "classify":
-        dets, cells, probs = _classify_rows(stage2, truth, positive, progress, log)
+        dets, cells, probs = _classify_rows(stage2, truth, positive, progress, log, box_fn=cell_box_function(meta.get("cells")))
         return Predictions("classify", classes, list(stage2.class_names), positive, dets, cells, probs)
     backend = TorchBackend(model, conf=float(conf), iou=float(iou), device=device, max_det=MAX_DET)
     predictor = Predictor(backend, classes, imgsz or int(meta.get("input_size", 416)), model_name=name,

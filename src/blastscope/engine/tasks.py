@@ -33,6 +33,7 @@ from torch import nn
 
 from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.annotate.autobox import cell_box
+from blastscope.annotate.finder import cell_box_function, cells_record
 from blastscope.data.dataset import ClassificationDataset, DetectionDataset, collate_fn
 from blastscope.data.preprocess import Preprocess
 from blastscope.data.transforms import build_transforms
@@ -307,10 +308,13 @@ class ClassifyTask(Task):
 
     def build_datasets(self, config: Any, manifest: pd.DataFrame, classes: Sequence[str], log: ProblemLog):
 
+        self.cells = cells_record(config.cells)  # recorded in the checkpoint: predict and evaluate redo it
+        box_fn = cell_box_function(self.cells)
+
         def make(split: str, train: bool) -> ClassificationDataset:
             return ClassificationDataset(
                 manifest, split, classes, imgsz=config.imgsz, train=train, augment=config.augment, aug=config.aug,
-                seed=config.seed, log=log, pad_value=self.PAD_VALUE,
+                seed=config.seed, log=log, pad_value=self.PAD_VALUE, box_fn=box_fn,
             )
 
         train_ds, val_ds = make("train", True), make("val", False)

@@ -587,6 +587,8 @@ def _run_epochs(config, task, run_dir, df, classes, note, ckpt, train_ds, val_ds
             if weights["model"]["task"] == "detect":  # which detector classes are white cells (two-stage prediction classifies only those)
                 weights["model"]["cell_classes"] = default_cell_classes(weights["model"]["class_names"])
             weights.update(task.checkpoint_extras())
+            if getattr(task, "cells", None):  # how a classifier's inputs were made (predict/evaluate redo it)
+                weights["model"]["cells"] = task.cells
             if config.save_period > 0 and epoch % config.save_period == 0:
                 save_checkpoint(weights, run_dir / f"epoch_{epoch:03d}.pt")  # weights only
             if is_best:

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from blastscope._problems import BlastscopeError
+from blastscope.annotate.finder import cell_box_function
 from blastscope.data.crops import DEFAULT_MARGIN
 from blastscope.data.preprocess import Preprocess
 from blastscope.inference.sources import Frame, FrameSource, open_source
@@ -301,6 +302,7 @@ class Predictor:
         self.imgsz = _as_int_size(imgsz, "imgsz")
         self.model_name = model_name
         self.classifier = classifier
+        self.cell_box_fn = None  # a classifier alone: image -> the box of the cell it is centred on
         self.preprocess = Preprocess("letterbox", self.imgsz, tuple(mean), tuple(std))
 
     @classmethod
@@ -346,12 +348,14 @@ class Predictor:
             raise BlastscopeError(f"backend={backend!r}: unknown backend; use one of {', '.join(BACKENDS)}")
         model, info = _load_onnx(path, backend, device) if path.suffix.lower() == ".onnx" else _load(path)
         if info.get("task") == "classify" and classifier is None and path.suffix.lower() != ".onnx":
-            # a classifier alone: each frame is one cell, classified from its whole image
-            return cls(None, [], int(_as_int_size(info.get("input_size", 224), f"{path}: input_size")),
-                       model_name=f"{path.name} ({info.get('arch', '?')})",
-                       classifier=CropClassifier(model, info["class_names"], info.get("input_size", 224),
-                                                 info.get("mean", (0.485, 0.456, 0.406)), info.get("std", (0.229, 0.224, 0.225)),
-                                                 device=device))
+            # a classifier alone: each frame is one cell (the white cell it is centred on, or whole)
+            alone = cls(None, [], int(_as_int_size(info.get("input_size", 224), f"{path}: input_size")),
+                        model_name=f"{path.name} ({info.get('arch', '?')})",
+                        classifier=CropClassifier(model, info["class_names"], info.get("input_size", 224),
+                                                  info.get("mean", (0.485, 0.456, 0.406)), info.get("std", (0.229, 0.224, 0.225)),
+                                                  device=device))
+            alone.cell_box_fn = cell_box_function(info.get("cells"))
+            return alone
         if info.get("task") != "detect":
             raise BlastscopeError(
                 f"{path}: is a {info.get('task')!r} checkpoint ({info.get('arch')}), not a detector; pass a "
@@ -522,11 +526,18 @@ class Predictor:
         return dets, cls
 
     def _classify_whole(self, f: Frame) -> FrameResult:
-        """A classifier alone: the frame is one cell, its box the whole image (no margin)."""
+        """A classifier alone: the frame is one cell. Its box is the white cell the frame is centred on
+        when the checkpoint was trained on such crops (``model.cells``, the finder), else the whole
+        image (no margin)."""
         h, w = f.image.shape[:2]
-        box = np.array([[0.0, 0.0, float(w), float(h)]], np.float32)
-        (c,) = self.classifier(f.image, box, margin=0.0)
-        det = Detection("cell", 0, 1.0, (0.0, 0.0, float(w), float(h)))
+        found = self.cell_box_fn(f.image) if self.cell_box_fn is not None else None
+        if found is not None:
+            box = np.asarray(found, np.float32).reshape(1, 4)
+            (c,) = self.classifier(f.image, box)
+        else:
+            box = np.array([[0.0, 0.0, float(w), float(h)]], np.float32)
+            (c,) = self.classifier(f.image, box, margin=0.0)
+        det = Detection("cell", 0, 1.0, tuple(float(v) for v in box[0]))
         return FrameResult(f.source, f.frame, f.time_s, [det], (h, w), self.model_name, [c], f.image)
 
     def _class_name(self, index: int) -> str:
