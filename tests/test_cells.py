@@ -67,7 +67,8 @@ def test_classifier_made_with_the_finder_predicts_identically_from_the_checkpoin
     predictor = Predictor.from_checkpoint(run / "best.pt")
     model, ckpt = load_model(run / "best.pt")
     info = ckpt["model"]
-    by_hand = CropClassifier(model, info["class_names"], info["input_size"], info["mean"], info["std"])
+    by_hand = CropClassifier(model, info["class_names"], info["input_size"], info["mean"], info["std"],
+                             calibration=ckpt.get("calibration"))
     box_fn = cell_box_function(record)
     for row in pbc_rows:
         image = read_image(row["image"])

@@ -588,3 +588,34 @@ def test_video_seek_by_frame_index(bccd, tmp_path):
             fourth = [f for f in ref][4]
         np.testing.assert_array_equal(jumped.image, fourth.image)  # the same pixels as reading through
         assert next(it).frame == 5 and next(it, None) is None
+
+
+def test_crop_classifier_uses_the_checkpoints_operating_point():
+    """Temperature, threshold and uncertain band of the checkpoint's calibration decide the call."""
+    from blastscope.inference.predictor import UNCERTAIN, CropClassifier
+
+    class Fixed(torch.nn.Module):  # logits chosen per test: p(ALL) = sigmoid(z)
+        def __init__(self):
+            super().__init__()
+            self.z = 0.0
+
+        def forward(self, x):
+            return torch.tensor([[self.z, 0.0]] * len(x))
+
+    net = Fixed()
+    cal = {"temperature": 2.0, "positive_index": 0, "threshold": 0.3, "uncertain_band": 0.05}
+    clf = CropClassifier(net, ["ALL", "HEM"], 32, (0, 0, 0), (1, 1, 1), calibration=cal)
+    image, box = np.zeros((40, 40, 3), np.uint8), np.array([[0, 0, 40, 40]], np.float32)
+    net.z = -1.0  # p(ALL) = sigmoid(-1 / 2) = 0.378: below 0.5 but above the threshold 0.3 -> ALL
+    (c,) = clf(image, box)
+    assert c.class_name == "ALL" and c.probabilities[0] == pytest.approx(1 / (1 + np.exp(0.5)), abs=1e-6)
+    net.z = 2 * np.log(0.31 / 0.69)  # p(ALL) = 0.31, inside 0.3 +- 0.05 -> uncertain
+    assert clf(image, box)[0].class_name == UNCERTAIN
+    net.z = -4.0  # p(ALL) = 0.119 -> HEM
+    assert clf(image, box)[0].class_name == "HEM"
+    plain = CropClassifier(net, ["ALL", "HEM"], 32, (0, 0, 0), (1, 1, 1))  # no calibration: arg-max at T = 1
+    net.z = -1.0
+    assert plain(image, box)[0].class_name == "HEM"
+    no_band = CropClassifier(net, ["ALL", "HEM"], 32, (0, 0, 0), (1, 1, 1), calibration=cal, band=False)
+    net.z = 2 * np.log(0.31 / 0.69)
+    assert no_band(image, box)[0].class_name == "ALL"  # evaluate: the threshold, no band

@@ -514,12 +514,13 @@ def _detect(predictor, paths: list[str], batch: int, progress: bool, log: Proble
     return out
 
 
-def _classify_cells(classifier, path: str, boxes: np.ndarray, margin: float) -> np.ndarray:
-    """Classifier probabilities ``(K, C)`` of square crops around ``boxes`` of the image at ``path``."""
-
+def _classify_cells(classifier, path: str, boxes: np.ndarray, margin: float) -> tuple[np.ndarray, list[str]]:
+    """Classifier probabilities ``(K, C)`` of square crops around ``boxes`` of the image at ``path``,
+    and the calls (the arg-max, or the checkpoint's operating threshold for two classes)."""
     if len(boxes) == 0:
-        return np.zeros((0, len(classifier.class_names)), np.float32)
-    return np.array([c.probabilities for c in classifier(read_image(path), boxes, margin)], np.float32)
+        return np.zeros((0, len(classifier.class_names)), np.float32), []
+    calls = classifier(read_image(path), boxes, margin)
+    return np.array([c.probabilities for c in calls], np.float32), [c.class_name for c in calls]
 
 
 def _find_run_dir(checkpoint: Path, ckpt: dict) -> Path | None:
@@ -715,8 +716,7 @@ def _two_stage_cells(dets: dict[int, dict], stage2, paths: list[str], *, single_
             sel = np.flatnonzero(d["scores"] >= cell_conf)
             sel = np.sort(sel[agnostic_nms(d["boxes"][sel], d["scores"][sel], min(float(iou), MERGE_IOU))])
             sel = sel[white[sel]]
-        probs = _classify_cells(stage2, paths[i], d["boxes"][sel], CROP_MARGIN)
-        names = [cell_classes[int(k)] for k in probs.argmax(axis=1)] if len(probs) else []
+        probs, names = _classify_cells(stage2, paths[i], d["boxes"][sel], CROP_MARGIN)
         d["names"] = list(d["names"])
         for k, n in zip(sel, names, strict=True):
             d["names"][int(k)] = n
@@ -746,11 +746,10 @@ def _classify_rows(stage2, truth: Truth, positive: str, progress: bool, log: Pro
                 else:
                     w, h = (int(row["width"]), int(row["height"])) if row["width"] else image_size(truth.paths[i])
                     boxes, margin = np.array([[0, 0, w, h]], np.float32), 0.0
-            probs = _classify_cells(stage2, truth.paths[i], boxes, margin)
+            probs, names = _classify_cells(stage2, truth.paths[i], boxes, margin)
         except BlastscopeError as e:
             log.add(truth.paths[i], str(e))
             continue
-        names = [cell_classes[int(k)] for k in probs.argmax(axis=1)]
         p_pos = probs[:, cell_classes.index(positive)] if positive in cell_classes else np.zeros(len(probs))
         cells[i] = {"names": names, "scores": np.ones(len(names)), "p_pos": p_pos}
         dets[i] = {"boxes": np.asarray(boxes, np.float32).reshape(-1, 4), "scores": probs.max(axis=1) if len(probs) else np.zeros(0),
@@ -977,16 +976,16 @@ def score(preds: Predictions, truth: Truth, *, min_score: float = 0.0, patient_r
 # the whole evaluation: load -> predict -> score
 
 
-def _setup(checkpoint: Path, classifier, model, meta: dict, device: str):
+def _setup(checkpoint: Path, classifier, model, meta: dict, device: str, calibration: dict | None = None):
     """The second stage: the ``classifier`` checkpoint, or the checkpoint itself for a classifier."""
     task, classes = meta["task"], [str(c) for c in meta["class_names"]]
     if classifier is not None:
         if task != "detect":
             raise BlastscopeError(f"{checkpoint}: --classifier needs a detector as CHECKPOINT, this is a '{task}' checkpoint")
-        return CropClassifier.from_checkpoint(classifier, device=device, margin=CROP_MARGIN)
-    if task == "classify":
+        return CropClassifier.from_checkpoint(classifier, device=device, margin=CROP_MARGIN, band=False)
+    if task == "classify":  # metrics at the checkpoint's operating point, no uncertain band
         return CropClassifier(model, classes, meta.get("input_size", 224), meta.get("mean"), meta.get("std"),
-                              margin=CROP_MARGIN, device=device)
+                              margin=CROP_MARGIN, device=device, calibration=calibration, band=False)
     return None
 
 
@@ -1043,7 +1042,7 @@ def evaluate_checkpoint(
     meta = ckpt["model"]
     task, classes = meta["task"], [str(c) for c in meta["class_names"]]
     log, notes = ProblemLog(), []
-    stage2 = _setup(checkpoint, classifier, model, meta, device)
+    stage2 = _setup(checkpoint, classifier, model, meta, device, ckpt.get("calibration"))
     cell_classes = list(stage2.class_names) if stage2 is not None else classes
     truth = load_truth(rows, task, classes, cell_classes, manifest_classes(df) or None, log, notes)
     if predictions is None:
@@ -1056,7 +1055,10 @@ def evaluate_checkpoint(
         preds = Predictions.from_frame(table, task=kind, classes=classes, cell_classes=cell_classes, positive=positive)
     scored = score(preds, truth, min_score=min_score, patient_rule=patient_rule, cell_conf=cell_conf,
                    blast_threshold=blast_threshold, notes=notes, log=log)
-    scored["metrics"].update(calibration_part(preds, truth, (ckpt.get("calibration") or {}).get("temperature")))
+    cal = ckpt.get("calibration") or {}
+    scored["metrics"].update(calibration_part(preds, truth, cal.get("temperature")))
+    if cal.get("threshold") is not None and preds.task != "detect":  # the calls above used it
+        scored["metrics"]["operating_threshold"] = float(cal["threshold"])
     arch = meta["arch"] + (f" + {Path(str(classifier)).name} classifier" if classifier is not None else "")
     settings = {"conf": conf, "iou": iou, "min_score": min_score, "imgsz": imgsz or meta.get("input_size"), "positive": positive,
                 "patient_rule": patient_rule, "cell_conf": cell_conf, "classifier": str(classifier) if classifier else None,

@@ -39,6 +39,8 @@ from blastscope.models.checkpoint import load_model
 __all__ = ["Detection", "Classification", "FrameResult", "Backend", "TorchBackend", "Predictor"]
 
 BACKENDS = ("torch", "onnx")
+#: the call of a cell inside the uncertain band around a classifier's operating threshold
+UNCERTAIN = "uncertain"
 
 
 @dataclass(frozen=True)
@@ -353,7 +355,7 @@ class Predictor:
                         model_name=f"{path.name} ({info.get('arch', '?')})",
                         classifier=CropClassifier(model, info["class_names"], info.get("input_size", 224),
                                                   info.get("mean", (0.485, 0.456, 0.406)), info.get("std", (0.229, 0.224, 0.225)),
-                                                  device=device))
+                                                  device=device, calibration=info.get("calibration")))
             alone.cell_box_fn = cell_box_function(info.get("cells"))
             return alone
         if info.get("task") != "detect":
@@ -555,7 +557,7 @@ def _load(path: Path):
     """``models.checkpoint.load_model`` with user errors for missing/foreign files; returns (model, info dict)."""
 
     model, ckpt = load_model(path)  # checks the format and the model record (class names included)
-    return model, ckpt["model"]
+    return model, dict(ckpt["model"], calibration=ckpt.get("calibration"))
 
 
 class CropClassifier:
@@ -578,10 +580,18 @@ class CropClassifier:
         Extra context around the box, as a fraction of its longer side.
     """
 
-    def __init__(self, model, class_names, input_size, mean, std, *, margin: float = DEFAULT_MARGIN, device: str = "cpu"):
+    def __init__(self, model, class_names, input_size, mean, std, *, margin: float = DEFAULT_MARGIN, device: str = "cpu",
+                 calibration: dict | None = None, band: bool = True):
         self.model = model.to(device).eval()
         self.class_names = [str(c) for c in class_names]
         self.preprocess = Preprocess("crop", input_size, tuple(mean), tuple(std), margin=float(margin))
+        cal = dict(calibration or {})
+        self.temperature = float(cal.get("temperature") or 1.0)
+        thr = cal.get("threshold")
+        two = len(self.class_names) == 2 and cal.get("positive_index") in (0, 1)
+        #: the checkpoint's operating point (two classes): positive class index, threshold, uncertain band
+        self.operating = ((int(cal["positive_index"]), float(thr), float(cal.get("uncertain_band") or 0.0) if band else 0.0)
+                          if two and thr is not None and np.isfinite(float(thr)) else None)
         self.input_size = self.preprocess.size
         self.device = device
 
@@ -595,7 +605,8 @@ class CropClassifier:
         self.preprocess = dataclasses.replace(self.preprocess, margin=float(value))
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "cpu", margin: float = DEFAULT_MARGIN) -> CropClassifier:
+    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "cpu", margin: float = DEFAULT_MARGIN,
+                        band: bool = True) -> CropClassifier:
         path = Path(path)
         model, info = _load(path)
         if info.get("task") != "classify":
@@ -604,7 +615,8 @@ class CropClassifier:
                 "pass a classifier checkpoint with --classifier"
             )
         return cls(model, info["class_names"], info.get("input_size", 224), info.get("mean", (0.485, 0.456, 0.406)),
-                   info.get("std", (0.229, 0.224, 0.225)), margin=margin, device=device)
+                   info.get("std", (0.229, 0.224, 0.225)), margin=margin, device=device,
+                   calibration=info.get("calibration"), band=band)
 
     def crops(self, image: np.ndarray, boxes: np.ndarray, margin: float | None = None) -> np.ndarray:
         """Square crops of ``boxes`` (xyxy pixels) as ``(N, S, S, 3)`` uint8 RGB.
@@ -621,9 +633,16 @@ class CropClassifier:
         if len(boxes) == 0:
             return []
         batch = self.preprocess.cells(image, boxes, margin)
-        with torch.inference_mode():
-            probs = torch.softmax(self.model(batch.to(self.device)).float(), dim=1).cpu().numpy()
-        return [
-            Classification(self.class_names[int(p.argmax())], int(p.argmax()), float(p.max()), tuple(map(float, p)))
-            for p in probs
-        ]
+        with torch.inference_mode():  # the temperature fitted on the validation cells (1 without one)
+            probs = torch.softmax(self.model(batch.to(self.device)).float() / self.temperature, dim=1).cpu().numpy()
+        return [self._call(p) for p in probs]
+
+    def _call(self, p: np.ndarray) -> Classification:
+        """Arg-max, or with an operating point: positive at ``p >= threshold``, ``uncertain`` inside the band."""
+        k = int(p.argmax())
+        if self.operating is not None:
+            pos, thr, band = self.operating
+            if band > 0 and abs(float(p[pos]) - thr) < band:
+                return Classification(UNCERTAIN, -1, float(p[pos]), tuple(map(float, p)))
+            k = pos if p[pos] >= thr else 1 - pos
+        return Classification(self.class_names[k], k, float(p[k]), tuple(map(float, p)))
