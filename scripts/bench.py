@@ -61,8 +61,14 @@ def versions() -> dict[str, str]:
 
     import blastscope
 
-    out = {"python": platform.python_version(), "blastscope": blastscope.__version__, "torch": torch.__version__,
-           "torchvision": torchvision.__version__, "numpy": np.__version__, "opencv": cv2.__version__}
+    out = {
+        "python": platform.python_version(),
+        "blastscope": blastscope.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+    }
     try:
         import onnxruntime
 
@@ -88,8 +94,15 @@ def row(what: str, batch: int, times: list[float] | None, note: str = "") -> dic
     if not times:
         return {"what": what, "batch": batch, "images_per_s": None, "ms_per_batch": None, "iters": 0, "note": note}
     med = statistics.median(times)
-    return {"what": what, "batch": batch, "images_per_s": batch / med, "ms_per_batch": 1000 * med,
-            "iters": len(times), "times_s": times, "note": note}
+    return {
+        "what": what,
+        "batch": batch,
+        "images_per_s": batch / med,
+        "ms_per_batch": 1000 * med,
+        "iters": len(times),
+        "times_s": times,
+        "note": note,
+    }
 
 
 def bccd_manifest(root: Path, n: int):
@@ -133,18 +146,27 @@ def bench_training(root: Path, imgsz: int, batch: int, warmup: int, iters: int) 
         optimizer.step()
 
     times = timeit(step, warmup=warmup, iters=iters)
-    return row(f"(a) training {config.model}, fwd+bwd+step ({len(classes)} BCCD classes)", batch, times,
-               f"{config.optimizer}, lr {config.lr}, grad clip {config.grad_clip}; data loading excluded")
+    return row(
+        f"(a) training {config.model}, fwd+bwd+step ({len(classes)} BCCD classes)",
+        batch,
+        times,
+        f"{config.optimizer}, lr {config.lr}, grad clip {config.grad_clip}; data loading excluded",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few iterations of each (smoke test)")
     parser.add_argument("--imgsz", type=int, default=416, help="square input size, a multiple of 32 (default 416)")
-    parser.add_argument("--iters", type=int, default=None,
-                        help="timed iterations per inference measurement (default 30, --quick 5); training uses a third")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads for torch, onnxruntime and OpenCV (default: torch's default)")
+    parser.add_argument(
+        "--iters",
+        type=int,
+        default=None,
+        help="timed iterations per inference measurement (default 30, --quick 5); training uses a third",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads for torch, onnxruntime and OpenCV (default: torch's default)"
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_BCCD, help=f"BCCD folder (default {DEFAULT_BCCD})")
     parser.add_argument("--out", type=Path, default=REPO / "bench_out", help="output folder (default bench_out)")
     args = parser.parse_args(argv)
@@ -213,13 +235,19 @@ def main(argv: list[str] | None = None) -> int:
                     torch_pred.backend.model(x)
 
             results.append(row("(b) torch, network", b, timeit(torch_net, warmup=warmup, iters=n_it)))
-            results.append(row("(b) torch, end to end", b,
-                               timeit(lambda: torch_pred.predict_batch(frames[:b]), warmup=warmup, iters=n_it)))
+            results.append(
+                row("(b) torch, end to end", b, timeit(lambda: torch_pred.predict_batch(frames[:b]), warmup=warmup, iters=n_it))
+            )
             if onnx_pred is not None:
                 runner = onnx_pred.backend.onnx_model
                 results.append(row("(c) onnxruntime, network", b, timeit(lambda: runner(x.numpy()), warmup=warmup, iters=n_it)))
-                results.append(row("(c) onnxruntime, end to end", b,
-                                   timeit(lambda: onnx_pred.predict_batch(frames[:b]), warmup=warmup, iters=n_it)))
+                results.append(
+                    row(
+                        "(c) onnxruntime, end to end",
+                        b,
+                        timeit(lambda: onnx_pred.predict_batch(frames[:b]), warmup=warmup, iters=n_it),
+                    )
+                )
             else:
                 results.append(row("(c) onnxruntime", b, None, onnx_note))
             results.append(bench_opencv(x_all[:b], warmup, n_it, resolve_weights))
@@ -294,8 +322,11 @@ def markdown(results: list[dict], meta: dict) -> str:
         f"- ONNX export: {meta['onnx_export']}",
         f"- images/s = batch / median time per iteration, warm-up excluded; total run {meta['seconds']} s",
         f"- load average (1 min): {meta['loadavg_1min_start']} before the run, {meta['loadavg_1min_end']} at its end"
-        + (" (other processes were busy on this CPU: the rates are lower bounds, compare rows of one run only)"
-           if (meta["loadavg_1min_start"] or 0) > 0.5 else ""),
+        + (
+            " (other processes were busy on this CPU: the rates are lower bounds, compare rows of one run only)"
+            if (meta["loadavg_1min_start"] or 0) > 0.5
+            else ""
+        ),
         "",
         "| measurement | batch | images/s | ms / batch | iters | note |",
         "|---|---:|---:|---:|---:|---|",

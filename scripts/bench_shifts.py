@@ -42,11 +42,27 @@ PBC_NAMES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "mono
 
 #: augmentation settings of each variant on top of the classifier defaults (AugmentConfig fields);
 #: lab_p and blur_sigma in OFF do nothing while the jitters are off (kept as the runs were made)
-OFF = {"lab_p": 1.0, "blur_sigma": 3.0, "hed": 0.0, "lab": 0.0, "grayscale": 0.0, "gamma": 0.0, "white_balance": 0.0, "downscale": 0.0, "blur": 0.0, "jpeg": 0.0}
+OFF = {
+    "lab_p": 1.0,
+    "blur_sigma": 3.0,
+    "hed": 0.0,
+    "lab": 0.0,
+    "grayscale": 0.0,
+    "gamma": 0.0,
+    "white_balance": 0.0,
+    "downscale": 0.0,
+    "blur": 0.0,
+    "jpeg": 0.0,
+}
 STAIN = {"hed": 0.3, "lab": 0.25, "grayscale": 0.1}
 QUALITY = {"gamma": 0.8, "white_balance": 0.3, "downscale": 0.25, "blur": 0.3, "blur_sigma": 4.0, "jpeg": 0.3, "jpeg_quality": 10}
-VARIANTS = {"plain": OFF, "stain": {**OFF, **STAIN}, "all": {**OFF, **STAIN, **QUALITY},
-            "all-half": {**OFF, **STAIN, **QUALITY, "lab_p": 0.5}, "default": {}}
+VARIANTS = {
+    "plain": OFF,
+    "stain": {**OFF, **STAIN},
+    "all": {**OFF, **STAIN, **QUALITY},
+    "all-half": {**OFF, **STAIN, **QUALITY, "lab_p": 0.5},
+    "default": {},
+}
 
 
 def _sha256(path: Path) -> str:
@@ -85,7 +101,14 @@ def train_variant(name: str, work: Path, manifest: Path, args) -> tuple[Path, fl
     from blastscope.engine.trainer import train
 
     run_dir = work / "runs" / f"{name}-{args.imgsz}-{args.epochs}-s{args.seed}"
-    given = {"task": "classify", "data": str(manifest), "epochs": args.epochs, "imgsz": args.imgsz, "out": str(run_dir), "seed": args.seed}
+    given = {
+        "task": "classify",
+        "data": str(manifest),
+        "epochs": args.epochs,
+        "imgsz": args.imgsz,
+        "out": str(run_dir),
+        "seed": args.seed,
+    }
     config = apply_task_defaults(merge_cli(load_config(), given), set(given))
     config = dataclasses.replace(config, aug=config_from_dict(VARIANTS[name], base=config.aug, cls=type(config.aug))).validate()
     # an earlier run with the same settings (under any variant name) is reused
@@ -110,19 +133,33 @@ def train_variant(name: str, work: Path, manifest: Path, args) -> tuple[Path, fl
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "blastscope" / "bench", help="shifted sets and runs (reused)")
+    ap.add_argument(
+        "--work", type=Path, default=Path.home() / ".cache" / "blastscope" / "bench", help="shifted sets and runs (reused)"
+    )
     ap.add_argument("--out", type=Path, default=Path("bench_out"), help="where shifts.md and shifts.json go")
     ap.add_argument("--variants", default="plain,stain,all", help=f"comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--imgsz", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (1: on a shared 2-core machine one thread trained 6x faster than two)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1: on a shared 2-core machine one thread trained 6x faster than two)",
+    )
     ap.add_argument("--retrain", action="store_true", help="train again even when an identical run exists")
-    ap.add_argument("--adapt", default="", metavar="W,W,...",
-                    help="also score AdaBN adaptation of the last variant to each shifted set's own cells (unlabelled), at these weights")
-    ap.add_argument("--adapt-levels", default="0,1,2,3", metavar="L,L,...",
-                    help="shift levels on which --adapt is scored (0 is clean; fewer levels, less time)")
+    ap.add_argument(
+        "--adapt",
+        default="",
+        metavar="W,W,...",
+        help="also score AdaBN adaptation of the last variant to each shifted set's own cells (unlabelled), at these weights",
+    )
+    ap.add_argument(
+        "--adapt-levels",
+        default="0,1,2,3",
+        metavar="L,L,...",
+        help="shift levels on which --adapt is scored (0 is clean; fewer levels, less time)",
+    )
     ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PT", help="also score an existing checkpoint")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO / "src"))
@@ -179,11 +216,17 @@ def main(argv: list[str] | None = None) -> int:
                     y, p = classify_manifest(model, df, classes)
                     acc[key] = float((p.argmax(1) == y).mean())
             eval_times[name] = time.perf_counter() - t0
-            cache.write_text(json.dumps({"sha256": digest, "seconds": eval_times[name],
-                                         "accuracy": {f"{k[0]}-{k[1]}": v for k, v in acc.items()}}))
+            cache.write_text(
+                json.dumps(
+                    {"sha256": digest, "seconds": eval_times[name], "accuracy": {f"{k[0]}-{k[1]}": v for k, v in acc.items()}}
+                )
+            )
         results[name] = acc
         s = summarise(acc)
-        print(f"{name}: clean {s['clean']:.3f}, mean {s['mean']:.3f}, min {s['min']:.3f} ({eval_times[name]:.0f} s to score)", flush=True)
+        print(
+            f"{name}: clean {s['clean']:.3f}, mean {s['mean']:.3f}, min {s['min']:.3f} ({eval_times[name]:.0f} s to score)",
+            flush=True,
+        )
 
     weights = [float(w) for w in args.adapt.split(",") if w]
     if weights:
@@ -208,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         for key, df in manifests.items():  # transductive: each set's own cells, labels unused
             if key[1] not in levels:
                 continue
-            ds = ClassificationDataset(df, None, classes, imgsz=int(model.info.input_size), train=False, log=ProblemLog(stream=None))
+            ds = ClassificationDataset(
+                df, None, classes, imgsz=int(model.info.input_size), train=False, log=ProblemLog(stream=None)
+            )
             target = new_lab_statistics(model, DataLoader(ds, batch_size=32, shuffle=False))
             for w in weights:
                 adapted = mix_statistics(model, src, target, w)
@@ -223,18 +268,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{base_name} + AdaBN w={w:g}: clean {s['clean']:.3f}, mean {s['mean']:.3f}, min {s['min']:.3f}", flush=True)
 
     table = markdown_table(results)
-    note = (f"\nMobileNetV2 (ImageNet-pretrained), {args.imgsz} px, {args.epochs} epochs, seed {args.seed}, trained on the "
-            f"{len(import_folder(SHARED / 'data' / 'pbc-sample', 'train'))} clean pbc-sample train cells (10% carved as val); "
-            "accuracy on the 280 test cells, clean and under each lab_shifts.py shift at levels 1/2/3.\n")
+    note = (
+        f"\nMobileNetV2 (ImageNet-pretrained), {args.imgsz} px, {args.epochs} epochs, seed {args.seed}, trained on the "
+        f"{len(import_folder(SHARED / 'data' / 'pbc-sample', 'train'))} clean pbc-sample train cells (10% carved as val); "
+        "accuracy on the 280 test cells, clean and under each lab_shifts.py shift at levels 1/2/3.\n"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "shifts.md").write_text(table + note)
-    (args.out / "shifts.json").write_text(json.dumps({
-        "imgsz": args.imgsz, "epochs": args.epochs, "seed": args.seed,
-        "variants": {n: VARIANTS.get(n, "checkpoint") for n in checkpoints},
-        "accuracy": {n: {f"{k[0]}-{k[1]}": v for k, v in acc.items()} for n, acc in results.items()},
-        "summary": {n: summarise(acc) for n, acc in results.items()},
-        "train_seconds": times, "score_seconds": eval_times, "total_seconds": time.perf_counter() - t_start,
-    }, indent=1))
+    (args.out / "shifts.json").write_text(
+        json.dumps(
+            {
+                "imgsz": args.imgsz,
+                "epochs": args.epochs,
+                "seed": args.seed,
+                "variants": {n: VARIANTS.get(n, "checkpoint") for n in checkpoints},
+                "accuracy": {n: {f"{k[0]}-{k[1]}": v for k, v in acc.items()} for n, acc in results.items()},
+                "summary": {n: summarise(acc) for n, acc in results.items()},
+                "train_seconds": times,
+                "score_seconds": eval_times,
+                "total_seconds": time.perf_counter() - t_start,
+            },
+            indent=1,
+        )
+    )
     print(table + note)
     print(f"total {(time.perf_counter() - t_start) / 60:.1f} min; written {args.out / 'shifts.md'}, {args.out / 'shifts.json'}")
     return 0

@@ -24,7 +24,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("bccd", type=Path, help="the BCCD VOC folder (Annotations, JPEGImages, ImageSets)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "tests" / "data" / "bccd_test_predictions.json")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "tests" / "data" / "bccd_test_predictions.json"
+    )
     parser.add_argument("--conf", type=float, default=0.01)
     args = parser.parse_args()
 
@@ -34,12 +36,14 @@ def main() -> None:
     for name in names:
         path = args.bccd / "JPEGImages" / f"{name}.jpg"
         result = predictor.predict(read_image(path))
-        images.append({
-            "file": path.name,
-            "boxes": [[round(float(v), 2) for v in d.box] for d in result.detections],
-            "scores": [round(float(d.confidence), 5) for d in result.detections],
-            "labels": [d.class_name for d in result.detections],
-        })
+        images.append(
+            {
+                "file": path.name,
+                "boxes": [[round(float(v), 2) for v in d.box] for d in result.detections],
+                "scores": [round(float(d.confidence), 5) for d in result.detections],
+                "labels": [d.class_name for d in result.detections],
+            }
+        )
     doc = {
         "about": "real detections of a blastscope yolov3-tiny trained on BCCD's train list, on its test list",
         "checkpoint": args.checkpoint.name,

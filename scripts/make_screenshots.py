@@ -53,13 +53,46 @@ def train_models(shared: Path, work: Path, *, epochs_det: int, epochs_cls: int) 
     det, cls = work / "runs" / "bccd" / "best.pt", work / "runs" / "pbc" / "best.pt"
     if not det.is_file():
         _blastscope("import", str(shared / "bccd"), "--out", "bccd.csv", "--overwrite", "--no-progress", cwd=work)
-        _blastscope("train", "--task", "detect", "--data", "bccd.csv", "--model", "yolov3-tiny", "--epochs",
-                    str(epochs_det), "--imgsz", "416", "--batch", "8", "--out", "runs/bccd", "--exist-ok",
-                    "--no-progress", cwd=work)
+        _blastscope(
+            "train",
+            "--task",
+            "detect",
+            "--data",
+            "bccd.csv",
+            "--model",
+            "yolov3-tiny",
+            "--epochs",
+            str(epochs_det),
+            "--imgsz",
+            "416",
+            "--batch",
+            "8",
+            "--out",
+            "runs/bccd",
+            "--exist-ok",
+            "--no-progress",
+            cwd=work,
+        )
     if not cls.is_file():
         _blastscope("import", str(shared / "pbc-sample"), "--out", "pbc.csv", "--overwrite", "--no-progress", cwd=work)
-        _blastscope("train", "--task", "classify", "--model", "mobilenet_v2", "--data", "pbc.csv", "--epochs",
-                    str(epochs_cls), "--imgsz", "128", "--out", "runs/pbc", "--exist-ok", "--no-progress", cwd=work)
+        _blastscope(
+            "train",
+            "--task",
+            "classify",
+            "--model",
+            "mobilenet_v2",
+            "--data",
+            "pbc.csv",
+            "--epochs",
+            str(epochs_cls),
+            "--imgsz",
+            "128",
+            "--out",
+            "runs/pbc",
+            "--exist-ok",
+            "--no-progress",
+            cwd=work,
+        )
     return det, cls
 
 
@@ -100,8 +133,7 @@ def _wait(app, condition, what: str) -> None:
         time.sleep(0.01)
 
 
-def make_screenshots(detector: Path, classifier: Path | None, shared: Path, work: Path, out: Path,
-                     conf: float) -> list[Path]:
+def make_screenshots(detector: Path, classifier: Path | None, shared: Path, work: Path, out: Path, conf: float) -> list[Path]:
     """Open the app on real images and save the four screenshots into ``out``; return their paths."""
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -140,8 +172,9 @@ def make_screenshots(detector: Path, classifier: Path | None, shared: Path, work
     if cls is not None:
         # the app loads a detector; the two-stage predictor (each WBC classified) is set the same way
         # 'blastscope predict --classifier' builds it
-        window.predictor = Predictor.from_checkpoint(Path("models") / Path(det).name, conf=window.conf,
-                                                     classifier=Path("models") / Path(cls).name)
+        window.predictor = Predictor.from_checkpoint(
+            Path("models") / Path(det).name, conf=window.conf, classifier=Path("models") / Path(cls).name
+        )
         window._update_model_label()
     written = []
 
@@ -156,14 +189,16 @@ def make_screenshots(detector: Path, classifier: Path | None, shared: Path, work
     shot("gui_image.png")
     if cell is not None:
         window.open_image(Path("smears") / cell.name)
-        _wait(app, lambda: window.current_result("image") is not None
-              and Path(window.current_result("image").source).name == cell.name, "the cell's prediction")
+        _wait(
+            app,
+            lambda: window.current_result("image") is not None and Path(window.current_result("image").source).name == cell.name,
+            "the cell's prediction",
+        )
         shot("gui_cell.png")
     window.open_video(Path("smears") / video.name)
     _wait(app, lambda: window.current_result("video") is not None, "the first video frame")
     window.seek(3)
-    _wait(app, lambda: window.current_result("video") is not None and window.current_result("video").frame == 3,
-          "video frame 3")
+    _wait(app, lambda: window.current_result("video") is not None and window.current_result("video").frame == 3, "video frame 3")
     shot("gui_video.png")
     n = len(window.messages)
     window.start_camera(99)
@@ -182,16 +217,21 @@ def main() -> int:
     p.add_argument("--epochs-detector", type=int, default=20, help="with --train (default 20, as the README)")
     p.add_argument("--epochs-classifier", type=int, default=12, help="with --train (default 12, as the README)")
     p.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
-    p.add_argument("--work", type=Path, default=REPO / "runs" / "screenshots",
-                   help="working folder: trained runs, copied models and images (default runs/screenshots, git-ignored)")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=REPO / "runs" / "screenshots",
+        help="working folder: trained runs, copied models and images (default runs/screenshots, git-ignored)",
+    )
     p.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
     p.add_argument("--conf", type=float, default=0.35, help="confidence threshold shown (default 0.35)")
     args = p.parse_args()
     shared, work = args.shared_data.resolve(), args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     if args.train:
-        args.detector, trained_cls = train_models(shared, work, epochs_det=args.epochs_detector,
-                                                  epochs_cls=args.epochs_classifier)
+        args.detector, trained_cls = train_models(
+            shared, work, epochs_det=args.epochs_detector, epochs_cls=args.epochs_classifier
+        )
         args.classifier = args.classifier or trained_cls
     if args.detector is None or not args.detector.is_file():
         raise SystemExit("give --detector runs/bccd/best.pt (a detector trained on BCCD), or pass --train")
@@ -205,10 +245,13 @@ def main() -> int:
         except BlastscopeError as e:
             raise SystemExit(f"error: {e}") from None
         if epoch == 0:
-            raise SystemExit(f"{path}: an untrained checkpoint (epoch 0); the screenshots need models trained on "
-                             "real data (the toy models of the tests stay in the tests)")
-    make_screenshots(args.detector.resolve(), args.classifier.resolve() if args.classifier else None, shared, work,
-                     args.out, args.conf)
+            raise SystemExit(
+                f"{path}: an untrained checkpoint (epoch 0); the screenshots need models trained on "
+                "real data (the toy models of the tests stay in the tests)"
+            )
+    make_screenshots(
+        args.detector.resolve(), args.classifier.resolve() if args.classifier else None, shared, work, args.out, args.conf
+    )
     return 0
 
 

@@ -74,8 +74,15 @@ def compute(work: Path, bccd: Path | None = SHARED_DATA / "bccd") -> dict[str, d
     }
     if bccd is not None and bccd.exists():
         ids = (bccd / "ImageSets" / "Main" / "test.txt").read_text().split()[:4]
-        rows = [{"image": str(bccd / "JPEGImages" / f"{i}.jpg"), "annotation": str(bccd / "Annotations" / f"{i}.xml"),
-                 "split": "test", "source": "voc"} for i in ids]
+        rows = [
+            {
+                "image": str(bccd / "JPEGImages" / f"{i}.jpg"),
+                "annotation": str(bccd / "Annotations" / f"{i}.xml"),
+                "split": "test",
+                "source": "voc",
+            }
+            for i in ids
+        ]
         b = new_manifest(rows)
         b.attrs["classes"] = ["Platelets", "RBC", "WBC"]
         bm = write_manifest(b, work / "bccd.csv")

@@ -72,7 +72,10 @@ def test_weight_mixes_linearly_and_zero_keeps_the_checkpoint(setup, capsys):
     root, ckpt, lab = setup
     for w in ("0", "0.5"):
         assert main(["adapt", str(ckpt), "--images", str(lab), "--out", str(root / f"w{w}.pt"), "--weight", w]) == 0
-    src, full = load_checkpoint(ckpt)["state_dict"], load_checkpoint(root / "full.pt")["state_dict"] if (root / "full.pt").exists() else None
+    src, full = (
+        load_checkpoint(ckpt)["state_dict"],
+        load_checkpoint(root / "full.pt")["state_dict"] if (root / "full.pt").exists() else None,
+    )
     zero, half = load_checkpoint(root / "w0.pt")["state_dict"], load_checkpoint(root / "w0.5.pt")["state_dict"]
     for k in src:
         assert torch.equal(src[k], zero[k]), k

@@ -30,8 +30,16 @@ def cells(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(cells, tmp_path_factory):
-    return blastscope.train(cells, task="classify", epochs=1, imgsz=64, batch=8, pretrained=False,
-                            out=tmp_path_factory.mktemp("runs") / "cls", progress=False)
+    return blastscope.train(
+        cells,
+        task="classify",
+        epochs=1,
+        imgsz=64,
+        batch=8,
+        pretrained=False,
+        out=tmp_path_factory.mktemp("runs") / "cls",
+        progress=False,
+    )
 
 
 def test_train_resolves_the_task_defaults(run):
@@ -67,8 +75,12 @@ def test_evaluate_equals_the_cli(run, cells, tmp_path):
     assert 0.0 <= m["accuracy"] <= 1.0 and "roc_auc" in m and len(m.predictions) > 0
     from blastscope.cli.main import main
 
-    assert main(["evaluate", str(run.best), "--data", str(cells), "--split", "test", "--out", str(tmp_path / "cli"),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["evaluate", str(run.best), "--data", str(cells), "--split", "test", "--out", str(tmp_path / "cli"), "--no-progress"]
+        )
+        == 0
+    )
     cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     api = json.loads((tmp_path / "api" / "metrics.json").read_text())
     assert cli == api

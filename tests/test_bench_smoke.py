@@ -12,8 +12,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_bench_quick_runs_and_writes_every_row(bccd, tmp_path):
     out = tmp_path / "bench"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--imgsz", "64",
-                           "--data", str(bccd), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--imgsz", "64", "--data", str(bccd), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((out / "bench.json").read_text())
     rows = rows["results"]

@@ -103,7 +103,10 @@ def test_threshold_settings_are_checked():
 
     cfg = load_config()
     assert (cfg.threshold_method, cfg.target_sensitivity, cfg.uncertain_band) == ("sensitivity", 0.95, 0.05)
-    for bad, key in (({"threshold_method": "f1"}, "threshold_method"), ({"target_sensitivity": 0.0}, "target_sensitivity"),
-                     ({"uncertain_band": 0.5}, "uncertain_band")):
+    for bad, key in (
+        ({"threshold_method": "f1"}, "threshold_method"),
+        ({"target_sensitivity": 0.0}, "target_sensitivity"),
+        ({"uncertain_band": 0.5}, "uncertain_band"),
+    ):
         with pytest.raises(BlastscopeError, match=key):
             config_from_dict(bad, base=cfg).validate()

@@ -35,7 +35,7 @@ def pbc_rows(pbc_sample):
     for prefix, label in (("LY", "LY"), ("MO", "MO")):
         for split, n in (("train", 4), ("val", 1), ("test", 1)):
             folder = pbc_sample / ("test" if split == "test" else "train")
-            for p in sorted((folder / "images").glob(f"{prefix}_*.jpg"))[(0 if split != "val" else 4):][:n]:
+            for p in sorted((folder / "images").glob(f"{prefix}_*.jpg"))[(0 if split != "val" else 4) :][:n]:
                 rows.append({"image": str(p), "label": label, "split": split, "source": "folder"})
     return rows
 
@@ -58,8 +58,28 @@ def test_classifier_made_with_the_finder_predicts_identically_from_the_checkpoin
     df.attrs["classes"] = ["LY", "MO"]
     manifest = write_manifest(df, tmp_path / "pbc.csv")
     run = tmp_path / "run"
-    assert main(["train", "--task", "classify", "--data", str(manifest), "--epochs", "1", "--imgsz", "64",
-                 "--batch", "4", "--no-pretrained", "--out", str(run), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "classify",
+                "--data",
+                str(manifest),
+                "--epochs",
+                "1",
+                "--imgsz",
+                "64",
+                "--batch",
+                "4",
+                "--no-pretrained",
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     record = load_checkpoint(run / "best.pt")["model"]["cells"]
     assert record["mode"] == "finder" and record["finder"] == "stain" and record["settings"]
 
@@ -67,8 +87,9 @@ def test_classifier_made_with_the_finder_predicts_identically_from_the_checkpoin
     predictor = Predictor.from_checkpoint(run / "best.pt")
     model, ckpt = load_model(run / "best.pt")
     info = ckpt["model"]
-    by_hand = CropClassifier(model, info["class_names"], info["input_size"], info["mean"], info["std"],
-                             calibration=ckpt.get("calibration"))
+    by_hand = CropClassifier(
+        model, info["class_names"], info["input_size"], info["mean"], info["std"], calibration=ckpt.get("calibration")
+    )
     box_fn = cell_box_function(record)
     for row in pbc_rows:
         image = read_image(row["image"])
@@ -81,8 +102,24 @@ def test_classifier_made_with_the_finder_predicts_identically_from_the_checkpoin
 
     # evaluate cuts the same crops: its per-image score is predict's probability of the first class
     out = tmp_path / "eval"
-    assert main(["evaluate", str(run / "best.pt"), "--data", str(manifest), "--split", "test", "--positive", "LY",
-                 "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run / "best.pt"),
+                "--data",
+                str(manifest),
+                "--split",
+                "test",
+                "--positive",
+                "LY",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     import pandas as pd
 
     table = pd.read_csv(out / "predictions.csv")
@@ -92,8 +129,30 @@ def test_classifier_made_with_the_finder_predicts_identically_from_the_checkpoin
 
     # --cells whole: the whole image, recorded so
     whole = tmp_path / "whole"
-    assert main(["train", "--task", "classify", "--data", str(manifest), "--epochs", "1", "--imgsz", "64",
-                 "--batch", "4", "--no-pretrained", "--cells", "whole", "--out", str(whole), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "classify",
+                "--data",
+                str(manifest),
+                "--epochs",
+                "1",
+                "--imgsz",
+                "64",
+                "--batch",
+                "4",
+                "--no-pretrained",
+                "--cells",
+                "whole",
+                "--out",
+                str(whole),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert load_checkpoint(whole / "best.pt")["model"]["cells"] == {"mode": "whole"}
     image = read_image(pbc_rows[0]["image"])
     h, w = image.shape[:2]

@@ -100,7 +100,14 @@ def test_run_folder_and_checkpoints(run_a):
     assert model(torch.rand(2, 3, IMGSZ, IMGSZ)).shape == (2, 2)
     # the classify defaults fill what the command line left open; what it gave is kept
     cfg = load_config(run_a / "config.yaml")
-    assert (cfg.model, cfg.optimizer, cfg.lr, cfg.imgsz, cfg.batch, cfg.balance) == ("mobilenet_v2", "adamw", 0.001, IMGSZ, 8, "sampler")
+    assert (cfg.model, cfg.optimizer, cfg.lr, cfg.imgsz, cfg.batch, cfg.balance) == (
+        "mobilenet_v2",
+        "adamw",
+        0.001,
+        IMGSZ,
+        8,
+        "sampler",
+    )
 
 
 def test_learns_the_easy_synthetic_cells(run_a):
@@ -118,7 +125,10 @@ def test_resume_gives_the_same_rows(cells, run_a, tmp_path):
 
 def test_evaluate_writes_classification_metrics(cells, run_a, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert main(["evaluate", str(run_a / "best.pt"), "--data", str(cells), "--split", "test", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(["evaluate", str(run_a / "best.pt"), "--data", str(cells), "--split", "test", "--out", str(out), "--no-progress"])
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"accuracy", "weighted_f1", "sensitivity", "specificity", "roc_auc"} <= set(metrics)
     assert metrics["accuracy"] >= 0.7 and (out / "report.html").is_file()
@@ -234,7 +244,9 @@ def test_unknown_box_classes_are_skipped_and_logged(tmp_path):
 
 
 def _imbalanced(n_all: int, n_hem: int) -> object:
-    rows = [{"image": f"/nonexistent/{k}.png", "label": "ALL" if k < n_all else "HEM", "split": "train"} for k in range(n_all + n_hem)]
+    rows = [
+        {"image": f"/nonexistent/{k}.png", "label": "ALL" if k < n_all else "HEM", "split": "train"} for k in range(n_all + n_hem)
+    ]
     return new_manifest(rows)
 
 
@@ -420,8 +432,29 @@ def test_init_fine_tunes_from_a_checkpoint(cells, tmp_path, capsys):
     assert main(_train_args(cells, base, epochs=1)) == 0
     capsys.readouterr()
     tuned = tmp_path / "tuned"
-    assert main(["train", "--data", str(cells), "--init", str(base / "best.pt"), "--epochs", "1", "--batch", "8",
-                 "--lr", "1e-12", "--freeze-backbone-epochs", "0", "--out", str(tuned), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(cells),
+                "--init",
+                str(base / "best.pt"),
+                "--epochs",
+                "1",
+                "--batch",
+                "8",
+                "--lr",
+                "1e-12",
+                "--freeze-backbone-epochs",
+                "0",
+                "--out",
+                str(tuned),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "init: all weights from" in out
     cfg = (tuned / "config.yaml").read_text()
@@ -430,8 +463,23 @@ def test_init_fine_tunes_from_a_checkpoint(cells, tmp_path, capsys):
     # a negligible lr: the weights are the init's (batch-norm statistics still move in train mode)
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a if "running" not in k and "num_batches" not in k)
     # a model of another architecture is refused in one line
-    assert main(["train", "--data", str(cells), "--init", str(base / "best.pt"), "--model", "efficientnet_lite0",
-                 "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(cells),
+                "--init",
+                str(base / "best.pt"),
+                "--model",
+                "efficientnet_lite0",
+                "--out",
+                str(tmp_path / "x"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "--init" in capsys.readouterr().err
 
 
@@ -455,6 +503,13 @@ def test_checkpoint_records_calibration_and_evaluate_reports_ece(cells, run_a, t
     assert (score[y == 0] >= cal["threshold"] - eps).mean() >= 0.95
     assert (score[y == 0] >= cal["threshold"] + eps).mean() < 0.95  # the most specific such threshold
     out = tmp_path / "eval"
-    assert main(["evaluate", str(run_a / "best.pt"), "--data", str(cells), "--split", "test", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(["evaluate", str(run_a / "best.pt"), "--data", str(cells), "--split", "test", "--out", str(out), "--no-progress"])
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
-    assert 0 <= metrics["ece"] <= 1 and 0 <= metrics["ece.calibrated"] <= 1 and metrics["temperature"] == pytest.approx(cal["temperature"])
+    assert (
+        0 <= metrics["ece"] <= 1
+        and 0 <= metrics["ece.calibrated"] <= 1
+        and metrics["temperature"] == pytest.approx(cal["temperature"])
+    )

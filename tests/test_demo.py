@@ -23,8 +23,25 @@ def test_demo_runs_every_step(tmp_path, capsys):
     except BlastscopeError:
         pytest.skip("the demo trains from the COCO weights; fetch them with 'make weights'")
     out = tmp_path / "demo"
-    argv = ["demo", "--out", str(out), "--n-per-class", "8", "--patients", "3", "--epochs", "1", "--imgsz", "64",
-            "--reproduce-per-class", "9", "--reproduce-epochs", "1", "--reproduce-imgsz", "64"]
+    argv = [
+        "demo",
+        "--out",
+        str(out),
+        "--n-per-class",
+        "8",
+        "--patients",
+        "3",
+        "--epochs",
+        "1",
+        "--imgsz",
+        "64",
+        "--reproduce-per-class",
+        "9",
+        "--reproduce-epochs",
+        "1",
+        "--reproduce-imgsz",
+        "64",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "== demo finished" in printed and "SYNTHETIC test patients" in printed

@@ -68,8 +68,21 @@ def evaluated(run_dir, synth_manifest, tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("eval") / "report"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = main(["evaluate", str(run_dir / "best.pt"), "--data", str(synth_manifest), "--split", "test",
-                   "--out", str(out), "--min-score", "0.3", "--no-progress"])
+        rc = main(
+            [
+                "evaluate",
+                str(run_dir / "best.pt"),
+                "--data",
+                str(synth_manifest),
+                "--split",
+                "test",
+                "--out",
+                str(out),
+                "--min-score",
+                "0.3",
+                "--no-progress",
+            ]
+        )
     assert rc == 0
     return out, buf.getvalue()
 
@@ -79,8 +92,18 @@ def evaluated(run_dir, synth_manifest, tmp_path_factory) -> tuple[Path, str]:
 
 
 DETECTION_KEYS = ("map50_voc", "map50_voc07", "map50_coco", "map50_95_coco", "ap50_voc.ALL", "ap50_voc.HEM")
-DIAGNOSTIC_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "weighted_f1", "balanced_accuracy",
-                   "roc_auc", "roc_auc_ci_low", "roc_auc_ci_high")
+DIAGNOSTIC_KEYS = (
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "f1",
+    "weighted_f1",
+    "balanced_accuracy",
+    "roc_auc",
+    "roc_auc_ci_low",
+    "roc_auc_ci_high",
+)
 
 
 def test_metrics_json_is_flat_with_the_documented_keys(evaluated, synth_manifest):
@@ -89,8 +112,12 @@ def test_metrics_json_is_flat_with_the_documented_keys(evaluated, synth_manifest
     assert isinstance(metrics, dict)
     for k, v in metrics.items():
         assert v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)), (k, v)
-    for k in (*DETECTION_KEYS, *(f"{k}@min_score=0.3" for k in DETECTION_KEYS[:4]), *DIAGNOSTIC_KEYS,
-              *(f"patient.{k}" for k in DIAGNOSTIC_KEYS[:8])):
+    for k in (
+        *DETECTION_KEYS,
+        *(f"{k}@min_score=0.3" for k in DETECTION_KEYS[:4]),
+        *DIAGNOSTIC_KEYS,
+        *(f"patient.{k}" for k in DIAGNOSTIC_KEYS[:8]),
+    ):
         assert k in metrics, k
     for k in (*DETECTION_KEYS, "accuracy", "weighted_f1", "patient.accuracy"):
         assert 0.0 <= metrics[k] <= 1.0, (k, metrics[k])
@@ -109,8 +136,19 @@ def test_report_is_self_contained_with_all_sections(evaluated):
     out, _ = evaluated
     text = (out / "report.html").read_text(encoding="utf-8")
     assert text.count("data:image/png;base64,") >= 6  # training, PR, ROC, 2 confusion matrices, errors
-    for section in ("SYNTHETIC DATA", "Key metrics", "Diagnostic metrics", "Split", "Training curves", "Precision-recall curves",
-                    "ROC curve", "Confusion matrices", "Most confident errors", "All metrics", "map50_voc@min_score=0.3"):
+    for section in (
+        "SYNTHETIC DATA",
+        "Key metrics",
+        "Diagnostic metrics",
+        "Split",
+        "Training curves",
+        "Precision-recall curves",
+        "ROC curve",
+        "Confusion matrices",
+        "Most confident errors",
+        "All metrics",
+        "map50_voc@min_score=0.3",
+    ):
         assert section in text, section
     lowered = text.lower()
     assert "<script" not in lowered and "<link" not in lowered and "http://" not in lowered and "https://" not in lowered
@@ -145,7 +183,9 @@ def test_evaluation_result_tables(run_dir, synth_manifest):
 
 
 def test_empty_split_is_a_clear_error(run_dir, synth_manifest, tmp_path, capsys):
-    rc = main(["evaluate", str(run_dir / "best.pt"), "--data", str(synth_manifest), "--split", "val", "--out", str(tmp_path / "o")])
+    rc = main(
+        ["evaluate", str(run_dir / "best.pt"), "--data", str(synth_manifest), "--split", "val", "--out", str(tmp_path / "o")]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert str(synth_manifest.resolve()) in err and "'val'" in err and "'test'" in err and "'train'" in err
@@ -167,8 +207,16 @@ def test_perfect_predictions_give_map_1():
         gts.append({"boxes": boxes, "labels": rng.integers(0, 2, 3)})
     preds = [dict(g, scores=np.linspace(0.9, 0.5, len(g["boxes"]))) for g in gts]
     m, result = detection_metrics(preds, gts, ["ALL", "HEM"], min_score=0.3)
-    for k in ("map50_voc", "map50_voc07", "map50_coco", "map50_95_coco", "ap50_voc.ALL", "ap50_voc.HEM",
-              "map50_voc@min_score=0.3", "map50_95_coco@min_score=0.3"):
+    for k in (
+        "map50_voc",
+        "map50_voc07",
+        "map50_coco",
+        "map50_95_coco",
+        "ap50_voc.ALL",
+        "ap50_voc.HEM",
+        "map50_voc@min_score=0.3",
+        "map50_95_coco@min_score=0.3",
+    ):
         assert m[k] == pytest.approx(1.0), k
     assert m["n_gt.ALL"] + m["n_gt.HEM"] == 15
     # and one missed box costs exactly what VOC all-point AP says
@@ -217,10 +265,14 @@ def test_patient_level_follows_the_documented_rule():
 
 def test_single_cell_rule_edge_cases():
     s, pred, n = image_calls(
-        [{"names": [], "scores": np.zeros(0), "p_pos": None},  # nothing detected: a miss
-         {"names": ["HEM", "ALL"], "scores": np.array([0.4, 0.4]), "p_pos": None},  # tie: positive
-         {"names": ["HEM", "ALL"], "scores": np.array([0.9, 0.1]), "p_pos": np.array([0.8, 0.3])}],  # classifier on the top cell
-        positive="ALL", single_cell=True)
+        [
+            {"names": [], "scores": np.zeros(0), "p_pos": None},  # nothing detected: a miss
+            {"names": ["HEM", "ALL"], "scores": np.array([0.4, 0.4]), "p_pos": None},  # tie: positive
+            {"names": ["HEM", "ALL"], "scores": np.array([0.9, 0.1]), "p_pos": np.array([0.8, 0.3])},
+        ],  # classifier on the top cell
+        positive="ALL",
+        single_cell=True,
+    )
     assert pred == ["none", "ALL", "HEM"]
     np.testing.assert_allclose(s, [0.0, 0.5, 0.8])
     assert n.tolist() == [0, 2, 1]
@@ -239,7 +291,12 @@ def test_multicell_fraction_rule_and_count_baseline():
     np.testing.assert_allclose(s, [2 / 3, 1 / 5, 1 / 2, 0.0])
     assert pred == ["ALL", "HEM", "ALL", "none"]
     # the default is the WHO blast threshold, 20 %: 1 blast of 5 white cells is a positive smear
-    assert image_calls(cells, positive="ALL", single_cell=False, cell_conf=0.25, negative="HEM")[1] == ["ALL", "ALL", "ALL", "none"]
+    assert image_calls(cells, positive="ALL", single_cell=False, cell_conf=0.25, negative="HEM")[1] == [
+        "ALL",
+        "ALL",
+        "ALL",
+        "none",
+    ]
     assert n.tolist() == [3, 5, 2, 0]
     m, roc = diagnostic_summary(["ALL", "ALL", "HEM", "HEM"], s, pred, positive="ALL", counts=n, n_boot=50)
     assert m["accuracy"] == 0.5
@@ -283,8 +340,15 @@ def _untrained_classifier(path: Path, classes: list[str]) -> Path:
 
 def test_bccd_real_boxes_detection_only(bccd, tmp_path):
     ids = (bccd / "ImageSets" / "Main" / "test.txt").read_text().split()[:4]
-    rows = [{"image": str(bccd / "JPEGImages" / f"{i}.jpg"), "annotation": str(bccd / "Annotations" / f"{i}.xml"),
-             "split": "test", "source": "voc"} for i in ids]
+    rows = [
+        {
+            "image": str(bccd / "JPEGImages" / f"{i}.jpg"),
+            "annotation": str(bccd / "Annotations" / f"{i}.xml"),
+            "split": "test",
+            "source": "voc",
+        }
+        for i in ids
+    ]
     df = new_manifest(rows)
     df.attrs["classes"] = ["Platelets", "RBC", "WBC"]
     m = write_manifest(df, tmp_path / "bccd.csv")
@@ -326,12 +390,25 @@ def test_report_renders_in_headless_chromium(evaluated, tmp_path):
     from PIL import Image
 
     out, _ = evaluated
-    base = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
+    base = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
     url = (out / "report.html").resolve().as_uri()
     shot = tmp_path / "report.png"
-    p = subprocess.run([*base, f"--screenshot={shot}", "--window-size=1200,2400", url], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [*base, f"--screenshot={shot}", "--window-size=1200,2400", url], capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     log = p.stderr
     for bad in ("Uncaught", "net::ERR", "Failed to load resource", "Not allowed to load local resource", "CONSOLE("):

@@ -176,9 +176,23 @@ def test_written_voc_has_the_fig4_structure(shared_data, tmp_path):
     assert root.tag == expected.tag == "annotation"
     assert tag_tree(root) == tag_tree(expected)
     # the values of Fig. 4 that do not depend on the machine
-    for path in ("folder", "filename", "source/database", "size/width", "size/height", "size/depth", "segmented",
-                 "object/name", "object/pose", "object/truncated", "object/difficult", "object/bndbox/xmin",
-                 "object/bndbox/ymin", "object/bndbox/xmax", "object/bndbox/ymax"):
+    for path in (
+        "folder",
+        "filename",
+        "source/database",
+        "size/width",
+        "size/height",
+        "size/depth",
+        "segmented",
+        "object/name",
+        "object/pose",
+        "object/truncated",
+        "object/difficult",
+        "object/bndbox/xmin",
+        "object/bndbox/ymin",
+        "object/bndbox/xmax",
+        "object/bndbox/ymax",
+    ):
         assert root.findtext(path) == expected.findtext(path), path
     assert xml.read_text().startswith("<annotation>\n  <folder>")  # pretty-printed, LabelImg-readable
 

@@ -120,8 +120,9 @@ def _csv_lines(path: Path) -> list[str]:
 # image mode
 
 
-def test_image_table_csv_and_annotated_image_match_predict(qtbot, make_window, detector_ckpt, cnmc_image,
-                                                           tmp_path, capsys, shots):
+def test_image_table_csv_and_annotated_image_match_predict(
+    qtbot, make_window, detector_ckpt, cnmc_image, tmp_path, capsys, shots
+):
     window = make_window()
     _load(qtbot, window, detector_ckpt)
     window.open_image(cnmc_image)
@@ -132,8 +133,7 @@ def test_image_table_csv_and_annotated_image_match_predict(qtbot, make_window, d
     table = window.table.rows()
     assert [r[1] for r in table] == [d.class_name for d in expected.detections]
     np.testing.assert_allclose([float(r[2]) for r in table], [d.confidence for d in expected.detections], atol=1e-3)
-    np.testing.assert_allclose([[float(v) for v in r[3:]] for r in table], [d.box for d in expected.detections],
-                               atol=0.06)
+    np.testing.assert_allclose([[float(v) for v in r[3:]] for r in table], [d.box for d in expected.detections], atol=0.06)
     counts = window.counts.counts()
     assert counts["total"][0] == len(expected.detections)
     for name, n in expected.counts().items():
@@ -142,8 +142,19 @@ def test_image_table_csv_and_annotated_image_match_predict(qtbot, make_window, d
 
     # Save CSV == what `blastscope predict` writes for the same image and threshold
     saved = window.save_csv(tmp_path / "gui.csv")
-    rc = main(["predict", str(detector_ckpt), str(cnmc_image), "--out", str(tmp_path / "cli"),
-               "--conf", str(CONF), "--no-draw", "--no-progress"])
+    rc = main(
+        [
+            "predict",
+            str(detector_ckpt),
+            str(cnmc_image),
+            "--out",
+            str(tmp_path / "cli"),
+            "--conf",
+            str(CONF),
+            "--no-draw",
+            "--no-progress",
+        ]
+    )
     capsys.readouterr()
     assert rc == 0
     assert _csv_lines(saved) == _csv_lines(tmp_path / "cli" / "predictions.csv")
@@ -175,16 +186,34 @@ def test_folder_steps_through_every_image(qtbot, make_window, detector_ckpt, cnm
     assert window.image_panel.label.text().startswith("image 1 /")
 
     saved = window.save_csv(tmp_path / "folder.csv")
-    assert main(["predict", str(detector_ckpt), str(cnmc_sample), "--out", str(tmp_path / "cli"),
-                 "--conf", str(CONF), "--no-draw", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(detector_ckpt),
+                str(cnmc_sample),
+                "--out",
+                str(tmp_path / "cli"),
+                "--conf",
+                str(CONF),
+                "--no-draw",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert _csv_lines(saved) == _csv_lines(tmp_path / "cli" / "predictions.csv")
 
     # a new threshold predicts the folder again and stays on the image shown
     window.next_image()
     window.set_confidence(0.33)
-    qtbot.waitUntil(lambda: window.predictor.conf == pytest.approx(0.33)
-                    and window.states["image"].ended and window.current_result() is not None, timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: (
+            window.predictor.conf == pytest.approx(0.33) and window.states["image"].ended and window.current_result() is not None
+        ),
+        timeout=WAIT_MS,
+    )
     assert window.image_panel.label.text() == f"image 2 / {n_images}"
     expected = Predictor.from_checkpoint(detector_ckpt, conf=0.33).predict(read_image(window.current_result().source))
     assert window.table.rowCount() == len(expected.detections)
@@ -200,8 +229,14 @@ def test_confidence_change_predicts_again_and_is_remembered(qtbot, make_window, 
 
     window.set_confidence(0.35)  # the toy detector's scores reach about 0.44: fewer boxes, not none
     assert window.conf_slider.value() == 35
-    qtbot.waitUntil(lambda: window.predictor.conf == pytest.approx(0.35) and window._loading is None
-                    and window.current_result("image") is not None, timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: (
+            window.predictor.conf == pytest.approx(0.35)
+            and window._loading is None
+            and window.current_result("image") is not None
+        ),
+        timeout=WAIT_MS,
+    )
     expected = Predictor.from_checkpoint(detector_ckpt, conf=0.35).predict(read_image(cnmc_image))
     assert 0 < window.table.rowCount() == len(expected.detections) < n_low
     window.wait_idle()
@@ -218,8 +253,7 @@ def test_confidence_change_predicts_again_and_is_remembered(qtbot, make_window, 
 # video mode
 
 
-def test_video_plays_to_the_end_and_every_frame_is_processed(qtbot, make_window, detector_ckpt, bccd_video,
-                                                             tmp_path, shots):
+def test_video_plays_to_the_end_and_every_frame_is_processed(qtbot, make_window, detector_ckpt, bccd_video, tmp_path, shots):
     window = make_window()
     _load(qtbot, window, detector_ckpt)
     window.open_video(bccd_video)
@@ -250,16 +284,21 @@ def test_video_plays_to_the_end_and_every_frame_is_processed(qtbot, make_window,
 
     # a new threshold predicts the frame on screen again; the results start afresh
     window.set_confidence(0.3)
-    qtbot.waitUntil(lambda: window.predictor.conf == pytest.approx(0.3) and window.current_result("video") is not None
-                    and window.current_result("video").frame == 2, timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: (
+            window.predictor.conf == pytest.approx(0.3)
+            and window.current_result("video") is not None
+            and window.current_result("video").frame == 2
+        ),
+        timeout=WAIT_MS,
+    )
     frame2 = Frame(expected[2].image, expected[2].source, 2, expected[2].time_s)
     strict = Predictor.from_checkpoint(detector_ckpt, conf=0.3).predict(frame2)
     assert format_rows(window.current_result("video")) == format_rows(strict)
     assert [r.frame for r in window.result_rows("video")] == [2]
 
 
-def test_each_tab_shows_its_own_state_and_leaving_a_playing_video_pauses_it(qtbot, make_window, detector_ckpt,
-                                                                            bccd_video):
+def test_each_tab_shows_its_own_state_and_leaving_a_playing_video_pauses_it(qtbot, make_window, detector_ckpt, bccd_video):
     """One panel per mode over one shared view: the Image tab shows its own (empty) state while the
     video stays open, paused, and the Video tab shows its frame again."""
     window = make_window()
@@ -293,8 +332,7 @@ def test_video_without_frames_gives_a_message(qtbot, make_window, detector_ckpt,
 # camera mode and user errors
 
 
-def test_missing_camera_gives_a_message_and_the_app_stays_usable(qtbot, make_window, detector_ckpt, cnmc_image,
-                                                                 shots):
+def test_missing_camera_gives_a_message_and_the_app_stays_usable(qtbot, make_window, detector_ckpt, cnmc_image, shots):
     window = make_window()
     _load(qtbot, window, detector_ckpt)
     window.start_camera(99)

@@ -34,6 +34,7 @@ def _png(path: Path, h: int = 48, w: int = 64, value: int = 120, seed: int = 0) 
 def _bomb(path: Path, width: int = 100_000, height: int = 100_000) -> Path:
     """A PNG of a few hundred bytes whose header claims ``width x height`` pixels (one zlib stream
     of a few rows: decoding would need tens of gigabytes before finding it short)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -87,8 +88,19 @@ def test_predict_skips_a_bomb_and_goes_on(toy_detector_ckpt, tmp_path, capsys):
     df = pd.read_csv(tmp_path / "o" / "predictions.csv", dtype=str, keep_default_na=False)
     assert sorted({Path(s).name for s in df["source"]}) == [f"a{i}.png" for i in range(4)]
     # --max-pixels on the command line lowers the limit for this run only
-    rc, out, err = _run(["predict", str(toy_detector_ckpt), str(folder / "a0.png"), "--out", str(tmp_path / "o2"),
-                         "--no-progress", "--max-pixels", "100"], capsys)
+    rc, out, err = _run(
+        [
+            "predict",
+            str(toy_detector_ckpt),
+            str(folder / "a0.png"),
+            "--out",
+            str(tmp_path / "o2"),
+            "--no-progress",
+            "--max-pixels",
+            "100",
+        ],
+        capsys,
+    )
     assert rc == 2 and err.count("\n") == 1 and "a0.png" in err and "--max-pixels" in err
 
 
@@ -264,8 +276,7 @@ def uninterrupted(cells, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("target, nth", [("last.pt", 2), ("metrics.csv", 2), ("last.pt", 1)])
-def test_full_disk_during_training_resumes_to_the_same_weights(cells, uninterrupted, tmp_path, monkeypatch, capsys,
-                                                               target, nth):
+def test_full_disk_during_training_resumes_to_the_same_weights(cells, uninterrupted, tmp_path, monkeypatch, capsys, target, nth):
     import torch
 
     from test_train import _args, _rows, _without_seconds
@@ -364,12 +375,31 @@ def test_unwritable_outputs_are_one_line_naming_the_path(cells, toy_detector_ckp
     commands = {
         "import": ["import", str(src), "--out", str(blocker / "m.csv")],
         "split": ["split", str(cells), "--out", str(blocker / "s.csv")],
-        "synth": ["synth", "--out", str(blocker / "syn"), "--n-per-class", "2", "--patients", "1", "--size", "64",
-                  "--no-progress"],
+        "synth": [
+            "synth",
+            "--out",
+            str(blocker / "syn"),
+            "--n-per-class",
+            "2",
+            "--patients",
+            "1",
+            "--size",
+            "64",
+            "--no-progress",
+        ],
         "predict": ["predict", str(toy_detector_ckpt), str(images), "--out", str(blocker / "p"), "--no-progress"],
         "export": ["export", str(toy_detector_ckpt), "--out", str(blocker / "m.onnx")],
-        "evaluate": ["evaluate", str(toy_detector_ckpt), "--data", str(cells), "--split", "train", "--out",
-                     str(blocker / "e"), "--no-progress"],
+        "evaluate": [
+            "evaluate",
+            str(toy_detector_ckpt),
+            "--data",
+            str(cells),
+            "--split",
+            "train",
+            "--out",
+            str(blocker / "e"),
+            "--no-progress",
+        ],
         "convert": ["convert", str(src), "--to", "coco", "--out", str(blocker / "c")],
         "train": _args(cells, blocker / "run", epochs=1),
     }
@@ -418,8 +448,7 @@ def test_predict_overwrite_leaves_no_stale_annotated_images(toy_detector_ckpt, t
     assert _run(["predict", str(toy_detector_ckpt), str(first), "--out", str(out), "--no-progress"], capsys)[0] == 0
     assert sorted(p.name for p in (out / "images").rglob("*.png")) == ["a.png", "b.png"]
     (out / "my_notes.txt").write_text("keep")
-    rc, _, err = _run(["predict", str(toy_detector_ckpt), str(second), "--out", str(out), "--no-progress", "--overwrite"],
-                      capsys)
+    rc, _, err = _run(["predict", str(toy_detector_ckpt), str(second), "--out", str(out), "--no-progress", "--overwrite"], capsys)
     assert rc == 0, err
     assert sorted(p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*.png")) == ["c.png"]
     assert (out / "my_notes.txt").read_text() == "keep"
@@ -462,12 +491,14 @@ def test_truncated_video_is_reported(toy_detector_ckpt, tmp_path, capsys):
     cut = tmp_path / "cut.avi"
     data = full.read_bytes()
     cut.write_bytes(data[: int(len(data) * 0.8)])
-    rc, out, err = _run(["predict", str(toy_detector_ckpt), str(cut), "--out", str(tmp_path / "o"), "--no-progress",
-                         "--no-draw"], capsys)
+    rc, out, err = _run(
+        ["predict", str(toy_detector_ckpt), str(cut), "--out", str(tmp_path / "o"), "--no-progress", "--no-draw"], capsys
+    )
     assert rc == 0, err
     assert "cut.avi: video ended at frame" in err and "of the 6 its header announces (truncated or damaged)" in err
-    rc, out, err = _run(["predict", str(toy_detector_ckpt), str(full), "--out", str(tmp_path / "o2"), "--no-progress",
-                         "--no-draw"], capsys)
+    rc, out, err = _run(
+        ["predict", str(toy_detector_ckpt), str(full), "--out", str(tmp_path / "o2"), "--no-progress", "--no-draw"], capsys
+    )
     assert rc == 0 and "(truncated or damaged)" not in err
 
 
@@ -478,8 +509,9 @@ def _voc_tree(root: Path, labels_per_image: list[list[str]]) -> Path:
     for i, labels in enumerate(labels_per_image):
         img = _png(root / "JPEGImages" / f"s{i}.png", 64, 64, seed=i)
         boxes = np.array([[4 + 10 * k, 4, 12 + 10 * k, 12] for k in range(len(labels))], np.float32).reshape(-1, 4)
-        ann = ImageAnnotation(image=str(img), width=64, height=64, boxes=boxes, labels=labels,
-                              difficult=np.zeros(len(labels), bool))
+        ann = ImageAnnotation(
+            image=str(img), width=64, height=64, boxes=boxes, labels=labels, difficult=np.zeros(len(labels), bool)
+        )
         write_voc(ann, root / "Annotations" / f"s{i}.xml", folder="JPEGImages")
     return root
 
@@ -490,8 +522,7 @@ def test_voc_classes_without_names_are_said_once_with_counts(tmp_path, capsys):
     assert rc == 0, err
     notes = [line for line in (out + err).splitlines() if "no --names given" in line]
     assert len(notes) == 1 and "RBC 3, WBC 1, WBc 1" in notes[0] and "3 class names" in notes[0]
-    rc, out, err = _run(["import", str(src), "--out", str(tmp_path / "n.csv"), "--no-progress", "--names", "RBC,WBC"],
-                        capsys)
+    rc, out, err = _run(["import", str(src), "--out", str(tmp_path / "n.csv"), "--no-progress", "--names", "RBC,WBC"], capsys)
     assert "no --names given" not in out + err and "WBc" in err  # named as a problem instead
 
 
@@ -502,14 +533,17 @@ def test_coco_annotation_naming_its_image_by_file_name_makes_that_image_a_proble
     images = [{"id": i, "file_name": f"s{i}.png", "width": 64, "height": 64} for i in range(3)]
     for i in range(3):
         _png(root / "images" / f"s{i}.png", 64, 64, seed=i)
-    anns = [{"id": 1, "image_id": 0, "category_id": 1, "bbox": [4, 4, 8, 8]},
-            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [4, 4, 8, 8]},
-            {"id": 3, "image_id": "s1.png", "category_id": 1, "bbox": [20, 20, 8, 8]},  # s1's file name
-            {"id": 4, "image_id": 2, "category_id": 1, "bbox": [4, 4, 8, 8]},
-            {"id": 5, "image_id": 99, "category_id": 1, "bbox": [4, 4, 8, 8]}]  # nobody's
+    anns = [
+        {"id": 1, "image_id": 0, "category_id": 1, "bbox": [4, 4, 8, 8]},
+        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [4, 4, 8, 8]},
+        {"id": 3, "image_id": "s1.png", "category_id": 1, "bbox": [20, 20, 8, 8]},  # s1's file name
+        {"id": 4, "image_id": 2, "category_id": 1, "bbox": [4, 4, 8, 8]},
+        {"id": 5, "image_id": 99, "category_id": 1, "bbox": [4, 4, 8, 8]},
+    ]  # nobody's
     (root / "annotations").mkdir(parents=True)
-    (root / "annotations" / "instances.json").write_text(json.dumps(
-        {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "WBC"}]}))
+    (root / "annotations" / "instances.json").write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "WBC"}]})
+    )
     rc, out, err = _run(["import", str(root), "--out", str(tmp_path / "m.csv"), "--no-progress"], capsys)
     assert rc == 0, err
     import pandas as pd
@@ -529,8 +563,9 @@ def test_gui_without_a_display_is_one_line(tmp_path):
         pytest.skip("Qt needs no DISPLAY here")
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    proc = subprocess.run([sys.executable, "-m", "blastscope.cli.main", "gui"], env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "blastscope.cli.main", "gui"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2, proc.stderr  # Qt aborted with 134 before
     assert proc.stderr.count("\n") == 1 and "no display found" in proc.stderr
     assert "QT_QPA_PLATFORM=offscreen" in proc.stderr and "ssh -X" in proc.stderr
@@ -566,8 +601,7 @@ def test_links_the_user_made_are_followed(tmp_path, capsys):
     assert all(p.startswith("cells/") for p in df["image"])  # the link's name, inside the dataset
     assert sorted(df["label"]) == ["ALL", "ALL", "HEM", "HEM", "HEM"]
     # the strict rule on request
-    rc, out, err = _run(["import", str(ds), "--out", str(tmp_path / "s.csv"), "--no-progress", "--no-follow-links"],
-                        capsys)
+    rc, out, err = _run(["import", str(ds), "--out", str(tmp_path / "s.csv"), "--no-progress", "--no-follow-links"], capsys)
     assert rc == 2 and "path leads outside the dataset folder" in err
     # names written in an annotation file that climb out of the dataset are refused either way
     voc = _voc_tree(tmp_path / "voc", [["WBC"], ["WBC"]])
@@ -582,8 +616,11 @@ def test_links_the_user_made_are_followed(tmp_path, capsys):
 def test_split_folds_without_patient_ids_says_what_it_did(tmp_path, capsys):
     from blastscope.data.manifest import new_manifest, write_manifest
 
-    rows = [{"image": str(_png(tmp_path / "i" / f"{lab}{i}.png", 8, 8, seed=i)), "label": lab}
-            for lab in ("ALL", "HEM") for i in range(30)]
+    rows = [
+        {"image": str(_png(tmp_path / "i" / f"{lab}{i}.png", 8, 8, seed=i)), "label": lab}
+        for lab in ("ALL", "HEM")
+        for i in range(30)
+    ]
     df = new_manifest(rows)
     df.attrs["classes"] = ["ALL", "HEM"]
     manifest = write_manifest(df, tmp_path / "m.csv")

@@ -107,8 +107,9 @@ def test_extra_wrapping_folder_and_tcia_style_names(cnmc_sample, tmp_path):
     (root / "C-NMC_training_data" / "fold_1").rename(root / "C-NMC_training_data" / "Fold_1")
     assert detect_layout(tmp_path / "download") == "cnmc"
     df = import_dataset(tmp_path / "download", log=quiet_log(), progress=False)
-    got = {Path(p).name: (f, lab, pid) for p, f, lab, pid in zip(df["image"], df["fold"], df["label"],
-                                                                  df["patient_id"], strict=True)}
+    got = {
+        Path(p).name: (f, lab, pid) for p, f, lab, pid in zip(df["image"], df["fold"], df["label"], df["patient_id"], strict=True)
+    }
     assert got == SAMPLE_TRAIN
 
 
@@ -159,8 +160,9 @@ def test_full_scale_placeholder_tree(cnmc_manifest_csv, tmp_path):
 
     test = df[df["split"] == "test"]
     assert len(test) == len(prelim_names)
-    assert {Path(p).name: (pid, lab) for p, pid, lab in zip(test["image"], test["patient_id"], test["label"],
-                                                            strict=True)} == prelim_truth
+    assert {
+        Path(p).name: (pid, lab) for p, pid, lab in zip(test["image"], test["patient_id"], test["label"], strict=True)
+    } == prelim_truth
     unlabeled = df[df["split"] == "unlabeled"]
     assert len(unlabeled) == (ref["split"] == "testing_data").sum()
     assert set(unlabeled["label"]) == {""}
@@ -211,8 +213,7 @@ def test_folder_layout_names_order_and_bad_regex(tmp_path, capsys):
     df = import_dataset(ds, names=["b", "a"], log=log, progress=False)
     assert df.attrs["classes"] == ["b", "a"] and sorted(df["label"]) == ["a", "b"]
     assert f"{ds / 'c'}: folder is not one of the classes" in log_text(log)
-    code, _, err = run_cli(["import", str(ds), "--out", str(tmp_path / "m.csv"), "--patient-regex", "P(\\d+)"],
-                           capsys)
+    code, _, err = run_cli(["import", str(ds), "--out", str(tmp_path / "m.csv"), "--patient-regex", "P(\\d+)"], capsys)
     assert code == 2 and "named group 'patient'" in err
 
 
@@ -373,16 +374,16 @@ def test_verify_detects_changed_and_missing(sample_copy, cnmc_sample, cnmc_manif
     assert report.extra == [] and not report.ok
 
     # a blastscope manifest of the intact sample works as reference too
-    code, _, _ = run_cli(["import", str(cnmc_sample), "--out", str(tmp_path / "orig" / "m.csv"), "--no-progress"],
-                         capsys)
+    code, _, _ = run_cli(["import", str(cnmc_sample), "--out", str(tmp_path / "orig" / "m.csv"), "--no-progress"], capsys)
     assert code == 0
     report2 = verify_manifest(df, tmp_path / "orig" / "m.csv", df.attrs["source_root"])
     assert len(report2.changed) == 1 and len(report2.missing) == 1 and report2.n_checked == 7
 
     # the CLI with the full reference: prints the report, exits 1, still writes the manifest
     out = tmp_path / "m.csv"
-    code, stdout, _ = run_cli(["import", str(sample_copy), "--out", str(out), "--no-progress",
-                               "--verify", str(cnmc_manifest_csv)], capsys)
+    code, stdout, _ = run_cli(
+        ["import", str(sample_copy), "--out", str(out), "--no-progress", "--verify", str(cnmc_manifest_csv)], capsys
+    )
     assert code == 1 and out.exists()
     assert "changed (sha256 differs): C-NMC_Leukemia/training_data/fold_2/hem/UID_h3_4_1_hem.bmp" in stdout
     assert "MISMATCH" in stdout

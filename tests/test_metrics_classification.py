@@ -78,9 +78,7 @@ def test_binary_metrics_match_sklearn_on_random_data():
     assert m["weighted_f1"] == pytest.approx(skm.f1_score(y, p, average="weighted"))
     assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, p))
     assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
-    np.testing.assert_array_equal(
-        skm.confusion_matrix(y, p, labels=[1, 0]), [[m["tp"], m["fn"]], [m["fp"], m["tn"]]]
-    )
+    np.testing.assert_array_equal(skm.confusion_matrix(y, p, labels=[1, 0]), [[m["tp"], m["fn"]], [m["fp"], m["tn"]]])
 
 
 def test_string_labels_and_y_pred():
@@ -92,12 +90,8 @@ def test_string_labels_and_y_pred():
     assert m["weighted_f1"] == pytest.approx(skm.f1_score(y, pred, average="weighted"))
     # 1-D probability of ALL with string truth
     m2 = diagnostic_metrics(y, [0.9, 0.2, 0.1, 0.7, 0.3], positive="ALL")
-    assert {k: m2[k] for k in ("tp", "fn", "fp", "tn")} == {
-        k: m[k] for k in ("tp", "fn", "fp", "tn")
-    }
-    assert m2["roc_auc"] == pytest.approx(
-        skm.roc_auc_score([1, 1, 0, 0, 0], [0.9, 0.2, 0.1, 0.7, 0.3])
-    )
+    assert {k: m2[k] for k in ("tp", "fn", "fp", "tn")} == {k: m[k] for k in ("tp", "fn", "fp", "tn")}
+    assert m2["roc_auc"] == pytest.approx(skm.roc_auc_score([1, 1, 0, 0, 0], [0.9, 0.2, 0.1, 0.7, 0.3]))
 
 
 def test_imbalanced_multiclass_weighted_f1_by_hand():
@@ -112,9 +106,7 @@ def test_imbalanced_multiclass_weighted_f1_by_hand():
     np.testing.assert_array_equal(cm, skm.confusion_matrix(y, p, labels=[0, 1, 2]))
     m = diagnostic_metrics(y, y_pred=p, positive=2)
     assert m["weighted_f1"] == pytest.approx((5 + 12 / 7) / 10)
-    assert m["weighted_f1"] == pytest.approx(
-        skm.f1_score(y, p, average="weighted", zero_division=0)
-    )
+    assert m["weighted_f1"] == pytest.approx(skm.f1_score(y, p, average="weighted", zero_division=0))
     assert m["accuracy"] == pytest.approx(0.7)
     assert m["balanced_accuracy"] == pytest.approx((5 / 6 + 2 / 3 + 0) / 3)
     assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, p))
@@ -206,11 +198,7 @@ def test_patient_vote_mean_rule():
     m = diagnostic_metrics(yt, ys, positive="ALL", threshold=0.5)
     # calls: P1 ALL (TP), P2 ALL by the tie (FP), P3 ALL (TP)
     assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (2, 1, 0, 0)
-    assert (
-        m["accuracy"] == pytest.approx(2 / 3)
-        and m["sensitivity"] == 1.0
-        and m["specificity"] == 0.0
-    )
+    assert m["accuracy"] == pytest.approx(2 / 3) and m["sensitivity"] == 1.0 and m["specificity"] == 0.0
 
 
 def test_patient_vote_majority_rule():
@@ -279,16 +267,12 @@ def test_cluster_bootstrap_resamples_patients():
     assert bootstrap_ci("roc_auc", y, s, n_boot=300, seed=0, groups=groups) == pat
     # with one image per patient, the cluster bootstrap is the ordinary one
     y1, s1 = Y10, S10
-    assert bootstrap_ci("accuracy", y1, s1, n_boot=100, groups=np.arange(10)) == bootstrap_ci(
-        "accuracy", y1, s1, n_boot=100
-    )
+    assert bootstrap_ci("accuracy", y1, s1, n_boot=100, groups=np.arange(10)) == bootstrap_ci("accuracy", y1, s1, n_boot=100)
 
 
 # ---------------------------------------------------------------------------------------------
 # count baseline and accumulator
 # ---------------------------------------------------------------------------------------------
-
-
 
 
 def test_one_class_only_gives_nan_auc_and_nan_undefined_rates():

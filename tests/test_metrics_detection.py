@@ -166,9 +166,7 @@ def _voc_reference(preds, gts, cls, thr=0.5):
 # Five cells in one image, 20 px apart; five detections ranked TP, FP, TP, FP, TP.
 FIVE_GT = [[20 * i, 0, 20 * i + 10, 10] for i in range(5)]
 FP_BOX = [0, 100, 10, 110]  # overlaps nothing
-TFTFT = _pred(
-    [FIVE_GT[0], FP_BOX, FIVE_GT[1], FP_BOX, FIVE_GT[2]], [0.9, 0.8, 0.7, 0.6, 0.5], [0] * 5
-)
+TFTFT = _pred([FIVE_GT[0], FP_BOX, FIVE_GT[1], FP_BOX, FIVE_GT[2]], [0.9, 0.8, 0.7, 0.6, 0.5], [0] * 5)
 
 
 def test_voc07_and_all_point_differ_as_the_definitions_say():
@@ -286,11 +284,7 @@ def test_class_without_predictions_is_zero_and_class_without_gt_is_excluded():
         "map50_voc07",
         "map50_coco",
         "map50_95_coco",
-        *(
-            f"{k}.{c}"
-            for k in ("ap50_voc", "ap50_voc07", "ap50_coco", "ap50_95_coco")
-            for c in ("blast", "hem", "other")
-        ),
+        *(f"{k}.{c}" for k in ("ap50_voc", "ap50_voc07", "ap50_coco", "ap50_95_coco") for c in ("blast", "hem", "other")),
     }
 
 
@@ -377,9 +371,7 @@ def test_coco_keeps_the_100_best_detections_per_image_and_class():
     boxes = [[100 + i, 100, 105 + i, 105] for i in range(150)]
     scores = np.linspace(0.99, 0.01, 150)
     boxes[119] = [0, 0, 10, 10]
-    r = evaluate_detections(
-        [_pred(boxes, scores, [0] * 150)], [_gt([[0, 0, 10, 10]], [0])], ["blast"]
-    )
+    r = evaluate_detections([_pred(boxes, scores, [0] * 150)], [_gt([[0, 0, 10, 10]], [0])], ["blast"])
     assert r.ap_voc["blast"] == pytest.approx(1 / 120)
     assert r.ap_coco["blast"] == 0.0
     ref50, _ = _pycocotools([_pred(boxes, scores, [0] * 150)], [_gt([[0, 0, 10, 10]], [0])], 1)
@@ -396,9 +388,7 @@ def test_min_score_drops_detections_and_labels_the_keys():
     d = r.as_dict()
     assert d["map50_voc@min_score=0.65"] == pytest.approx(r.map_voc)
     assert "ap50_voc.blast@min_score=0.65" in d
-    assert not any(
-        "@" not in k for k in d
-    )  # no unlabelled key can be mistaken for the standard one
+    assert not any("@" not in k for k in d)  # no unlabelled key can be mistaken for the standard one
     assert "map50_voc" in evaluate_detections([TFTFT], gts, ["blast"]).as_dict()
 
 
@@ -430,9 +420,7 @@ def _read_bccd(bccd, n_images=100, xmls=None):
         boxes, labels = [], []
         for obj in root.iter("object"):
             bb = obj.find("bndbox")
-            xmin, ymin, xmax, ymax = (
-                float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")
-            )
+            xmin, ymin, xmax, ymax = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
             # VOC pixels are 1-based and inclusive: the continuous 0-based box is
             # [xmin - 1, ymin - 1, xmax, ymax]
             box = [xmin - 1, ymin - 1, xmax, ymax]

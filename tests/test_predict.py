@@ -48,9 +48,12 @@ def predictor(detector_ckpt) -> Predictor:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path, dtype={"source": str, "class": str, "model": str}, keep_default_na=False,
-                     na_values={"time_s": [""], "confidence": [""], "xmin": [""], "ymin": [""],
-                                "xmax": [""], "ymax": [""]})
+    df = pd.read_csv(
+        path,
+        dtype={"source": str, "class": str, "model": str},
+        keep_default_na=False,
+        na_values={"time_s": [""], "confidence": [""], "xmin": [""], "ymin": [""], "xmax": [""], "ymax": [""]},
+    )
     assert tuple(df.columns) == CSV_COLUMNS
     return df
 
@@ -64,8 +67,7 @@ def _assert_rows_match(df: pd.DataFrame, result: FrameResult) -> None:
     assert len(rows) == len(result.detections), (result.source, result.frame)
     assert rows["class"].tolist() == [d.class_name for d in result.detections]
     np.testing.assert_allclose(rows["confidence"].to_numpy(), [d.confidence for d in result.detections], atol=1e-4)
-    np.testing.assert_allclose(rows[["xmin", "ymin", "xmax", "ymax"]].to_numpy(),
-                               [d.box for d in result.detections], atol=1e-4)
+    np.testing.assert_allclose(rows[["xmin", "ymin", "xmax", "ymax"]].to_numpy(), [d.box for d in result.detections], atol=1e-4)
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str]:
@@ -81,8 +83,11 @@ class _FixedBackend:
     """A back-end returning given boxes (in letterboxed input pixels) for every image."""
 
     def __init__(self, boxes, scores, labels):
-        self.out = {"boxes": torch.tensor(boxes, dtype=torch.float32), "scores": torch.tensor(scores),
-                    "labels": torch.tensor(labels)}
+        self.out = {
+            "boxes": torch.tensor(boxes, dtype=torch.float32),
+            "scores": torch.tensor(scores),
+            "labels": torch.tensor(labels),
+        }
         self.seen = []
 
     def __call__(self, batch):
@@ -129,8 +134,7 @@ def classifier_ckpt(tmp_path_factory) -> Path:
     from blastscope.models.checkpoint import make_checkpoint, save_checkpoint
 
     torch.manual_seed(1)
-    model = create_model("mobilenet_v2", num_classes=2, class_names=["ALL", "HEM"], pretrained=False,
-                         input_size=64)
+    model = create_model("mobilenet_v2", num_classes=2, class_names=["ALL", "HEM"], pretrained=False, input_size=64)
     path = tmp_path_factory.mktemp("ckpt") / "cls.pt"
     save_checkpoint(make_checkpoint(model.eval(), epoch=0), path)
     return path
@@ -147,8 +151,10 @@ def test_classify_checkpoint_alone_or_as_detector(classifier_ckpt, detector_ckpt
         Predictor.from_checkpoint(classifier_ckpt, classifier=classifier_ckpt)
     with pytest.raises(BlastscopeError, match=r"det\.pt: .*'detect' checkpoint.*not a cell classifier"):
         Predictor.from_checkpoint(detector_ckpt, classifier=detector_ckpt)
-    rc, err = _run(["predict", str(classifier_ckpt), str(tmp_path), "--classifier", str(classifier_ckpt),
-                    "--out", str(tmp_path / "o")], capsys)
+    rc, err = _run(
+        ["predict", str(classifier_ckpt), str(tmp_path), "--classifier", str(classifier_ckpt), "--out", str(tmp_path / "o")],
+        capsys,
+    )
     assert rc == 2 and err.startswith("error: ") and "not a detector" in err and len(err.strip().splitlines()) == 1
 
 
@@ -180,8 +186,20 @@ def test_two_stage_prediction(cnmc_sample, detector_ckpt, classifier_ckpt, tmp_p
     folder.mkdir()
     for p in images:
         shutil.copy(p, folder / p.name)
-    rc, err = _run(["predict", str(detector_ckpt), str(folder), "--out", str(tmp_path / "o"), "--no-progress",
-                    "--no-draw", "--classifier", str(classifier_ckpt)], capsys)
+    rc, err = _run(
+        [
+            "predict",
+            str(detector_ckpt),
+            str(folder),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+            "--no-draw",
+            "--classifier",
+            str(classifier_ckpt),
+        ],
+        capsys,
+    )
     assert rc == 0, err
     df = _read_csv(tmp_path / "o" / "predictions.csv")
     res = two.predict(Frame(read_image(folder / images[0].name), str(folder / images[0].name)))
@@ -199,8 +217,22 @@ def test_predict_onnx_backend_matches_torch_on_the_real_sample(cnmc_sample, dete
     out = {}
     for backend in ("torch", "onnx"):
         out[backend] = tmp_path / backend
-        rc, err = _run(["predict", str(detector_ckpt), str(cnmc_sample), "--out", str(out[backend]), "--conf", str(CONF),
-                        "--backend", backend, "--no-progress", "--no-draw"], capsys)
+        rc, err = _run(
+            [
+                "predict",
+                str(detector_ckpt),
+                str(cnmc_sample),
+                "--out",
+                str(out[backend]),
+                "--conf",
+                str(CONF),
+                "--backend",
+                backend,
+                "--no-progress",
+                "--no-draw",
+            ],
+            capsys,
+        )
         assert rc == 0, err
     assert list((tmp_path / "cache").rglob("*.onnx")), "the onnx export was not cached"
     key = ["source", "frame", "class"]
@@ -353,8 +385,7 @@ def test_video_without_frames(tmp_path):
 
 def _result(source, frame, classes, time_s=None):
     dets = [Detection(c, ["ALL", "HEM"].index(c), 0.5, (1.0, 2.0, 30.5, 40.25)) for c in classes]
-    return FrameResult(source, frame, time_s, dets, (50, 60), "m.pt (yolov3-tiny)",
-                       image=np.zeros((50, 60, 3), np.uint8))
+    return FrameResult(source, frame, time_s, dets, (50, 60), "m.pt (yolov3-tiny)", image=np.zeros((50, 60, 3), np.uint8))
 
 
 def test_csv_writer_rows(tmp_path):
@@ -374,9 +405,9 @@ def test_csv_writer_rows(tmp_path):
 def test_summary_call_rule(tmp_path):
     path = tmp_path / "s.csv"
     with SummaryWriter(path, ["ALL", "HEM"]) as w:
-        w.write(_result("a.bmp", 0, ["ALL", "HEM"]))             # 1/2 ALL -> ALL (>= 20 %, WHO)
-        w.write(_result("b.bmp", 0, ["ALL"] + ["HEM"] * 5))      # 1/6 < 20 % -> HEM
-        w.write(_result("c.bmp", 0, []))                         # none
+        w.write(_result("a.bmp", 0, ["ALL", "HEM"]))  # 1/2 ALL -> ALL (>= 20 %, WHO)
+        w.write(_result("b.bmp", 0, ["ALL"] + ["HEM"] * 5))  # 1/6 < 20 % -> HEM
+        w.write(_result("c.bmp", 0, []))  # none
         for i, cls in enumerate([["ALL"], ["HEM"], ["HEM"], []]):  # video: 1 ALL of 3 over 4 frames
             w.write(_result("v.mp4", i, cls))
     df = pd.read_csv(path, keep_default_na=False)
@@ -404,8 +435,7 @@ def test_video_writer_falls_back_to_mjpg(tmp_path, monkeypatch, capsys):
     real = cv2.VideoWriter
     mp4v = cv2.VideoWriter_fourcc(*"mp4v")
     # an OpenCV build without an MPEG-4 encoder: mp4v does not open
-    monkeypatch.setattr(cv2, "VideoWriter",
-                        lambda path, fourcc, *a: real() if fourcc == mp4v else real(path, fourcc, *a))
+    monkeypatch.setattr(cv2, "VideoWriter", lambda path, fourcc, *a: real() if fourcc == mp4v else real(path, fourcc, *a))
     with AnnotatedVideoWriter(tmp_path / "v_annotated.mp4", 5.0, (60, 50)) as vw:
         for i in range(3):
             vw.write(_result("v.mp4", i, ["HEM"]))
@@ -424,8 +454,7 @@ def test_predict_folder_matches_predictor(cnmc_sample, detector_ckpt, predictor,
     folder = tmp_path / "cnmc"
     shutil.copytree(cnmc_sample, folder)
     out = tmp_path / "out"
-    rc, err = _run(["predict", str(detector_ckpt), str(folder), "--out", str(out), "--conf", str(CONF),
-                    "--no-progress"], capsys)
+    rc, err = _run(["predict", str(detector_ckpt), str(folder), "--out", str(out), "--conf", str(CONF), "--no-progress"], capsys)
     assert rc == 0, err
     df = _read_csv(out / "predictions.csv")
     images = sorted(folder.rglob("*.bmp"))
@@ -448,8 +477,23 @@ def test_predict_folder_matches_predictor(cnmc_sample, detector_ckpt, predictor,
     rc, err = _run(["predict", str(detector_ckpt), str(folder), "--out", str(out), "--no-progress"], capsys)
     assert rc == 2 and "--overwrite" in err
     before = (out / "predictions.csv").read_text()
-    rc, _ = _run(["predict", str(detector_ckpt), str(folder), "--out", str(out), "--conf", str(CONF),
-                  "--no-progress", "--overwrite", "--batch", "3", "--no-draw"], capsys)
+    rc, _ = _run(
+        [
+            "predict",
+            str(detector_ckpt),
+            str(folder),
+            "--out",
+            str(out),
+            "--conf",
+            str(CONF),
+            "--no-progress",
+            "--overwrite",
+            "--batch",
+            "3",
+            "--no-draw",
+        ],
+        capsys,
+    )
     assert rc == 0
     again = _read_csv(out / "predictions.csv")
     assert len(again) == len(df) and again["class"].tolist() == df["class"].tolist()
@@ -458,8 +502,9 @@ def test_predict_folder_matches_predictor(cnmc_sample, detector_ckpt, predictor,
 
 def test_predict_video_matches_predictor(bccd_video, detector_ckpt, predictor, tmp_path, capsys):
     out = tmp_path / "out"
-    rc, err = _run(["predict", str(detector_ckpt), str(bccd_video), "--out", str(out), "--conf", str(CONF),
-                    "--no-progress"], capsys)
+    rc, err = _run(
+        ["predict", str(detector_ckpt), str(bccd_video), "--out", str(out), "--conf", str(CONF), "--no-progress"], capsys
+    )
     assert rc == 0, err
     df = _read_csv(out / "predictions.csv")
     assert sorted(set(df["frame"])) == list(range(6))
@@ -475,8 +520,24 @@ def test_predict_video_matches_predictor(bccd_video, detector_ckpt, predictor, t
     assert "frames/s" in err
 
     out2 = tmp_path / "out2"
-    rc, err = _run(["predict", str(detector_ckpt), str(bccd_video), "--out", str(out2), "--conf", str(CONF),
-                    "--every", "2", "--max-frames", "2", "--no-progress", "--no-draw"], capsys)
+    rc, err = _run(
+        [
+            "predict",
+            str(detector_ckpt),
+            str(bccd_video),
+            "--out",
+            str(out2),
+            "--conf",
+            str(CONF),
+            "--every",
+            "2",
+            "--max-frames",
+            "2",
+            "--no-progress",
+            "--no-draw",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     df2 = _read_csv(out2 / "predictions.csv")
     assert sorted(set(df2["frame"])) == [0, 2]
@@ -488,8 +549,7 @@ def test_predict_cli_user_errors(detector_ckpt, tmp_path, capsys):
     rc, err = _run(["predict", str(detector_ckpt), "99", "--out", str(tmp_path / "o1")], capsys)
     assert rc == 2
     assert err.strip().splitlines() == [
-        "error: camera 99 did not open; check that it is connected and not used by another program, "
-        "or pass another index"
+        "error: camera 99 did not open; check that it is connected and not used by another program, or pass another index"
     ]
     (tmp_path / "empty").mkdir()
     rc, err = _run(["predict", str(detector_ckpt), str(tmp_path / "empty"), "--out", str(tmp_path / "o2")], capsys)
@@ -533,8 +593,9 @@ def test_ctrl_c_leaves_valid_csv(bccd_video, detector_ckpt, tmp_path, capsys, mo
 
     monkeypatch.setattr(sources_mod, "open_source", lambda *a, **k: Interrupting(real_open(*a, **k)))
     out = tmp_path / "out"
-    rc, err = _run(["predict", str(detector_ckpt), str(bccd_video), "--out", str(out), "--conf", str(CONF),
-                    "--no-progress"], capsys)
+    rc, err = _run(
+        ["predict", str(detector_ckpt), str(bccd_video), "--out", str(out), "--conf", str(CONF), "--no-progress"], capsys
+    )
     assert rc == 130
     assert "interrupted" in err and "predictions.csv" in err
     df = _read_csv(out / "predictions.csv")
@@ -551,13 +612,26 @@ def test_shards_are_disjoint_and_cover_the_folder(detector_ckpt, cnmc_sample, tm
     items = list(range(11))
     parts = [shard(items, (i, 4)) for i in range(4)]
     assert sum(parts, []) == items and all(abs(len(a) - len(b)) <= 1 for a in parts for b in parts)
-    whole, _ = _run(["predict", str(detector_ckpt), str(cnmc_sample), "--out", str(tmp_path / "all"),
-                     "--no-draw", "--no-progress"], capsys)
+    whole, _ = _run(
+        ["predict", str(detector_ckpt), str(cnmc_sample), "--out", str(tmp_path / "all"), "--no-draw", "--no-progress"], capsys
+    )
     assert whole == 0
     lines = []
     for i in range(3):
-        rc, _ = _run(["predict", str(detector_ckpt), str(cnmc_sample), "--shard", f"{i}/3", "--out",
-                      str(tmp_path / f"s{i}"), "--no-draw", "--no-progress"], capsys)
+        rc, _ = _run(
+            [
+                "predict",
+                str(detector_ckpt),
+                str(cnmc_sample),
+                "--shard",
+                f"{i}/3",
+                "--out",
+                str(tmp_path / f"s{i}"),
+                "--no-draw",
+                "--no-progress",
+            ],
+            capsys,
+        )
         assert rc == 0
         part = (tmp_path / f"s{i}" / "predictions.csv").read_text().splitlines()
         lines += part[1:] if lines else part

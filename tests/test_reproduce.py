@@ -39,8 +39,21 @@ def _table(path: Path) -> dict[str, dict[str, str]]:
 @pytest.fixture(scope="module")
 def synthetic_run(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("reproduce") / "out"
-    argv = ["reproduce", "--out", str(out), "--per-class", str(PER_CLASS), "--epochs", str(EPOCHS),
-            "--imgsz", str(IMGSZ), "--batch", "8", "--no-progress", *_pretrained_flag()]
+    argv = [
+        "reproduce",
+        "--out",
+        str(out),
+        "--per-class",
+        str(PER_CLASS),
+        "--epochs",
+        str(EPOCHS),
+        "--imgsz",
+        str(IMGSZ),
+        "--batch",
+        "8",
+        "--no-progress",
+        *_pretrained_flag(),
+    ]
     import contextlib
     import io
 
@@ -98,8 +111,23 @@ def test_manifest_csv_reuses_finished_runs(synthetic_run, capsys):
     out, _ = synthetic_run
     manifest = out / "SYNTHETIC_data" / "synthetic_manifest.csv"
     before = (out / "paper_protocol_SYNTHETIC" / "run" / "best.pt").stat().st_mtime_ns
-    argv = ["reproduce", "--data", str(manifest), "--out", str(out), "--per-class", str(PER_CLASS),
-            "--epochs", str(EPOCHS), "--imgsz", str(IMGSZ), "--batch", "8", "--no-progress", *_pretrained_flag()]
+    argv = [
+        "reproduce",
+        "--data",
+        str(manifest),
+        "--out",
+        str(out),
+        "--per-class",
+        str(PER_CLASS),
+        "--epochs",
+        str(EPOCHS),
+        "--imgsz",
+        str(IMGSZ),
+        "--batch",
+        "8",
+        "--no-progress",
+        *_pretrained_flag(),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert printed.count("reusing the finished run") == 2
@@ -110,16 +138,33 @@ def test_manifest_csv_reuses_finished_runs(synthetic_run, capsys):
 
     # other settings in the same folder: refused without --overwrite (nothing trained)
     with pytest.raises(BlastscopeError, match="--overwrite"):
-        rp.reproduce(manifest, out, per_class=PER_CLASS, epochs=EPOCHS, imgsz=IMGSZ, batch=4, progress=False,
-                     pretrained=not _pretrained_flag(), echo=lambda s: None)
+        rp.reproduce(
+            manifest,
+            out,
+            per_class=PER_CLASS,
+            epochs=EPOCHS,
+            imgsz=IMGSZ,
+            batch=4,
+            progress=False,
+            pretrained=not _pretrained_flag(),
+            echo=lambda s: None,
+        )
 
 
 def test_manifest_csv_trains_in_a_new_folder(synthetic_run, tmp_path):
     """A manifest CSV into a fresh folder: both protocols train (tiny: 64 px, 9 per class)."""
     out, _ = synthetic_run
     manifest = out / "SYNTHETIC_data" / "synthetic_manifest.csv"
-    result = rp.reproduce(manifest, tmp_path / "csv_run", per_class=9, epochs=1, imgsz=64, progress=False,
-                          pretrained=not _pretrained_flag(), echo=lambda s: None)
+    result = rp.reproduce(
+        manifest,
+        tmp_path / "csv_run",
+        per_class=9,
+        epochs=1,
+        imgsz=64,
+        progress=False,
+        pretrained=not _pretrained_flag(),
+        echo=lambda s: None,
+    )
     assert result.synthetic  # the rows say source 'synthetic'
     assert (result.paper.how, result.patient.how) == ("trained", "trained")
     assert result.patient.facts["patients shared between train and evaluation"] == 0
@@ -157,11 +202,18 @@ def test_too_few_images_per_class_names_the_flag(synthetic_run, capsys):
 def test_shared_patients_counts_patients_on_both_sides():
     from blastscope.data.manifest import new_manifest
 
-    rows = [("a", "P1", "train"), ("b", "P1", "test"), ("c", "P2", "val"), ("d", "P2", "test"), ("e", "P3", "test"),
-            ("f", "", "test"), ("g", "", "train")]
+    rows = [
+        ("a", "P1", "train"),
+        ("b", "P1", "test"),
+        ("c", "P2", "val"),
+        ("d", "P2", "test"),
+        ("e", "P3", "test"),
+        ("f", "", "test"),
+        ("g", "", "train"),
+    ]
     df = new_manifest([{"image": i, "patient_id": p, "split": s} for i, p, s in rows])
     assert rp.shared_patients(df, "test") == ["P1", "P2"]  # trained on (train) or selected on (val)
-    assert rp.shared_patients(df, "val") == []              # val's patient P2 is not in train
+    assert rp.shared_patients(df, "val") == []  # val's patient P2 is not in train
 
 
 def test_a_classifier_is_refused(tmp_path, capsys):

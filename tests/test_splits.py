@@ -86,9 +86,7 @@ def test_patient_split_keeps_existing_splits_and_no_straddling(manifest):
     p3 = df.index[df["patient_id"] == "P3"]
     df.loc[p3[:2], "split"] = "test"  # a patient partly in a kept split
     df.loc[df["patient_id"] == "H1", "split"] = "val"
-    unlabeled = new_manifest(
-        [{"image": f"/data/final/{i}.bmp", "split": "unlabeled" if i % 2 else ""} for i in range(6)]
-    )
+    unlabeled = new_manifest([{"image": f"/data/final/{i}.bmp", "split": "unlabeled" if i % 2 else ""} for i in range(6)])
     df = pd.concat([df, unlabeled], ignore_index=True)
 
     out = patient_split(df, seed=0)
@@ -158,8 +156,11 @@ def test_paper_split_exact_counts_and_leak_report(big_manifest):
 
 def test_paper_split_too_small_class(manifest):
     n = manifest["label"].value_counts()
-    with pytest.raises(BlastscopeError, match=rf"needs 300 images per class but 'ALL' has {n['ALL']}, "
-                                              rf"'HEM' has {n['HEM']}; pass --n-per-class {n.min()}"):
+    with pytest.raises(
+        BlastscopeError,
+        match=rf"needs 300 images per class but 'ALL' has {n['ALL']}, "
+        rf"'HEM' has {n['HEM']}; pass --n-per-class {n.min()}",
+    ):
         paper_split(manifest, n_per_class=300)
 
 
@@ -242,10 +243,12 @@ def test_cli_split_user_errors(tmp_path, manifest, capsys):
 def test_patient_split_on_real_cnmc_training_metadata(cnmc_manifest_csv):
     raw = pd.read_csv(cnmc_manifest_csv, dtype=str, keep_default_na=False)
     train = raw[raw["split"] == "training_data"]
-    df = new_manifest([
-        {"image": r.path, "label": r.label.upper(), "patient_id": r.patient_id, "fold": r.fold.removeprefix("fold_")}
-        for r in train.itertuples()
-    ])
+    df = new_manifest(
+        [
+            {"image": r.path, "label": r.label.upper(), "patient_id": r.patient_id, "fold": r.fold.removeprefix("fold_")}
+            for r in train.itertuples()
+        ]
+    )
     assert len(df) == 10661 and df["patient_id"].nunique() == 73
     out = patient_split(df, seed=0)
     assert patients_in_several_splits(out) == []

@@ -90,7 +90,9 @@ def test_lab_jitter_in_classifier_training(pbc_sample):
 
     names = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil"]
     df = import_dataset(pbc_sample, layout="yolo", names=names, progress=False).head(3)
-    strong = config_from_dict({"hed": 0.3, "lab": 0.25, "gamma": 0.5, "white_balance": 0.2, "blur": 1.0, "jpeg": 1.0}, cls=AugmentConfig)
+    strong = config_from_dict(
+        {"hed": 0.3, "lab": 0.25, "gamma": 0.5, "white_balance": 0.2, "blur": 1.0, "jpeg": 1.0}, cls=AugmentConfig
+    )
     off = config_from_dict({"lab_p": 0.0}, cls=AugmentConfig)
     assert LabJitter(strong).active and LabJitter(AugmentConfig()).active and not LabJitter(off).active
     half = LabJitter(config_from_dict({"lab_p": 0.5}, base=strong, cls=AugmentConfig))
@@ -124,8 +126,25 @@ def test_jitter_on_the_cells_neighbourhood_gives_the_same_crop(pbc_sample):
 
     names = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil"]
     df = import_dataset(pbc_sample, layout="yolo", names=names, progress=False).head(2)
-    zero = dict.fromkeys(("fliplr", "flipud", "rot90", "hsv_h", "hsv_s", "hsv_v", "scale", "hed", "lab", "gamma",
-                          "white_balance", "downscale", "blur", "jpeg"), 0.0)
+    zero = dict.fromkeys(
+        (
+            "fliplr",
+            "flipud",
+            "rot90",
+            "hsv_h",
+            "hsv_s",
+            "hsv_v",
+            "scale",
+            "hed",
+            "lab",
+            "gamma",
+            "white_balance",
+            "downscale",
+            "blur",
+            "jpeg",
+        ),
+        0.0,
+    )
     gray = config_from_dict({**zero, "lab_p": 1.0, "grayscale": 1.0}, cls=AugmentConfig)
     ds = ClassificationDataset(df, None, names, imgsz=64, train=True, aug=gray)
     for i, cell in enumerate(ds.cells):

@@ -188,8 +188,7 @@ def test_generate_smears_voc(tmp_path):
 
 def test_cli_synth_end_to_end(tmp_path, capsys):
     out = tmp_path / "syn"
-    argv = ["synth", "--out", str(out), "--n-per-class", "6", "--patients", "3", "--size", "64", "--seed", "1",
-            "--no-progress"]
+    argv = ["synth", "--out", str(out), "--n-per-class", "6", "--patients", "3", "--size", "64", "--seed", "1", "--no-progress"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "SYNTHETIC" in printed and "synthetic_manifest.csv" in printed

@@ -59,7 +59,9 @@ def make_manifest(root: Path, n_per_class: int = 8, seed: int = 0) -> Path:
             path = root / "images" / f"{label}_{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(_cell(rng, label)).save(path)
-            rows.append({"image": str(path), "label": label, "patient_id": f"{label}{i // 2}", "split": "train", "source": "synthetic"})
+            rows.append(
+                {"image": str(path), "label": label, "patient_id": f"{label}{i // 2}", "split": "train", "source": "synthetic"}
+            )
     df = new_manifest(rows)
     df.attrs["classes"] = ["ALL", "HEM"]
     return write_manifest(df, root / "manifest.csv")
@@ -147,7 +149,12 @@ def test_checkpoints_are_plain_and_rebuild_the_model(run_a):
     last = torch.load(run_a / "last.pt", map_location="cpu", weights_only=True)
     assert last["format"] == FORMAT and last["epoch"] == 2
     meta = last["model"]
-    assert (meta["arch"], meta["task"], meta["class_names"], meta["input_size"]) == ("yolov3-tiny", "detect", ["ALL", "HEM"], IMGSZ)
+    assert (meta["arch"], meta["task"], meta["class_names"], meta["input_size"]) == (
+        "yolov3-tiny",
+        "detect",
+        ["ALL", "HEM"],
+        IMGSZ,
+    )
     assert len(meta["mean"]) == 3 and len(meta["std"]) == 3
     assert last["config"]["imgsz"] == IMGSZ and last["config"]["aug"]["fliplr"] == 0.5
     assert set(COLUMNS) <= set(last["metrics"]) and "ap50_voc.ALL" in last["metrics"]
@@ -416,7 +423,9 @@ def test_random_scale_crops_and_drops_boxes():
 def test_hsv_jitter_changes_colour_not_black():
     img = np.zeros((8, 8, 3), np.uint8)
     img[2:6, 2:6] = [150, 60, 200]
-    out = T.HSVJitter(0.1, 0.5, 0.5)({"image": img, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0)}, np.random.default_rng(1))
+    out = T.HSVJitter(0.1, 0.5, 0.5)(
+        {"image": img, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0)}, np.random.default_rng(1)
+    )
     assert (out["image"][0, 0] == 0).all() and not np.array_equal(out["image"][3, 3], img[3, 3])
 
 

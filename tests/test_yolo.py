@@ -91,7 +91,9 @@ def test_loader_consumes_whole_file_and_rejects_other_sizes(tmp_path):
     header = read_darknet_header(raw)
     assert (header.major, header.minor, header.size) == (0, 2, 20)
     model = YOLOv3Tiny(80)
-    n_params = sum(c.weight.numel() + (4 * b.num_features if b is not None else c.out_channels) for c, b in model.darknet_layers())
+    n_params = sum(
+        c.weight.numel() + (4 * b.num_features if b is not None else c.out_channels) for c, b in model.darknet_layers()
+    )
     assert header.size + 4 * n_params == len(raw)  # every byte is a header byte or one parameter
     assert load_darknet_weights(model, path) == header
     # the last value of the file lands in the last parameter the reader fills (head16's kernel)

@@ -123,8 +123,13 @@ def train(
     -------
     Run
     """
-    settings = {"data": None if data is None else str(data), "task": task, "model": model,
-                "out": None if out is None else str(out), **overrides}
+    settings = {
+        "data": None if data is None else str(data),
+        "task": task,
+        "model": model,
+        "out": None if out is None else str(out),
+        **overrides,
+    }
     if resume is not None:
         if config is not None:
             raise BlastscopeError(f"config={config}: a resumed run keeps its own config.yaml; drop config")
@@ -205,8 +210,9 @@ def load(
     A classifier alone classifies each frame as one cell (its whole image); a detector finds cells,
     and with ``classifier`` each detected cell is classified from its square crop.
     """
-    predictor = Predictor.from_checkpoint(checkpoint, conf=conf, iou=iou, imgsz=imgsz, device=device,
-                                          backend=backend, classifier=classifier)
+    predictor = Predictor.from_checkpoint(
+        checkpoint, conf=conf, iou=iou, imgsz=imgsz, device=device, backend=backend, classifier=classifier
+    )
     return Model(predictor, Path(checkpoint), None if classifier is None else Path(classifier))
 
 

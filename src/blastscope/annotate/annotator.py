@@ -108,9 +108,7 @@ def folder_rows(folder: str | Path, *, label: str | None = None) -> pd.DataFrame
     )
     if not images:
         raise BlastscopeError(f"{folder}: no images found (BMP, PNG, JPEG or TIFF); check the folder")
-    rows = [
-        {"image": str(p.resolve()), "label": label if label else folder_label(p), "source": "folder"} for p in images
-    ]
+    rows = [{"image": str(p.resolve()), "label": label if label else folder_label(p), "source": "folder"} for p in images]
     return new_manifest(rows)
 
 
@@ -226,16 +224,16 @@ def annotate_manifest(
     result = AnnotateResult(manifest=df)
     targets = xml_paths(df["image"], out_dir)
     claimed: dict[Path, str] = {}
-    bar = tqdm(list(zip(df.index, df["image"], df["label"], targets)), desc="annotate", unit="img",
-               disable=not progress, file=sys.stderr)
+    bar = tqdm(
+        list(zip(df.index, df["image"], df["label"], targets)), desc="annotate", unit="img", disable=not progress, file=sys.stderr
+    )
     for idx, image, label, xml in bar:
         if xml is None:
             log.add(f"row {idx + 1}", "has no image path", "fill the manifest's image column or remove the row")
             result.failed.append("")
             continue
         if xml in claimed:
-            log.add(image, f"its annotation would be {xml}, the same file as for {claimed[xml]}",
-                    "rename one of the two images")
+            log.add(image, f"its annotation would be {xml}, the same file as for {claimed[xml]}", "rename one of the two images")
             result.failed.append(image)
             continue
         claimed[xml] = image
@@ -273,20 +271,27 @@ def annotate_manifest(
         elif detector is not None:
             boxes = detected_boxes(detector, pixels)
             if not len(boxes):
-                log.add(image, f"the detector found no cell (confidence >= {detector.conf:g})",
-                        "lower --conf, or draw the boxes by hand in LabelImg")
+                log.add(
+                    image,
+                    f"the detector found no cell (confidence >= {detector.conf:g})",
+                    "lower --conf, or draw the boxes by hand in LabelImg",
+                )
                 result.no_cell.append(image)
                 continue
         else:
             box = cell_box(pixels, min_area=min_area)
             if box is None:
-                log.add(image, f"no cell found (the image is black, or its foreground is under {min_area} pixels)",
-                        "check the image, or draw its box by hand in LabelImg")
+                log.add(
+                    image,
+                    f"no cell found (the image is black, or its foreground is under {min_area} pixels)",
+                    "check the image, or draw its box by hand in LabelImg",
+                )
                 result.no_cell.append(image)
                 continue
             boxes = box[None]
-        ann = ImageAnnotation(image=image, width=width, height=height, depth=pixels.shape[2], boxes=boxes,
-                              labels=[label] * len(boxes))
+        ann = ImageAnnotation(
+            image=image, width=width, height=height, depth=pixels.shape[2], boxes=boxes, labels=[label] * len(boxes)
+        )
         try:
             write_voc(ann, xml, database="Unknown", overwrite=overwrite)
         except (BlastscopeError, OSError) as e:  # e.g. a file created meanwhile, a read-only folder

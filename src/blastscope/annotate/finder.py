@@ -381,8 +381,9 @@ def on_black(image: np.ndarray, *, dark: int = 16, share: float = 0.5) -> bool:
     image = _check_rgb(image)
     h, w = image.shape[:2]
     k = max(1, min(h, w) // 50)
-    frame = np.concatenate([image[:k].reshape(-1, 3), image[-k:].reshape(-1, 3),
-                            image[:, :k].reshape(-1, 3), image[:, -k:].reshape(-1, 3)])
+    frame = np.concatenate(
+        [image[:k].reshape(-1, 3), image[-k:].reshape(-1, 3), image[:, :k].reshape(-1, 3), image[:, -k:].reshape(-1, 3)]
+    )
     return float(np.mean(frame.max(axis=1) < dark)) >= share
 
 
@@ -430,7 +431,9 @@ def cell_box_function(record: dict[str, Any] | None):
     if not record or record.get("mode", "whole") == "whole":
         return None
     if record.get("finder", "stain") != "stain":
-        raise BlastscopeError(f"cells finder {record.get('finder')!r}: this blastscope reads 'stain' records only; "
-                              "re-train the classifier with --cells finder")
+        raise BlastscopeError(
+            f"cells finder {record.get('finder')!r}: this blastscope reads 'stain' records only; "
+            "re-train the classifier with --cells finder"
+        )
     finder = StainFinder.from_settings(record.get("settings"))
     return lambda image: centred_cell_box(image, finder)

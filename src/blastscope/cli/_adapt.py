@@ -26,9 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("checkpoint", type=Path, help="classifier checkpoint (.pt) written by 'blastscope train --task classify'")
     a("--images", type=Path, required=True, metavar="DIR|CSV", help="the new lab's cells: a folder of images or a manifest CSV")
     a("--out", type=Path, required=True, metavar="FILE", help="the adapted checkpoint")
-    a("--weight", type=float, required=True,
-      help="share of the new lab's statistics in [0, 1]; no default: on the PBC lab-shift benchmark every weight tried "
-      "lost on some shift (README), so adaptation is off unless asked for")
+    a(
+        "--weight",
+        type=float,
+        required=True,
+        help="share of the new lab's statistics in [0, 1]; no default: on the PBC lab-shift benchmark every weight tried "
+        "lost on some shift (README), so adaptation is off unless asked for",
+    )
     a("--batch", type=int, default=32, help="cells per batch when measuring (default 32)")
     a("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     a("--overwrite", action="store_true", help="replace an existing --out file")
@@ -37,8 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from blastscope.engine.adapt import adapt_checkpoint
 
-    p = adapt_checkpoint(args.checkpoint, args.images, args.out, weight=args.weight, batch=args.batch,
-                         overwrite=args.overwrite, device=args.device)
-    print(f"wrote {args.out}: BatchNorm statistics {1 - p['weight']:.2f} training lab + {p['weight']:.2f} "
-          f"new lab ({p['n_cells']} cells of {p['images']})")
+    p = adapt_checkpoint(
+        args.checkpoint, args.images, args.out, weight=args.weight, batch=args.batch, overwrite=args.overwrite, device=args.device
+    )
+    print(
+        f"wrote {args.out}: BatchNorm statistics {1 - p['weight']:.2f} training lab + {p['weight']:.2f} "
+        f"new lab ({p['n_cells']} cells of {p['images']})"
+    )
     return 0

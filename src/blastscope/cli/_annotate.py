@@ -37,19 +37,37 @@ HELP = "automatic Pascal VOC boxes: single cells on black, or every cell a train
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", type=Path, metavar="SRC", help="manifest CSV or image folder")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the XML files and manifest.csv")
-    parser.add_argument("--label", metavar="NAME",
-                        help="class name for every image of a folder SRC (for a manifest: for rows without a label)")
-    parser.add_argument("--detector", type=Path, default=None, metavar="CHECKPOINT",
-                        help="detector checkpoint (best.pt of 'blastscope train --task detect'): box every detected cell "
-                        "(multi-cell images) instead of the one cell on black")
-    parser.add_argument("--finder", default=None, metavar="stain|DETECTOR.pt",
-                        help="box every white cell of a smear: 'stain' (no training, by stain colour) or a detector "
-                        "checkpoint (its white-cell classes only); unlabelled rows are named WBC")
-    parser.add_argument("--cell-classes", default=None, metavar="A,B",
-                        help="with --finder DETECTOR.pt: the detector classes that are white cells (default: recorded in "
-                        "the checkpoint, else every class not named like red cells or platelets)")
-    parser.add_argument("--conf", type=float, default=0.25,
-                        help="with --detector or --finder DETECTOR.pt: keep cells detected with at least this confidence (default 0.25)")
+    parser.add_argument(
+        "--label", metavar="NAME", help="class name for every image of a folder SRC (for a manifest: for rows without a label)"
+    )
+    parser.add_argument(
+        "--detector",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="detector checkpoint (best.pt of 'blastscope train --task detect'): box every detected cell "
+        "(multi-cell images) instead of the one cell on black",
+    )
+    parser.add_argument(
+        "--finder",
+        default=None,
+        metavar="stain|DETECTOR.pt",
+        help="box every white cell of a smear: 'stain' (no training, by stain colour) or a detector "
+        "checkpoint (its white-cell classes only); unlabelled rows are named WBC",
+    )
+    parser.add_argument(
+        "--cell-classes",
+        default=None,
+        metavar="A,B",
+        help="with --finder DETECTOR.pt: the detector classes that are white cells (default: recorded in "
+        "the checkpoint, else every class not named like red cells or platelets)",
+    )
+    parser.add_argument(
+        "--conf",
+        type=float,
+        default=0.25,
+        help="with --detector or --finder DETECTOR.pt: keep cells detected with at least this confidence (default 0.25)",
+    )
     parser.add_argument("--device", default="cpu", help="with --detector: torch device (default cpu)")
     parser.add_argument("--overwrite", action="store_true", help="recompute and replace existing XML files")
     parser.add_argument("--strict", action="store_true", help="stop at the first problem instead of skipping the image")
@@ -81,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
     log = ProblemLog(strict=args.strict)
     detector = finder = None
     if args.detector is not None and args.finder is not None:
-        raise BlastscopeError("annotate: --detector and --finder both given; use one (--finder DETECTOR.pt boxes only white cells)")
+        raise BlastscopeError(
+            "annotate: --detector and --finder both given; use one (--finder DETECTOR.pt boxes only white cells)"
+        )
     if args.finder is not None:
         from blastscope.inference.finder import make_finder
 
@@ -91,12 +111,15 @@ def run(args: argparse.Namespace) -> int:
 
         detector = Predictor.from_checkpoint(args.detector, conf=args.conf, device=args.device)
         if detector.task != "detect":
-            raise BlastscopeError(f"{args.detector}: a cell classifier checkpoint, not a detector; give --detector a "
-                                  "detector checkpoint (e.g. yolov3-tiny trained with 'blastscope train --task detect')")
+            raise BlastscopeError(
+                f"{args.detector}: a cell classifier checkpoint, not a detector; give --detector a "
+                "detector checkpoint (e.g. yolov3-tiny trained with 'blastscope train --task detect')"
+            )
     # smears in a folder have no class of their own: with a finder their white cells are WBC (or --label)
     rows = _load_source(args.src, args.label or ("WBC" if finder is not None and args.src.is_dir() else None))
-    result = annotate_manifest(rows, args.out, overwrite=args.overwrite, log=log, progress=not args.no_progress,
-                               detector=detector, finder=finder)
+    result = annotate_manifest(
+        rows, args.out, overwrite=args.overwrite, log=log, progress=not args.no_progress, detector=detector, finder=finder
+    )
     parts = [f"{result.annotated} annotated", f"{result.kept} kept", f"{len(result.no_cell)} with no cell"]
     other = len(result.failed)
     if other:

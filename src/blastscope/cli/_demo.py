@@ -72,12 +72,26 @@ def run(args: argparse.Namespace) -> int:
     seed = str(args.seed)
 
     synth_dir = out / "synthetic"
-    _step("1. make synthetic C-NMC-like cells (SYNTHETIC data)",
-          ["synth", "--out", str(synth_dir), "--n-per-class", str(args.n_per_class), "--patients", str(args.patients),
-           "--seed", seed, "--no-progress"])
+    _step(
+        "1. make synthetic C-NMC-like cells (SYNTHETIC data)",
+        [
+            "synth",
+            "--out",
+            str(synth_dir),
+            "--n-per-class",
+            str(args.n_per_class),
+            "--patients",
+            str(args.patients),
+            "--seed",
+            seed,
+            "--no-progress",
+        ],
+    )
     manifest = out / "synthetic_manifest.csv"
-    _step("2. import the synthetic tree (C-NMC layout)",
-          ["import", str(synth_dir / "synthetic_C-NMC"), "--out", str(manifest), "--overwrite", "--no-progress"])
+    _step(
+        "2. import the synthetic tree (C-NMC layout)",
+        ["import", str(synth_dir / "synthetic_C-NMC"), "--out", str(manifest), "--overwrite", "--no-progress"],
+    )
     _step("3. patient-disjoint split (default protocol)", ["split", str(manifest), "--seed", seed])
     ann_dir = out / "annotations"
     _step("4. automatic VOC boxes for every cell", ["annotate", str(manifest), "--out", str(ann_dir), "--no-progress"])
@@ -87,56 +101,119 @@ def run(args: argparse.Namespace) -> int:
     has_real = real.is_dir()
     if has_real:
         real_manifest = out / "cnmc_sample_manifest.csv"
-        _step("5. import the 8 real C-NMC sample images",
-              ["import", str(real), "--out", str(real_manifest), "--overwrite", "--no-progress"])
-        _step("6. automatic VOC boxes for the real sample",
-              ["annotate", str(real_manifest), "--out", str(out / "cnmc_sample_annotations"), "--no-progress"])
-        done += [("real C-NMC sample manifest", real_manifest),
-                 ("real C-NMC sample VOC annotations", out / "cnmc_sample_annotations")]
+        _step(
+            "5. import the 8 real C-NMC sample images",
+            ["import", str(real), "--out", str(real_manifest), "--overwrite", "--no-progress"],
+        )
+        _step(
+            "6. automatic VOC boxes for the real sample",
+            ["annotate", str(real_manifest), "--out", str(out / "cnmc_sample_annotations"), "--no-progress"],
+        )
+        done += [
+            ("real C-NMC sample manifest", real_manifest),
+            ("real C-NMC sample VOC annotations", out / "cnmc_sample_annotations"),
+        ]
     else:
         print(f"\n(real C-NMC sample not found at {real}: skipped; the demo runs on synthetic data alone)")
 
     run_dir = out / "runs" / "synthetic_yolov3-tiny"
-    _step(f"7. transfer-learn YOLOv3-tiny from COCO weights, {args.epochs} epochs at {args.imgsz} px (SYNTHETIC data)",
-          ["train", "--task", "detect", "--data", str(ann_dir / "manifest.csv"), "--model", "yolov3-tiny",
-           "--epochs", str(args.epochs), "--imgsz", str(args.imgsz), "--batch", "8", "--out", str(run_dir),
-           "--seed", seed, "--exist-ok", "--no-progress"])
+    _step(
+        f"7. transfer-learn YOLOv3-tiny from COCO weights, {args.epochs} epochs at {args.imgsz} px (SYNTHETIC data)",
+        [
+            "train",
+            "--task",
+            "detect",
+            "--data",
+            str(ann_dir / "manifest.csv"),
+            "--model",
+            "yolov3-tiny",
+            "--epochs",
+            str(args.epochs),
+            "--imgsz",
+            str(args.imgsz),
+            "--batch",
+            "8",
+            "--out",
+            str(run_dir),
+            "--seed",
+            seed,
+            "--exist-ok",
+            "--no-progress",
+        ],
+    )
     done.append(("training run (metrics.csv, best.pt, last.pt)", run_dir))
 
     eval_dir = out / "eval_synthetic_test"
-    _step("8. evaluate best.pt on the held-out SYNTHETIC test patients",
-          ["evaluate", str(run_dir / "best.pt"), "--data", str(run_dir / "splits.csv"), "--split", "test",
-           "--out", str(eval_dir), "--overwrite", "--no-progress"])
+    _step(
+        "8. evaluate best.pt on the held-out SYNTHETIC test patients",
+        [
+            "evaluate",
+            str(run_dir / "best.pt"),
+            "--data",
+            str(run_dir / "splits.csv"),
+            "--split",
+            "test",
+            "--out",
+            str(eval_dir),
+            "--overwrite",
+            "--no-progress",
+        ],
+    )
     done.append(("evaluation (metrics.json, report.html)", eval_dir))
 
     new_dir = out / "synthetic_new_patients"
-    _step("9a. a folder of cells from new SYNTHETIC patients (another seed)",
-          ["synth", "--out", str(new_dir), "--n-per-class", "4", "--patients", "2", "--seed", str(args.seed + 1),
-           "--no-progress"])
+    _step(
+        "9a. a folder of cells from new SYNTHETIC patients (another seed)",
+        ["synth", "--out", str(new_dir), "--n-per-class", "4", "--patients", "2", "--seed", str(args.seed + 1), "--no-progress"],
+    )
     pred_dir = out / "predict_synthetic"
-    _step("9b. predict on that folder (SYNTHETIC cells)",
-          ["predict", str(run_dir / "best.pt"), str(new_dir / "synthetic_C-NMC" / "training_data"), "--out",
-           str(pred_dir), "--overwrite", "--no-progress"])
+    _step(
+        "9b. predict on that folder (SYNTHETIC cells)",
+        [
+            "predict",
+            str(run_dir / "best.pt"),
+            str(new_dir / "synthetic_C-NMC" / "training_data"),
+            "--out",
+            str(pred_dir),
+            "--overwrite",
+            "--no-progress",
+        ],
+    )
     done.append(("predictions on new SYNTHETIC patients (predictions.csv, summary.csv)", pred_dir))
     if has_real:
         real_pred = out / "predict_cnmc_sample"
-        _step("9c. predict on the real C-NMC sample folder (detector trained on SYNTHETIC cells only)",
-              ["predict", str(run_dir / "best.pt"), str(real), "--out", str(real_pred), "--overwrite", "--no-progress"])
+        _step(
+            "9c. predict on the real C-NMC sample folder (detector trained on SYNTHETIC cells only)",
+            ["predict", str(run_dir / "best.pt"), str(real), "--out", str(real_pred), "--overwrite", "--no-progress"],
+        )
         done.append(("predictions on the 8 real images (model trained on SYNTHETIC cells)", real_pred))
 
     repro_dir = out / "reproduce_SYNTHETIC"
-    _step("10. tiny 'reproduce': the paper's image-level protocol vs a patient-disjoint split (SYNTHETIC data)",
-          ["reproduce", "--out", str(repro_dir), "--per-class", str(args.reproduce_per_class),
-           "--epochs", str(args.reproduce_epochs), "--imgsz", str(args.reproduce_imgsz), "--seed", seed,
-           "--overwrite", "--no-progress"])
+    _step(
+        "10. tiny 'reproduce': the paper's image-level protocol vs a patient-disjoint split (SYNTHETIC data)",
+        [
+            "reproduce",
+            "--out",
+            str(repro_dir),
+            "--per-class",
+            str(args.reproduce_per_class),
+            "--epochs",
+            str(args.reproduce_epochs),
+            "--imgsz",
+            str(args.reproduce_imgsz),
+            "--seed",
+            seed,
+            "--overwrite",
+            "--no-progress",
+        ],
+    )
     done.append(("reproduce (comparison.csv, comparison.md, both runs)", repro_dir))
 
     _summary(out, done, eval_dir, repro_dir, has_real, time.perf_counter() - t_start)
     return 0
 
 
-def _summary(out: Path, done: list[tuple[str, Path]], eval_dir: Path, repro_dir: Path, has_real: bool,
-             seconds: float) -> None:
+def _summary(out: Path, done: list[tuple[str, Path]], eval_dir: Path, repro_dir: Path, has_real: bool, seconds: float) -> None:
     import pandas as pd
 
     print(f"\n== demo finished in {seconds / 60:.1f} min; everything is under {out.resolve()}")
@@ -156,7 +233,11 @@ def _summary(out: Path, done: list[tuple[str, Path]], eval_dir: Path, repro_dir:
             print(f"   {key:46s} {paper:>8s} vs {patient:>8s}")
     print(f"   table: {repro_dir / 'comparison.md'} (the paper reported mAP 0.998 on real C-NMC images)")
     if has_real:
-        print("The real C-NMC sample was imported, boxed and predicted on; a detector trained on SYNTHETIC cells "
-              "says nothing about those real cells.")
-    print("All numbers above are on SYNTHETIC data from a tiny demo training; they are not results. "
-          "For the real protocol: blastscope reproduce --data C-NMC_Leukemia --out runs/reproduce")
+        print(
+            "The real C-NMC sample was imported, boxed and predicted on; a detector trained on SYNTHETIC cells "
+            "says nothing about those real cells."
+        )
+    print(
+        "All numbers above are on SYNTHETIC data from a tiny demo training; they are not results. "
+        "For the real protocol: blastscope reproduce --data C-NMC_Leukemia --out runs/reproduce"
+    )

@@ -34,24 +34,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--data", type=Path, required=True, metavar="CSV", help="manifest CSV")
     a("--split", default="test", help="split to evaluate (default: test)")
     a("--out", type=Path, required=True, metavar="DIR", help="output folder for metrics.json, report.html and plots")
-    a("--classifier", type=Path, default=None, metavar="CKPT", help="classifier checkpoint: two stages (detect, then classify each cell)")
-    a("--cell-classes", default=None, metavar="A,B",
-      help="with --classifier: detector classes that are white cells, the only ones classified (default: recorded in "
-           "the detector checkpoint, else every class not named like red cells or platelets)")
-    a("--min-score", type=float, default=0.0, help="also report AP with detections below this dropped first (ImageAI style, e.g. 0.3)")
+    a(
+        "--classifier",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="classifier checkpoint: two stages (detect, then classify each cell)",
+    )
+    a(
+        "--cell-classes",
+        default=None,
+        metavar="A,B",
+        help="with --classifier: detector classes that are white cells, the only ones classified (default: recorded in "
+        "the detector checkpoint, else every class not named like red cells or platelets)",
+    )
+    a(
+        "--min-score",
+        type=float,
+        default=0.0,
+        help="also report AP with detections below this dropped first (ImageAI style, e.g. 0.3)",
+    )
     a("--conf", type=float, default=0.001, help="detector confidence threshold (default 0.001, low so AP sees the whole curve)")
     a("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
     a("--imgsz", type=int, default=None, help="detector input size, a multiple of 32 (default: the checkpoint's)")
     a("--batch", type=int, default=8, help="images per network call (default 8)")
-    a("--cell-conf", type=float, default=0.25, help="a detection scoring at least this counts as a cell in image calls (default 0.25)")
-    a("--patient-rule", choices=("mean", "majority"), default="mean",
-      help="patient call: mean image score >= 0.5, or at least half of the images positive (default mean)")
-    a("--blast-threshold", type=float, default=0.2,
-      help="multi-cell images: share of white cells called --positive that makes a positive call (default 0.2, WHO)")
+    a(
+        "--cell-conf",
+        type=float,
+        default=0.25,
+        help="a detection scoring at least this counts as a cell in image calls (default 0.25)",
+    )
+    a(
+        "--patient-rule",
+        choices=("mean", "majority"),
+        default="mean",
+        help="patient call: mean image score >= 0.5, or at least half of the images positive (default mean)",
+    )
+    a(
+        "--blast-threshold",
+        type=float,
+        default=0.2,
+        help="multi-cell images: share of white cells called --positive that makes a positive call (default 0.2, WHO)",
+    )
     a("--positive", default="ALL", help="class of interest for sensitivity, specificity and ROC (default ALL)")
     a("--device", default="cpu", help="torch device (default cpu)")
-    a("--predictions", type=Path, default=None, metavar="CSV",
-      help="rescore the predictions.csv of an earlier evaluation of this CHECKPOINT without running the model")
+    a(
+        "--predictions",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="rescore the predictions.csv of an earlier evaluation of this CHECKPOINT without running the model",
+    )
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
     a("--overwrite", action="store_true", help="replace the metrics.json and report.html of an earlier evaluation in DIR")
 
@@ -71,8 +104,10 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     report = write_report(result, args.out)
     n = len(result.predictions)
-    print(f"{args.checkpoint} on split '{args.split}' of {args.data}: {n} images"
-          + (" (SYNTHETIC data)" if result.synthetic else ""))
+    print(
+        f"{args.checkpoint} on split '{args.split}' of {args.data}: {n} images"
+        + (" (SYNTHETIC data)" if result.synthetic else "")
+    )
     rows = key_metrics(result.metrics)
     width = max((len(k) for k, _ in rows), default=6)
     for k, v in rows:

@@ -29,20 +29,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # defaults are those of blastscope.inference.onnx (not imported here: it pulls in torch)
     parser.add_argument("checkpoint", type=Path, help="checkpoint (.pt) written by `blastscope train`")
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default onnx)")
-    parser.add_argument("--out", type=Path, default=None, metavar="FILE",
-                        help="output file (default: CHECKPOINT with the suffix .onnx, where predict looks for it)")
-    parser.add_argument("--imgsz", type=int, default=None, metavar="N",
-                        help="square input size in pixels, a multiple of 32 for detectors (default: the checkpoint's)")
-    parser.add_argument("--opset", type=int, default=17, metavar="N",
-                        help="ONNX opset (default 17, which onnxruntime CPU runs fully)")
-    parser.add_argument("--dynamic-batch", action="store_true",
-                        help="leave the batch dimension free (default: batch 1)")
-    parser.add_argument("--check-image", type=Path, action="append", default=None, metavar="FILE",
-                        help="real image for the parity check (repeatable; default: scikit-image's cameraman and coffee cup)")
-    parser.add_argument("--atol", type=float, default=1e-3,
-                        help="largest allowed |onnx - torch| of the raw outputs (default 1e-3)")
-    parser.add_argument("--box-atol", type=float, default=0.1,
-                        help="largest allowed difference of final box coordinates, image pixels (default 0.1)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="output file (default: CHECKPOINT with the suffix .onnx, where predict looks for it)",
+    )
+    parser.add_argument(
+        "--imgsz",
+        type=int,
+        default=None,
+        metavar="N",
+        help="square input size in pixels, a multiple of 32 for detectors (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--opset", type=int, default=17, metavar="N", help="ONNX opset (default 17, which onnxruntime CPU runs fully)"
+    )
+    parser.add_argument("--dynamic-batch", action="store_true", help="leave the batch dimension free (default: batch 1)")
+    parser.add_argument(
+        "--check-image",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="real image for the parity check (repeatable; default: scikit-image's cameraman and coffee cup)",
+    )
+    parser.add_argument(
+        "--atol", type=float, default=1e-3, help="largest allowed |onnx - torch| of the raw outputs (default 1e-3)"
+    )
+    parser.add_argument(
+        "--box-atol",
+        type=float,
+        default=0.1,
+        help="largest allowed difference of final box coordinates, image pixels (default 0.1)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
@@ -55,13 +76,24 @@ def run(args: argparse.Namespace) -> int:
     images = None
     if args.check_image:
         images = [(p.name, read_image(p)) for p in args.check_image]
-    result = export_onnx(args.checkpoint, args.out, imgsz=args.imgsz, opset=args.opset,
-                         dynamic_batch=args.dynamic_batch, overwrite=args.overwrite, images=images,
-                         output_atol=args.atol, box_atol=args.box_atol)
+    result = export_onnx(
+        args.checkpoint,
+        args.out,
+        imgsz=args.imgsz,
+        opset=args.opset,
+        dynamic_batch=args.dynamic_batch,
+        overwrite=args.overwrite,
+        images=images,
+        output_atol=args.atol,
+        box_atol=args.box_atol,
+    )
     meta = result.metadata
     size, batch = meta["input_size"], "B" if meta["batch"] == "dynamic" else "1"
     print(result.parity.line(), file=sys.stderr)
-    print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB; {meta['arch']} {meta['task']}, "
-          f"{len(json.loads(meta['class_names']))} classes, input {batch}x3x{size}x{size}, opset {meta['opset']}; "
-          f"{result.seconds:.1f} s)", file=sys.stderr)
+    print(
+        f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB; {meta['arch']} {meta['task']}, "
+        f"{len(json.loads(meta['class_names']))} classes, input {batch}x3x{size}x{size}, opset {meta['opset']}; "
+        f"{result.seconds:.1f} s)",
+        file=sys.stderr,
+    )
     return 0

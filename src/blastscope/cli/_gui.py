@@ -14,12 +14,19 @@ HELP = "open the desktop app (image, video and camera detection with a live tabl
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, default=None, metavar="CKPT",
-                        help="detector checkpoint (.pt) to load (default: the last one used)")
-    parser.add_argument("--classifier", type=Path, default=None, metavar="CKPT",
-                        help="cell classifier checkpoint: classify each white cell the detector finds (two stages)")
-    parser.add_argument("--conf", type=float, default=None,
-                        help="confidence threshold, 0.01..1 (default: the last one used, else 0.25)")
+    parser.add_argument(
+        "--model", type=Path, default=None, metavar="CKPT", help="detector checkpoint (.pt) to load (default: the last one used)"
+    )
+    parser.add_argument(
+        "--classifier",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="cell classifier checkpoint: classify each white cell the detector finds (two stages)",
+    )
+    parser.add_argument(
+        "--conf", type=float, default=None, help="confidence threshold, 0.01..1 (default: the last one used, else 0.25)"
+    )
 
 
 def check_display(environ=None, platform: str | None = None) -> None:

@@ -31,21 +31,31 @@ HELP = "index a dataset (C-NMC, class folders, VOC, YOLO, COCO) into a manifest 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", metavar="SRC", help="dataset folder (or a COCO .json file)")
     parser.add_argument("--out", required=True, metavar="CSV", help="manifest CSV to write")
-    parser.add_argument("--layout", choices=["cnmc", "folder", "voc", "yolo", "coco"],
-                        help="dataset layout (default: detected)")
-    parser.add_argument("--names", metavar="A,B,C",
-                        help="class names in index order (YOLO class ids; class order of the folder layout)")
-    parser.add_argument("--patient-regex", metavar="RE",
-                        help="folder layout: regex with a named group 'patient' searched in each image path "
-                             "below SRC, e.g. '(?P<patient>P\\d+)_' (default: C-NMC file names UID_<patient>_...)")
-    parser.add_argument("--verify", metavar="REF_CSV",
-                        help="reference manifest (path,lfs_sha256 or image,sha256) to check the files' sha256 "
-                             "against, e.g. ../shared/data/cnmc-manifest.csv")
+    parser.add_argument("--layout", choices=["cnmc", "folder", "voc", "yolo", "coco"], help="dataset layout (default: detected)")
+    parser.add_argument(
+        "--names", metavar="A,B,C", help="class names in index order (YOLO class ids; class order of the folder layout)"
+    )
+    parser.add_argument(
+        "--patient-regex",
+        metavar="RE",
+        help="folder layout: regex with a named group 'patient' searched in each image path "
+        "below SRC, e.g. '(?P<patient>P\\d+)_' (default: C-NMC file names UID_<patient>_...)",
+    )
+    parser.add_argument(
+        "--verify",
+        metavar="REF_CSV",
+        help="reference manifest (path,lfs_sha256 or image,sha256) to check the files' sha256 "
+        "against, e.g. ../shared/data/cnmc-manifest.csv",
+    )
     parser.add_argument("--strict", action="store_true", help="stop at the first problem instead of skipping the file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out manifest")
-    parser.add_argument("--no-follow-links", dest="follow_links", action="store_false",
-                        help="refuse images and folders that are links to places outside the dataset folder "
-                        "(default: links you made are followed, as torchvision's ImageFolder does)")
+    parser.add_argument(
+        "--no-follow-links",
+        dest="follow_links",
+        action="store_false",
+        help="refuse images and folders that are links to places outside the dataset folder "
+        "(default: links you made are followed, as torchvision's ImageFolder does)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -60,8 +70,11 @@ def summary_tables(df) -> tuple[str, str]:
     images = pd.crosstab(group.rename("split"), label.rename("images"), margins=True, margins_name="total")
     has_patient = df["patient_id"] != ""
     if has_patient.any():
-        patients = (df[has_patient].assign(split=split[has_patient], label=label[has_patient])
-                    .pivot_table(index="split", columns="label", values="patient_id", aggfunc="nunique", fill_value=0))
+        patients = (
+            df[has_patient]
+            .assign(split=split[has_patient], label=label[has_patient])
+            .pivot_table(index="split", columns="label", values="patient_id", aggfunc="nunique", fill_value=0)
+        )
         patients.columns.name = "patients"
         patients_text = patients.to_string()
     else:
@@ -78,13 +91,22 @@ def run(args: argparse.Namespace) -> int:
     refuse_overwrite(args.out, args.overwrite)
     names = [n.strip() for n in args.names.split(",") if n.strip()] if args.names else None
     log = ProblemLog(strict=args.strict)
-    df = import_dataset(args.src, args.layout, names=names, log=log, progress=not args.no_progress,
-                        patient_regex=args.patient_regex, follow_links=args.follow_links)
+    df = import_dataset(
+        args.src,
+        args.layout,
+        names=names,
+        log=log,
+        progress=not args.no_progress,
+        patient_regex=args.patient_regex,
+        follow_links=args.follow_links,
+    )
     out = write_manifest(df, args.out)
 
     images, patients = summary_tables(df)
-    print(f"imported {len(df)} images from {df.attrs['source_root']} (layout {df.attrs['layout']}, "
-          f"classes {', '.join(df.attrs['classes'])})")
+    print(
+        f"imported {len(df)} images from {df.attrs['source_root']} (layout {df.attrs['layout']}, "
+        f"classes {', '.join(df.attrs['classes'])})"
+    )
     print(images)
     print(patients)
     print(f"manifest: {out}")

@@ -28,35 +28,60 @@ HELP = "detect ALL/HEM cells in images, folders, videos or a camera; write CSVs 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path,
-                        help="detector checkpoint (.pt) written by `blastscope train`, or with --backend onnx "
-                             "a .onnx written by `blastscope export`")
+    parser.add_argument(
+        "checkpoint",
+        type=Path,
+        help="detector checkpoint (.pt) written by `blastscope train`, or with --backend onnx "
+        "a .onnx written by `blastscope export`",
+    )
     parser.add_argument("source", help="image, folder, glob pattern, video file or camera index")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
     parser.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    parser.add_argument("--imgsz", type=int, default=None,
-                        help="network input size, a multiple of 32 (default: the checkpoint's)")
-    parser.add_argument("--classifier", type=Path, default=None, metavar="CKPT",
-                        help="classifier checkpoint for two-stage prediction (classifies each detected white cell; "
-                             "the detector's other classes, e.g. RBC and Platelets, are counted, never classified)")
-    parser.add_argument("--cell-classes", default=None, metavar="A,B",
-                        help="with --classifier: the detector classes that are white cells (default: recorded in the "
-                             "detector checkpoint, else every class not named like red cells or platelets)")
+    parser.add_argument(
+        "--imgsz", type=int, default=None, help="network input size, a multiple of 32 (default: the checkpoint's)"
+    )
+    parser.add_argument(
+        "--classifier",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="classifier checkpoint for two-stage prediction (classifies each detected white cell; "
+        "the detector's other classes, e.g. RBC and Platelets, are counted, never classified)",
+    )
+    parser.add_argument(
+        "--cell-classes",
+        default=None,
+        metavar="A,B",
+        help="with --classifier: the detector classes that are white cells (default: recorded in the "
+        "detector checkpoint, else every class not named like red cells or platelets)",
+    )
     parser.add_argument("--every", type=int, default=1, metavar="N", help="use every N-th frame / image (default 1)")
     parser.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames / images")
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                        help="inference back-end: torch, or onnx (onnxruntime, the 'onnx' extra; a .pt uses its "
-                             "sibling .onnx or exports one into the cache)")
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="inference back-end: torch, or onnx (onnxruntime, the 'onnx' extra; a .pt uses its "
+        "sibling .onnx or exports one into the cache)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--batch", type=int, default=1, help="frames per network call (default 1)")
     parser.add_argument("--positive", default="ALL", help="class that makes a positive call in summary.csv")
-    parser.add_argument("--threshold", type=float, default=0.2,
-                        help="blast fraction: share of white cells called --positive for a positive call (default 0.2, the WHO criterion)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.2,
+        help="blast fraction: share of white cells called --positive for a positive call (default 0.2, the WHO criterion)",
+    )
     parser.add_argument("--no-draw", action="store_true", help="do not write annotated images / video")
-    parser.add_argument("--shard", default=None, metavar="I/N",
-                        help="process only the I-th of N disjoint, contiguous parts of a folder or glob (0-based, "
-                             "e.g. 0/4): run N jobs (a SLURM array, a Kubernetes job) and concatenate their CSVs")
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="process only the I-th of N disjoint, contiguous parts of a folder or glob (0-based, "
+        "e.g. 0/4): run N jobs (a SLURM array, a Kubernetes job) and concatenate their CSVs",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in DIR")
 
@@ -147,12 +172,18 @@ def run(args: argparse.Namespace) -> int:
     pred_csv, summary_csv = out / "predictions.csv", out / "summary.csv"
     refuse_overwrite(pred_csv, args.overwrite)
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, conf=args.conf, iou=args.iou, imgsz=args.imgsz,
-                                          device=args.device, backend=args.backend, classifier=args.classifier,
-                                          cell_classes=args.cell_classes)
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint,
+        conf=args.conf,
+        iou=args.iou,
+        imgsz=args.imgsz,
+        device=args.device,
+        backend=args.backend,
+        classifier=args.classifier,
+        cell_classes=args.cell_classes,
+    )
     log = ProblemLog(stream=_TqdmLines())
-    source = open_source(args.source, every=args.every, max_frames=args.max_frames, log=log,
-                         shard_spec=_shard_spec(args.shard))
+    source = open_source(args.source, every=args.every, max_frames=args.max_frames, log=log, shard_spec=_shard_spec(args.shard))
 
     if args.overwrite:
         _remove_earlier_outputs(out)
@@ -166,16 +197,21 @@ def run(args: argparse.Namespace) -> int:
     with source:
         csv_writer = CsvWriter(pred_csv)
         writers.append(csv_writer)
-        summary = SummaryWriter(summary_csv, predictor.output_classes, positive=args.positive,
-                                threshold=args.threshold)
+        summary = SummaryWriter(summary_csv, predictor.output_classes, positive=args.positive, threshold=args.threshold)
         writers.append(summary)
         if not args.no_draw and source.kind in ("image", "folder"):
             image_writer = AnnotatedImageWriter(out / "images", root=source.root)
             writers.append(image_writer)
         bar = None
         try:
-            bar = tqdm(predictor.stream(source, batch=args.batch), total=source.length, unit="frame",
-                       disable=args.no_progress, dynamic_ncols=True, file=sys.stderr)
+            bar = tqdm(
+                predictor.stream(source, batch=args.batch),
+                total=source.length,
+                unit="frame",
+                disable=args.no_progress,
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
             for result in bar:
                 csv_writer.write(result)
                 summary.write(result)

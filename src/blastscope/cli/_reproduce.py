@@ -35,20 +35,40 @@ HELP = "the paper's protocol end to end (image-level split) next to a patient-di
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
-    a("--data", type=Path, default=None, metavar="DIR_OR_CSV",
-      help="C-NMC_Leukemia folder (Kaggle layout) or a manifest CSV; omitted: SYNTHETIC cells")
-    a("--out", type=Path, default=None, metavar="DIR",
-      help="output folder (default runs/reproduce, or runs/reproduce_SYNTHETIC without --data)")
+    a(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="DIR_OR_CSV",
+        help="C-NMC_Leukemia folder (Kaggle layout) or a manifest CSV; omitted: SYNTHETIC cells",
+    )
+    a(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="output folder (default runs/reproduce, or runs/reproduce_SYNTHETIC without --data)",
+    )
     a("--epochs", type=int, default=25, help="training epochs of each protocol (default 25, as the paper)")
     a("--imgsz", type=int, default=416, help="network input size, a multiple of 32 (default 416)")
     a("--per-class", type=int, default=150, help="images drawn per class (default 150: 120 train + 30 val)")
     a("--seed", type=int, default=0, help="seed of the draw, the splits, training and synthetic data (default 0)")
     a("--model", default="yolov3-tiny", help="detector (default yolov3-tiny)")
     a("--batch", type=int, default=8, help="images per batch (default 8)")
-    a("--synthetic-n", type=int, default=None, metavar="N",
-      help="without --data: synthetic images per class (default: --per-class)")
-    a("--synthetic-patients", type=int, default=None, metavar="N",
-      help="without --data: synthetic patients per class (default 3 to 10: few patients, as in C-NMC)")
+    a(
+        "--synthetic-n",
+        type=int,
+        default=None,
+        metavar="N",
+        help="without --data: synthetic images per class (default: --per-class)",
+    )
+    a(
+        "--synthetic-patients",
+        type=int,
+        default=None,
+        metavar="N",
+        help="without --data: synthetic patients per class (default 3 to 10: few patients, as in C-NMC)",
+    )
     a("--augment", action="store_true", help="augment training images (the paper did not; default off)")
     a("--no-pretrained", dest="pretrained", action="store_false", help="start from random weights instead of COCO")
     a("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N (default auto)")

@@ -32,20 +32,25 @@ HELP = "fill the split column: by patient (default), the paper's image-level 80/
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("manifest", metavar="MANIFEST", type=Path, help="manifest CSV (from 'blastscope import')")
-    parser.add_argument("--protocol", choices=["patient", "paper"], default="patient",
-                        help="patient-disjoint split (default) or the paper's image-level protocol")
+    parser.add_argument(
+        "--protocol",
+        choices=["patient", "paper"],
+        default="patient",
+        help="patient-disjoint split (default) or the paper's image-level protocol",
+    )
     parser.add_argument("--val", type=float, default=0.15, help="patient protocol: fraction of images for val (0.15)")
-    parser.add_argument("--test", type=float, default=0.15,
-                        help="patient protocol: fraction of images for test (0.15)")
-    parser.add_argument("--n-per-class", type=int, default=150,
-                        help="paper protocol: images drawn per class (150: 120 train + 30 val)")
-    parser.add_argument("--folds", type=int, metavar="K",
-                        help="also assign patient-grouped K-fold cross-validation folds (column cv_fold)")
+    parser.add_argument("--test", type=float, default=0.15, help="patient protocol: fraction of images for test (0.15)")
+    parser.add_argument(
+        "--n-per-class", type=int, default=150, help="paper protocol: images drawn per class (150: 120 train + 30 val)"
+    )
+    parser.add_argument(
+        "--folds", type=int, metavar="K", help="also assign patient-grouped K-fold cross-validation folds (column cv_fold)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--resplit", action="store_true",
-                        help="ignore existing splits of labelled rows and split them all again")
-    parser.add_argument("--out", type=Path, metavar="CSV",
-                        help="write here instead of rewriting MANIFEST in place (its sidecar metadata is kept)")
+    parser.add_argument("--resplit", action="store_true", help="ignore existing splits of labelled rows and split them all again")
+    parser.add_argument(
+        "--out", type=Path, metavar="CSV", help="write here instead of rewriting MANIFEST in place (its sidecar metadata is kept)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
                 warnings.warn(warning, splits.SplitWarning, stacklevel=1)
                 record.update(n_per_class=args.n_per_class, train_fraction=0.8, image_level=True)
             else:
-                df = splits.patient_split(df, val=args.val, test=args.test, seed=args.seed,
-                                          keep_existing=not args.resplit)
+                df = splits.patient_split(df, val=args.val, test=args.test, seed=args.seed, keep_existing=not args.resplit)
                 record.update(val=args.val, test=args.test, kept_existing=not args.resplit)
             if args.folds is not None:
                 df = splits.patient_kfold(df, args.folds, seed=args.seed)
@@ -97,15 +101,20 @@ def run(args: argparse.Namespace) -> int:
         outside = df.loc[df["cv_fold"] == "", "split"].replace("", "(none)")
         if len(outside):
             where = ", ".join(f"{n} {s}" for s, n in outside.value_counts().sort_index().items())
-            print(f"rows without a fold (cv_fold empty): {len(outside)} ({where}); the held-out test split and "
-                  "unlabelled rows stay out of cross-validation, for a final check after it")
+            print(
+                f"rows without a fold (cv_fold empty): {len(outside)} ({where}); the held-out test split and "
+                "unlabelled rows stay out of cross-validation, for a final check after it"
+            )
         else:
             print("every row has a fold (no held-out test split)")
     leaking = splits.patients_in_several_splits(df)
     if args.protocol == "patient" and not (df["patient_id"] != "").any():
         print("patient-disjoint: cannot be checked (no patient ids)")
     elif args.protocol == "patient":
-        print("patient-disjoint: yes" if not leaking else
-              f"patient-disjoint: NO, {len(leaking)} patients in several splits ({', '.join(leaking[:10])})")
+        print(
+            "patient-disjoint: yes"
+            if not leaking
+            else f"patient-disjoint: NO, {len(leaking)} patients in several splits ({', '.join(leaking[:10])})"
+        )
     print(f"wrote {out}")
     return 0

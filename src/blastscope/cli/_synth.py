@@ -29,10 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patients", type=int, default=10, help="synthetic patients per class (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--size", type=int, default=450, help="image width and height in pixels (default 450)")
-    parser.add_argument("--smears", type=int, default=0, metavar="N",
-                        help="also write N synthetic multi-cell smear images with VOC boxes")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace output folders that blastscope synth did not make")
+    parser.add_argument(
+        "--smears", type=int, default=0, metavar="N", help="also write N synthetic multi-cell smear images with VOC boxes"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace output folders that blastscope synth did not make")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -40,8 +40,12 @@ def run(args: argparse.Namespace) -> int:
     from blastscope._problems import BlastscopeError
     from blastscope.data.synth import generate_dataset, generate_smears
 
-    for flag, value, low in (("--n-per-class", args.n_per_class, 1), ("--patients", args.patients, 1),
-                             ("--size", args.size, 32), ("--smears", args.smears, 0)):
+    for flag, value, low in (
+        ("--n-per-class", args.n_per_class, 1),
+        ("--patients", args.patients, 1),
+        ("--size", args.size, 32),
+        ("--smears", args.smears, 0),
+    ):
         if value < low:
             raise BlastscopeError(f"{args.out}: {flag} {value} is too small; use {low} or more")
     if args.patients > args.n_per_class:
@@ -49,12 +53,20 @@ def run(args: argparse.Namespace) -> int:
             f"{args.out}: --patients {args.patients} is more than --n-per-class {args.n_per_class}; "
             "every synthetic patient needs at least one image"
         )
-    manifest = generate_dataset(args.out, n_per_class=args.n_per_class, n_patients_per_class=args.patients,
-                                seed=args.seed, size=args.size, overwrite=args.overwrite,
-                                progress=not args.no_progress)
+    manifest = generate_dataset(
+        args.out,
+        n_per_class=args.n_per_class,
+        n_patients_per_class=args.patients,
+        seed=args.seed,
+        size=args.size,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     n = 2 * args.n_per_class
-    print(f"wrote {n} SYNTHETIC images ({args.n_per_class} ALL, {args.n_per_class} HEM) of {2 * args.patients} "
-          f"synthetic patients to {manifest.parent / 'synthetic_C-NMC'}")
+    print(
+        f"wrote {n} SYNTHETIC images ({args.n_per_class} ALL, {args.n_per_class} HEM) of {2 * args.patients} "
+        f"synthetic patients to {manifest.parent / 'synthetic_C-NMC'}"
+    )
     print(f"wrote the manifest {manifest}")
     if args.smears:
         root = generate_smears(args.out, args.smears, args.seed, overwrite=args.overwrite)

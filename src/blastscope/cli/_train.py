@@ -38,10 +38,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--task", choices=["detect", "classify"], default=None, help="what to train (default: detect)")
     a("--data", default=None, metavar="CSV", help="manifest CSV (from 'blastscope import' / 'annotate')")
-    a("--model", default=None, help="model name: yolov3-tiny (detect), mobilenet_v2 or efficientnet_lite0 (classify) "
-      "(default: yolov3-tiny; classify: mobilenet_v2)")
+    a(
+        "--model",
+        default=None,
+        help="model name: yolov3-tiny (detect), mobilenet_v2 or efficientnet_lite0 (classify) "
+        "(default: yolov3-tiny; classify: mobilenet_v2)",
+    )
     a("--epochs", type=int, default=None, help="epochs (default: 25; classify: 12)")
-    a("--imgsz", type=int, default=None, help="square input size in pixels; a multiple of 32 for detectors (default: 416; classify: 224)")
+    a(
+        "--imgsz",
+        type=int,
+        default=None,
+        help="square input size in pixels; a multiple of 32 for detectors (default: 416; classify: 224)",
+    )
     a("--batch", type=int, default=None, help="images per batch (default: 8; classify: 32)")
     a("--out", default=None, metavar="DIR", help="run folder (default: runs/train)")
     a("--config", default=None, metavar="YAML", help="settings file (keys of blastscope/configs/default.yaml)")
@@ -51,25 +60,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--weight-decay", type=float, default=None, help="weight decay (default: 0.0005; classify: 0.01)")
     a("--workers", type=int, default=None, help="data-loading processes (default: 0)")
     a("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
-    a("--val-fraction", type=float, default=None, help="val share carved from train when the manifest has no val rows (default: 0.1)")
+    a(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="val share carved from train when the manifest has no val rows (default: 0.1)",
+    )
     a("--patience", type=int, default=None, help="stop after N epochs without improvement (default: 0, never)")
-    a("--cells", choices=("finder", "whole"), default=None,
-      help="classify: cut images without a box around the white cell the stain finder finds (default), or take "
-           "them whole; segmented cells on black are taken whole either way")
-    a("--save-period", type=int, default=None, metavar="N",
-      help="also keep every Nth epoch's weights as epoch_NNN.pt (default 0: only best.pt and last.pt)")
+    a(
+        "--cells",
+        choices=("finder", "whole"),
+        default=None,
+        help="classify: cut images without a box around the white cell the stain finder finds (default), or take "
+        "them whole; segmented cells on black are taken whole either way",
+    )
+    a(
+        "--save-period",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also keep every Nth epoch's weights as epoch_NNN.pt (default 0: only best.pt and last.pt)",
+    )
     a("--freeze-backbone-epochs", type=int, default=None, metavar="N", help="train only neck and heads for the first N epochs")
-    a("--balance", choices=["none", "sampler", "loss"], default=None,
-      help="classify: counter class imbalance by a class-balanced sampler of the training cells (when the "
-      "largest class has over 1.2x the cells of the smallest), a class-weighted loss, or not at all (default: sampler)")
-    a("--no-augment", dest="augment", action="store_const", const=False, default=None, help="no augmentation (the paper's setting)")
-    a("--auto-boxes", dest="auto_boxes", action="store_const", const=True, default=None, help="box single cells on black on the fly (C-NMC)")
+    a(
+        "--balance",
+        choices=["none", "sampler", "loss"],
+        default=None,
+        help="classify: counter class imbalance by a class-balanced sampler of the training cells (when the "
+        "largest class has over 1.2x the cells of the smallest), a class-weighted loss, or not at all (default: sampler)",
+    )
+    a(
+        "--no-augment",
+        dest="augment",
+        action="store_const",
+        const=False,
+        default=None,
+        help="no augmentation (the paper's setting)",
+    )
+    a(
+        "--auto-boxes",
+        dest="auto_boxes",
+        action="store_const",
+        const=True,
+        default=None,
+        help="box single cells on black on the fly (C-NMC)",
+    )
     a("--no-pretrained", dest="pretrained", action="store_const", const=False, default=None, help="start from random weights")
     a("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last.pt")
-    a("--init", default=None, metavar="CKPT",
-      help="start from the weights of a blastscope checkpoint (few-shot calibration to a new lab: fine-tune on a "
-           "small labelled sample; its architecture, task and input size are the defaults)")
-    a("--exist-ok", action="store_true", help="start a new run in an --out folder that holds checkpoints (they are replaced once the new run has written its first checkpoint)")
+    a(
+        "--init",
+        default=None,
+        metavar="CKPT",
+        help="start from the weights of a blastscope checkpoint (few-shot calibration to a new lab: fine-tune on a "
+        "small labelled sample; its architecture, task and input size are the defaults)",
+    )
+    a(
+        "--exist-ok",
+        action="store_true",
+        help="start a new run in an --out folder that holds checkpoints (they are replaced once the new run has written its first checkpoint)",
+    )
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -81,14 +130,18 @@ def run(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     if args.resume:
         if args.config:
-            raise BlastscopeError(f"--config {args.config}: a resumed run keeps its own {Path(args.resume) / 'config.yaml'}; drop --config")
+            raise BlastscopeError(
+                f"--config {args.config}: a resumed run keeps its own {Path(args.resume) / 'config.yaml'}; drop --config"
+            )
         config = resume_config(args.resume, **settings)
     else:
         config = resolve_config(args.config, **settings)
     result = train(config, resume=bool(args.resume), exist_ok=args.exist_ok, progress=args.progress)
     if result.best_epoch is not None:
         row = result.best_row
-        keys = [result.best_metric] + [k for k in row if k not in ("epoch", "lr", "seconds", result.best_metric) and not k.startswith("train_")]
+        keys = [result.best_metric] + [
+            k for k in row if k not in ("epoch", "lr", "seconds", result.best_metric) and not k.startswith("train_")
+        ]
         shown = ", ".join(f"{k} {row[k]:.4f}" for k in keys if k in row)
         print(f"best epoch {result.best_epoch}: {shown} -> {result.run_dir / 'best.pt'}")
     if result.interrupted:

@@ -51,9 +51,7 @@ def find_fold_dirs(src: Path, max_depth: int = 4) -> list[Path]:
             except OSError:
                 continue
             for c in children:
-                if _FOLD.fullmatch(c.name) and any(
-                    g.is_dir() and g.name.lower() in ("all", "hem") for g in c.iterdir()
-                ):
+                if _FOLD.fullmatch(c.name) and any(g.is_dir() and g.name.lower() in ("all", "hem") for g in c.iterdir()):
                     found.append(c)
                 else:
                     nxt.append(c)
@@ -83,22 +81,29 @@ def read_prelim_labels(csv_path: Path, log: ProblemLog) -> dict[str, tuple[str, 
     try:
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        log.add(csv_path, f"cannot read the label file ({e}); the preliminary-test images are imported unlabeled",
-                "re-copy the file from the download")
+        log.add(
+            csv_path,
+            f"cannot read the label file ({e}); the preliminary-test images are imported unlabeled",
+            "re-copy the file from the download",
+        )
         return None
     cols = {c.strip().lower(): c for c in table.columns}
     need = ("patient_id", "new_names", "labels")
     if any(n not in cols for n in need):
-        log.add(csv_path, f"label file has columns {', '.join(table.columns)}, expected Patient_ID,new_names,labels; "
-                "the preliminary-test images are imported unlabeled", "re-copy the file from the download")
+        log.add(
+            csv_path,
+            f"label file has columns {', '.join(table.columns)}, expected Patient_ID,new_names,labels; "
+            "the preliminary-test images are imported unlabeled",
+            "re-copy the file from the download",
+        )
         return None
     out: dict[str, tuple[str, str]] = {}
-    for i, (orig, new, lab) in enumerate(zip(table[cols["patient_id"]], table[cols["new_names"]],
-                                             table[cols["labels"]], strict=True)):
+    for i, (orig, new, lab) in enumerate(
+        zip(table[cols["patient_id"]], table[cols["new_names"]], table[cols["labels"]], strict=True)
+    ):
         label = _LABEL_VALUES.get(lab.strip().lower())
         if label is None:
-            log.add(f"{csv_path} (row {i + 2})", f"label {lab!r} is neither 1 (ALL) nor 0 (HEM); row ignored",
-                    "fix the row")
+            log.add(f"{csv_path} (row {i + 2})", f"label {lab!r} is neither 1 (ALL) nor 0 (HEM); row ignored", "fix the row")
             continue
         orig = orig.strip()
         parsed = parse_cnmc_name(orig)
@@ -128,8 +133,9 @@ def _role(parts_lower: list[str]) -> tuple[str, str, str] | None:
     return None
 
 
-def scan(root: Path, log: ProblemLog, names: list[str] | None = None, *,
-         follow_links: bool = True) -> tuple[list[dict], list[str]]:
+def scan(
+    root: Path, log: ProblemLog, names: list[str] | None = None, *, follow_links: bool = True
+) -> tuple[list[dict], list[str]]:
     """Rows of a C-NMC tree (see the module docstring for what each part becomes).
 
     Parameters
@@ -163,9 +169,12 @@ def scan(root: Path, log: ProblemLog, names: list[str] | None = None, *,
         parts = [p.lower() for p in path.relative_to(root).parts]
         role = _role(parts)
         if role is None:
-            log.add(path, "image is outside the C-NMC folders (training_data/fold_k/{all,hem}, "
-                    "the preliminary or the final test folder); not imported",
-                    "move it, or import with --layout folder")
+            log.add(
+                path,
+                "image is outside the C-NMC folders (training_data/fold_k/{all,hem}, "
+                "the preliminary or the final test folder); not imported",
+                "move it, or import with --layout folder",
+            )
             continue
         images.append((path, role))
 
@@ -173,26 +182,43 @@ def scan(root: Path, log: ProblemLog, names: list[str] | None = None, *,
     if any(role[0] == "prelim" for _, role in images):
         csv_path = _find_label_csv(csvs)
         if csv_path is None:
-            log.add(root, "no C-NMC_test_prelim_phase_data_labels.csv found; the preliminary-test images are "
-                    "imported unlabeled (split 'unlabeled')", "copy the label file from the download next to them")
+            log.add(
+                root,
+                "no C-NMC_test_prelim_phase_data_labels.csv found; the preliminary-test images are "
+                "imported unlabeled (split 'unlabeled')",
+                "copy the label file from the download next to them",
+            )
         else:
             prelim_labels = read_prelim_labels(csv_path, log)
 
     rows: list[dict] = []
     for path, (kind, fold, cls) in images:
-        row = {"image": str(path.absolute()), "label": "", "patient_id": "", "fold": fold, "split": "",
-               "annotation": "", "source": "cnmc"}
+        row = {
+            "image": str(path.absolute()),
+            "label": "",
+            "patient_id": "",
+            "fold": fold,
+            "split": "",
+            "annotation": "",
+            "source": "cnmc",
+        }
         if kind == "train":
             parsed = parse_cnmc_name(path.name)
             if parsed is not None and parsed[1] != cls:
-                log.add(path, f"file name says {parsed[1]} but the image is in the {cls.lower()} folder; not imported",
-                        "move it to the folder of its class")
+                log.add(
+                    path,
+                    f"file name says {parsed[1]} but the image is in the {cls.lower()} folder; not imported",
+                    "move it to the folder of its class",
+                )
                 continue
             row.update(label=cls, patient_id=parsed[0] if parsed else "")
         elif kind == "prelim" and prelim_labels is not None:
             if path.name not in prelim_labels:
-                log.add(path, "preliminary-test image has no row in the label CSV; not imported",
-                        "use the complete C-NMC_test_prelim_phase_data_labels.csv from the download")
+                log.add(
+                    path,
+                    "preliminary-test image has no row in the label CSV; not imported",
+                    "use the complete C-NMC_test_prelim_phase_data_labels.csv from the download",
+                )
                 continue
             patient, label = prelim_labels[path.name]
             row.update(label=label, patient_id=patient, split="test")

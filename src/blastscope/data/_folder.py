@@ -84,8 +84,11 @@ def walk_files(top: Path, root: Path, log: ProblemLog, *, follow_links: bool = T
     """
     root_real = Path(root).resolve()
     if not follow_links and not Path(top).resolve().is_relative_to(root_real):
-        log.add(top, f"folder link points outside the dataset folder (to {Path(top).resolve()}); not followed",
-                "copy that folder into the dataset, or import the folder it points to")
+        log.add(
+            top,
+            f"folder link points outside the dataset folder (to {Path(top).resolve()}); not followed",
+            "copy that folder into the dataset, or import the folder it points to",
+        )
         return
     visited: set[str] = set()
     for dirpath, dirs, files in os.walk(top, followlinks=True):
@@ -189,13 +192,19 @@ def scan(
         if entry.is_dir():
             subdirs.append(entry.name)
         elif is_image_file(entry.name):
-            log.add(Path(root, entry.name), "image is not inside a class subfolder; not imported",
-                    "move it into the subfolder of its class")
+            log.add(
+                Path(root, entry.name),
+                "image is not inside a class subfolder; not imported",
+                "move it into the subfolder of its class",
+            )
     if names:
         for d in subdirs:
             if d not in names:
-                log.add(Path(root, d), f"folder is not one of the classes given ({', '.join(names)}); skipped",
-                        "add it to --names or remove the folder")
+                log.add(
+                    Path(root, d),
+                    f"folder is not one of the classes given ({', '.join(names)}); skipped",
+                    "add it to --names or remove the folder",
+                )
         subdirs = [d for d in subdirs if d in names]
 
     rows: list[dict] = []
@@ -206,12 +215,20 @@ def scan(
             if not is_image_file(path):
                 continue
             rel = path.relative_to(root).as_posix()
-            rows.append({"image": str(path.absolute()), "label": cls, "patient_id": patient_of(rel, rx),
-                         "fold": "", "split": "", "annotation": "", "source": "folder"})
+            rows.append(
+                {
+                    "image": str(path.absolute()),
+                    "label": cls,
+                    "patient_id": patient_of(rel, rx),
+                    "fold": "",
+                    "split": "",
+                    "annotation": "",
+                    "source": "folder",
+                }
+            )
         if len(rows) > n_before:
             found.append(cls)
         else:
-            log.add(root / cls, "class folder holds no images (BMP, PNG, JPEG, TIFF)",
-                    "add its images or remove the folder")
+            log.add(root / cls, "class folder holds no images (BMP, PNG, JPEG, TIFF)", "add its images or remove the folder")
     classes = list(names) if names else found
     return rows, classes

@@ -153,11 +153,15 @@ class DetectionDataset(Dataset):
             return self._auto_box(row, log)
         spec = str(getattr(row, "annotation", "") or "")
         if not spec:
-            log.add(image, "no annotation", "box it with 'blastscope annotate', or train with --auto-boxes (single cells on black)")
+            log.add(
+                image, "no annotation", "box it with 'blastscope annotate', or train with --auto-boxes (single cells on black)"
+            )
             return None
 
         try:
-            ann = load_annotation(spec, classes=self.classes, image=image, width=getattr(row, "width", None), height=getattr(row, "height", None))
+            ann = load_annotation(
+                spec, classes=self.classes, image=image, width=getattr(row, "width", None), height=getattr(row, "height", None)
+            )
         except BlastscopeError as e:
             log.add(spec, f"annotation unusable ({e})", "fix or re-create it with 'blastscope annotate'")
             return None
@@ -224,7 +228,6 @@ def collate_fn(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor
     """Stack ``(image, target)`` pairs into ``((B, 3, S, S) tensor, list of B target dicts)``."""
     images, targets = zip(*batch, strict=True)
     return torch.stack(images), list(targets)
-
 
 
 @dataclass
@@ -318,7 +321,11 @@ class ClassificationDataset(Dataset):
         if not spec:
             label = str(getattr(row, "label", "") or "")
             if not label:
-                log.add(image, "neither an annotation nor a label", "give the row a label, or box its cells with 'blastscope annotate'")
+                log.add(
+                    image,
+                    "neither an annotation nor a label",
+                    "give the row a label, or box its cells with 'blastscope annotate'",
+                )
                 return []
             if label not in self.classes:
                 log.add(image, f"label {label!r} is not one of the classes {self.classes}", "set the row's label")
@@ -327,8 +334,13 @@ class ClassificationDataset(Dataset):
 
         try:  # YOLO files name classes by index: they need the manifest's classes
             hint = self.classes if spec.lower().endswith(".txt") else None
-            ann = load_annotation(spec, classes=hint, image=image, width=getattr(row, "width", None) or None,
-                                  height=getattr(row, "height", None) or None)
+            ann = load_annotation(
+                spec,
+                classes=hint,
+                image=image,
+                width=getattr(row, "width", None) or None,
+                height=getattr(row, "height", None) or None,
+            )
         except BlastscopeError as e:
             log.add(spec, f"annotation unusable ({e})", "fix or re-create it with 'blastscope annotate'")
             return []
@@ -337,10 +349,15 @@ class ClassificationDataset(Dataset):
             return []
         unknown = sorted({name for name in ann.labels if name not in self.classes})
         if unknown:
-            log.add(spec, f"boxes of classes {unknown} are not in the manifest's classes {self.classes} (left out)",
-                    "add them to the manifest's classes")
+            log.add(
+                spec,
+                f"boxes of classes {unknown} are not in the manifest's classes {self.classes} (left out)",
+                "add them to the manifest's classes",
+            )
         boxes = ann.boxes.astype(np.float32).reshape(-1, 4)
-        return [_Cell(image, boxes[k].copy(), self.classes.index(name)) for k, name in enumerate(ann.labels) if name in self.classes]
+        return [
+            _Cell(image, boxes[k].copy(), self.classes.index(name)) for k, name in enumerate(ann.labels) if name in self.classes
+        ]
 
     def _augmentations(self):
 
@@ -403,5 +420,7 @@ class ClassificationDataset(Dataset):
         return tensor, torch.tensor(self.cells[index].label, dtype=torch.int64)
 
     def __repr__(self) -> str:
-        return (f"ClassificationDataset(split={self.split!r}, n={len(self)}, imgsz={self.imgsz}, "
-                f"train={self.train}, augment={self.augment}, classes={self.classes})")
+        return (
+            f"ClassificationDataset(split={self.split!r}, n={len(self)}, imgsz={self.imgsz}, "
+            f"train={self.train}, augment={self.augment}, classes={self.classes})"
+        )

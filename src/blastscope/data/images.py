@@ -181,8 +181,11 @@ def _to_uint8(im: Image.Image, path: str | Path) -> np.ndarray:
     with _say_lock:
         say, _said_high_bit_depth = not _said_high_bit_depth, True
     if say:
-        print(f"note: {path}: {im.mode} image scaled to 8 bits {how}; other images of more than 8 bits are "
-              "scaled the same way by their own range (said once)", file=sys.stderr)
+        print(
+            f"note: {path}: {im.mode} image scaled to 8 bits {how}; other images of more than 8 bits are "
+            "scaled the same way by their own range (said once)",
+            file=sys.stderr,
+        )
     grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=2)
 

@@ -60,9 +60,7 @@ def _is_yolo(src: Path) -> bool:
     # images/ + labels/ (optionally images/train + labels/train), or train/images + train/labels
     if _child(src, "images") and _child(src, "labels"):
         return True
-    return any(
-        c.is_dir() and _child(c, "images") and _child(c, "labels") for c in src.iterdir() if not c.name.startswith(".")
-    )
+    return any(c.is_dir() and _child(c, "images") and _child(c, "labels") for c in src.iterdir() if not c.name.startswith("."))
 
 
 def _is_coco_folder(src: Path) -> bool:
@@ -136,13 +134,12 @@ def _dataset_root(src: Path, layout: str) -> Path:
     return src
 
 
-def _scan(layout: str, src: Path, log: ProblemLog, names: list[str] | None,
-          patient_regex: str | None, follow_links: bool = True) -> tuple[list[dict], list[str]]:
+def _scan(
+    layout: str, src: Path, log: ProblemLog, names: list[str] | None, patient_regex: str | None, follow_links: bool = True
+) -> tuple[list[dict], list[str]]:
     if layout == "cnmc":
-
         return _cnmc.scan(src, log, names, follow_links=follow_links)
     if layout == "folder":
-
         return _folder.scan(src, log, names, patient_regex=patient_regex, follow_links=follow_links)
     import importlib
 
@@ -152,8 +149,10 @@ def _scan(layout: str, src: Path, log: ProblemLog, names: list[str] | None,
     except ModuleNotFoundError as e:
         if e.name not in (name, "blastscope.data.formats"):
             raise
-        raise BlastscopeError(f"{src}: the {layout} layout is not available in this blastscope version; "
-                              "convert the dataset to one subfolder per class and use --layout folder") from None
+        raise BlastscopeError(
+            f"{src}: the {layout} layout is not available in this blastscope version; "
+            "convert the dataset to one subfolder per class and use --layout folder"
+        ) from None
     return module.scan(src, log, names)
 
 
@@ -184,8 +183,7 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _check_row(row: dict, root_abs: str, root_real: str, realdirs: dict[str, str],
-               follow_links: bool = True) -> _Checked:
+def _check_row(row: dict, root_abs: str, root_real: str, realdirs: dict[str, str], follow_links: bool = True) -> _Checked:
     """Existence, containment, sha256, full decode and size of one scanned row (thread-safe).
 
     Plain ``os.path`` strings, not pathlib: this runs once per image, 15,000 times for C-NMC.
@@ -201,8 +199,11 @@ def _check_row(row: dict, root_abs: str, root_real: str, realdirs: dict[str, str
     if not inside or (not follow_links and not _inside(real, root_real)):
         how = "" if inside else "is outside the dataset folder"
         why = f"path {how or 'leads outside the dataset folder'} (to {real}); not imported"
-        fix = ("copy the file into the dataset folder instead of naming a path outside it" if how else
-               "copy the file into the dataset folder, or import without --no-follow-links to follow links")
+        fix = (
+            "copy the file into the dataset folder instead of naming a path outside it"
+            if how
+            else "copy the file into the dataset folder, or import without --no-follow-links to follow links"
+        )
         return _Checked(None, image, why, fix)
     try:
         with open(lexical, "rb") as f:
@@ -216,14 +217,18 @@ def _check_row(row: dict, root_abs: str, root_real: str, realdirs: dict[str, str
     except BlastscopeError as e:
         msg = str(e)
         prefix = f"{image}: "
-        return _Checked(None, image, msg[len(prefix):] if msg.startswith(prefix) else msg)
+        return _Checked(None, image, msg[len(prefix) :] if msg.startswith(prefix) else msg)
     for key, value in (("width", width), ("height", height)):
         given = str(row.get(key, "") or "").strip()
         if given and given != str(value):
-            return _Checked(None, image, f"annotation gives {key} {given} but the image is {value} pixels; "
-                            "boxes would be misplaced, not imported", "fix the size in the annotation file")
+            return _Checked(
+                None,
+                image,
+                f"annotation gives {key} {given} but the image is {value} pixels; boxes would be misplaced, not imported",
+                "fix the size in the annotation file",
+            )
     # the root resolved once; links inside the dataset keep their own names
-    stored = root_real + lexical[len(root_abs):] if _inside(lexical, root_abs) else real
+    stored = root_real + lexical[len(root_abs) :] if _inside(lexical, root_abs) else real
     out = dict(row, image=stored, width=str(width), height=str(height), sha256=hashlib.sha256(data).hexdigest())
     return _Checked(out)
 
@@ -242,14 +247,13 @@ def _check_rows(rows: list[dict], root: Path, log: ProblemLog, progress: bool, f
     workers = min(4, (os.cpu_count() or 1) + 1)
     # chunks of rows: one future per tiny image would cost more than the image itself
     chunk = max(1, min(64, len(rows) // (workers * 4)))
-    chunks = [rows[i:i + chunk] for i in range(0, len(rows), chunk)]
+    chunks = [rows[i : i + chunk] for i in range(0, len(rows), chunk)]
     realdirs: dict[str, str] = {}  # shared by the threads: dict get/set are atomic
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blastscope-import")
     good: list[dict] = []
     try:
         results = pool.map(lambda part: [_check_row(r, root_abs, root_real, realdirs, follow_links) for r in part], chunks)
-        with tqdm(total=len(rows), desc="checking images", unit="img", disable=not progress,
-                  file=sys.stderr, leave=False) as bar:
+        with tqdm(total=len(rows), desc="checking images", unit="img", disable=not progress, file=sys.stderr, leave=False) as bar:
             for part in results:
                 for res in part:
                     if res.row is None:
@@ -401,11 +405,16 @@ class VerifyReport:
     def summary(self, max_list: int = 10) -> str:
         """A few lines: the verdict, then up to ``max_list`` paths per kind of difference."""
         n_ok = self.n_checked - len(self.changed)
-        head = (f"verify against {self.reference}: {n_ok} identical, {len(self.changed)} changed, "
-                f"{len(self.missing)} missing, {len(self.extra)} not in the reference")
+        head = (
+            f"verify against {self.reference}: {n_ok} identical, {len(self.changed)} changed, "
+            f"{len(self.missing)} missing, {len(self.extra)} not in the reference"
+        )
         lines = [head + (" - OK" if self.ok else " - MISMATCH")]
-        for what, items in (("changed (sha256 differs)", self.changed), ("missing", self.missing),
-                            ("not in the reference", self.extra)):
+        for what, items in (
+            ("changed (sha256 differs)", self.changed),
+            ("missing", self.missing),
+            ("not in the reference", self.extra),
+        ):
             for p in items[:max_list]:
                 lines.append(f"  {what}: {p}")
             if len(items) > max_list:
@@ -429,16 +438,18 @@ def _read_reference(reference_csv: Path) -> list[tuple[str, str]]:
             f"{reference_csv}: needs columns path,lfs_sha256 (or image,sha256), has {', '.join(ref.columns)}; "
             "give a reference manifest such as cnmc-manifest.csv or a blastscope manifest"
         )
-    return [(p.replace("\\", "/"), s.strip().lower()) for p, s in zip(ref[path_col], ref[sha_col], strict=True)
-            if p and is_image_file(p)]
+    return [
+        (p.replace("\\", "/"), s.strip().lower())
+        for p, s in zip(ref[path_col], ref[sha_col], strict=True)
+        if p and is_image_file(p)
+    ]
 
 
 def _parts(posix: str) -> tuple[str, ...]:
     return tuple(p for p in posix.split("/") if p not in ("", ".", ".."))
 
 
-def _match(ref: tuple[str, ...], full: dict[tuple[str, ...], Any],
-           suffixes: dict[tuple[str, ...], list]) -> Any | None:
+def _match(ref: tuple[str, ...], full: dict[tuple[str, ...], Any], suffixes: dict[tuple[str, ...], list]) -> Any | None:
     # The reference path ends with the dataset-relative path (reference names C-NMC_Leukemia/...,
     # the dataset folder is C-NMC_Leukemia), or the other way round (the dataset folder is above).
     for i in range(len(ref)):

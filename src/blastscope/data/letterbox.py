@@ -63,7 +63,9 @@ class Geometry:
     def to_input(self, boxes: np.ndarray) -> np.ndarray:
         """``(N, 4)`` xyxy frame pixels -> input pixels (float32)."""
         b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        return (b * np.float32([self.sx, self.sy, self.sx, self.sy]) + np.float32([self.pad_x, self.pad_y] * 2)).astype(np.float32)
+        return (b * np.float32([self.sx, self.sy, self.sx, self.sy]) + np.float32([self.pad_x, self.pad_y] * 2)).astype(
+            np.float32
+        )
 
     def to_image(self, boxes, *, clip: bool = True) -> np.ndarray:
         """``(N, 4)`` xyxy input pixels (array or tensor) -> frame pixels (float64), clipped to the frame."""

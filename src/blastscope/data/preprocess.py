@@ -87,8 +87,13 @@ class Preprocess:
             info = dataclasses.asdict(info)
         kind = "letterbox" if info.get("task") == "detect" else "crop"
         default_norm = ((0.0,) * 3, (1.0,) * 3) if kind == "letterbox" else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-        return cls(kind, size if size is not None else info.get("input_size", 416 if kind == "letterbox" else 224),
-                   tuple(info.get("mean", default_norm[0])), tuple(info.get("std", default_norm[1])), **overrides)
+        return cls(
+            kind,
+            size if size is not None else info.get("input_size", 416 if kind == "letterbox" else 224),
+            tuple(info.get("mean", default_norm[0])),
+            tuple(info.get("std", default_norm[1])),
+            **overrides,
+        )
 
     @property
     def is_identity_norm(self) -> bool:
@@ -126,5 +131,6 @@ class Preprocess:
 
     def crop_pixels(self, image: np.ndarray, boxes: np.ndarray, margin: float | None = None) -> np.ndarray:
         """The crops themselves, ``(N, size, size, 3)`` uint8 RGB (what the classifier sees)."""
-        return square_crops(image, np.asarray(boxes, np.float32).reshape(-1, 4),
-                            self.margin if margin is None else margin, self.size, pad_value=0)
+        return square_crops(
+            image, np.asarray(boxes, np.float32).reshape(-1, 4), self.margin if margin is None else margin, self.size, pad_value=0
+        )

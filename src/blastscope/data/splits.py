@@ -232,9 +232,7 @@ def _best_of_greedy(
     return best
 
 
-def _assign_greedy(
-    order: list[str], sizes: dict[str, int], goal: dict[str, float], counts: dict[str, float]
-) -> dict[str, str]:
+def _assign_greedy(order: list[str], sizes: dict[str, int], goal: dict[str, float], counts: dict[str, float]) -> dict[str, str]:
     """Assign groups, in the given order, to the split with the largest image deficit.
 
     First each split with a positive goal and no images yet is seeded with one group (train first,
@@ -427,9 +425,7 @@ def split_summary(df: pd.DataFrame) -> str:
     order = [s for s in SPLITS if s in set(split)]
     order += sorted(set(split) - set(SPLITS) - {"(none)"}) + (["(none)"] if "(none)" in set(split) else [])
     table = pd.crosstab(split, label).reindex(order)
-    classes = sorted(c for c in table.columns if c != "(no label)") + (
-        ["(no label)"] if "(no label)" in table.columns else []
-    )
+    classes = sorted(c for c in table.columns if c != "(no label)") + (["(no label)"] if "(no label)" in table.columns else [])
     table = table[classes]
     images = split.value_counts().reindex(order)
     patients = pid[pid != ""].groupby(split[pid != ""]).nunique().reindex(order).fillna(0).astype(int)

@@ -139,7 +139,9 @@ def reinhard_normalise(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> 
     return cv2.cvtColor(np.dstack(out), cv2.COLOR_LAB2RGB)
 
 
-def random_lab_normalise(image: np.ndarray, rng: np.random.Generator, mean_shift: float = 8.0, std_scale: float = 0.2) -> np.ndarray:
+def random_lab_normalise(
+    image: np.ndarray, rng: np.random.Generator, mean_shift: float = 8.0, std_scale: float = 0.2
+) -> np.ndarray:
     """RandStainNA-style stain normalisation to a random virtual template.
 
     The target mean of each LAB channel is the image's mean plus a uniform draw in

@@ -109,9 +109,7 @@ def _check_label(label: str) -> str:
 # shapes and textures
 
 
-def _radial_outline(
-    rng: np.random.Generator, n_harmonics: int, amplitude: float, ellipticity: float
-) -> np.ndarray:
+def _radial_outline(rng: np.random.Generator, n_harmonics: int, amplitude: float, ellipticity: float) -> np.ndarray:
     """Relative radius ``r(theta)`` (mean 1) of a smooth star-shaped outline; shape ``(_N_POINTS,)``."""
     theta = np.linspace(0.0, 2.0 * np.pi, _N_POINTS, endpoint=False)
     r = 1.0 + ellipticity * np.cos(2.0 * (theta - rng.uniform(0, np.pi)))
@@ -392,8 +390,7 @@ def _prepare_tree(root: Path, overwrite: bool) -> None:
     if root.exists():
         if not (root / _MARKER).is_file() and not overwrite and any(root.iterdir()):
             raise BlastscopeError(
-                f"{root}: exists and was not made by 'blastscope synth'; pass --overwrite to replace it "
-                "or choose another --out"
+                f"{root}: exists and was not made by 'blastscope synth'; pass --overwrite to replace it or choose another --out"
             )
         shutil.rmtree(root)
     root.mkdir(parents=True)
@@ -490,13 +487,11 @@ def generate_dataset(
     """
     from tqdm import tqdm
 
-
     if layout != "cnmc":
         raise ValueError(f"layout {layout!r} is not supported; use 'cnmc'")
     if not 1 <= n_patients_per_class <= n_per_class:
         raise ValueError(
-            f"{n_patients_per_class} patients per class for {n_per_class} images per class; "
-            "need 1 <= patients <= images"
+            f"{n_patients_per_class} patients per class for {n_per_class} images per class; need 1 <= patients <= images"
         )
     out_dir = Path(out_dir)
     root = out_dir / _TREE
@@ -522,22 +517,43 @@ def generate_dataset(
             cell_no += 1
             if cell_no > n_cells:  # next "microscope image" of this patient
                 image_no, cell_no, n_cells = image_no + 1, 1, int(rng.integers(1, 4))
-            image, _ = make_cell(rng, label, size=size, stain=_jitter_stain(rng, stain),
-                                 scale=diameter * rng.uniform(0.92, 1.08))
+            image, _ = make_cell(rng, label, size=size, stain=_jitter_stain(rng, stain), scale=diameter * rng.uniform(0.92, 1.08))
             data = _encode(image, "BMP")
             path = folder / f"UID_{pid}_{image_no}_{cell_no}_{label.lower()}.bmp"
             _write_bytes(path, data)
-            rows.append({"image": str(path.resolve()), "label": label, "patient_id": pid, "fold": str(fold),
-                         "width": str(size), "height": str(size), "sha256": hashlib.sha256(data).hexdigest(),
-                         "source": "synthetic"})
+            rows.append(
+                {
+                    "image": str(path.resolve()),
+                    "label": label,
+                    "patient_id": pid,
+                    "fold": str(fold),
+                    "width": str(size),
+                    "height": str(size),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "source": "synthetic",
+                }
+            )
             bar.update()
     bar.close()
 
-    settings = {"seed": seed, "n_per_class": n_per_class, "n_patients_per_class": n_patients_per_class,
-                "size": size, "layout": layout}
-    _write_text(root / "README.txt", _README.format(
-        version=__version__, seed=seed, n_images=len(rows), n_per_class=n_per_class,
-        n_patients=n_patients_per_class * len(CLASSES), size=size))
+    settings = {
+        "seed": seed,
+        "n_per_class": n_per_class,
+        "n_patients_per_class": n_patients_per_class,
+        "size": size,
+        "layout": layout,
+    }
+    _write_text(
+        root / "README.txt",
+        _README.format(
+            version=__version__,
+            seed=seed,
+            n_images=len(rows),
+            n_per_class=n_per_class,
+            n_patients=n_patients_per_class * len(CLASSES),
+            size=size,
+        ),
+    )
     meta = {"classes": list(CLASSES), "synthetic": True, "generator": {"name": "blastscope synth", **settings}}
     write_manifest(new_manifest(rows), manifest, meta=meta)
     _write_text(root / _MANIFEST_SHA, hashlib.sha256(manifest.read_bytes()).hexdigest() + "\n")
@@ -551,7 +567,9 @@ def _refuse_changed_manifest(manifest: Path, root: Path, overwrite: bool) -> Non
     if overwrite or not manifest.exists():
         return
     recorded = root / _MANIFEST_SHA
-    same = recorded.is_file() and recorded.read_text(encoding="utf-8").strip() == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    same = (
+        recorded.is_file() and recorded.read_text(encoding="utf-8").strip() == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    )
     if not same:
         raise BlastscopeError(
             f"{manifest}: exists and was changed since 'blastscope synth' wrote it (or was not written by it); "
@@ -600,21 +618,24 @@ def generate_smears(
     rng = np.random.default_rng([seed, 2])
     ids = []
     for i in range(n_images):
-        image, boxes, labels = make_smear(rng, int(rng.integers(cells_per_image[0], cells_per_image[1] + 1)),
-                                          size=size)
+        image, boxes, labels = make_smear(rng, int(rng.integers(cells_per_image[0], cells_per_image[1] + 1)), size=size)
         stem = f"synthetic_smear_{i:04d}"
         image_path = root / "JPEGImages" / f"{stem}.jpg"
         _write_bytes(image_path, _encode(image, "JPEG"))
-        ann = ImageAnnotation(str(image_path.resolve()), width=image.shape[1], height=image.shape[0],
-                              boxes=boxes, labels=labels)
-        write_voc(ann, root / "Annotations" / f"{stem}.xml", folder="JPEGImages",
-                  database="blastscope synthetic smears", overwrite=True)
+        ann = ImageAnnotation(str(image_path.resolve()), width=image.shape[1], height=image.shape[0], boxes=boxes, labels=labels)
+        write_voc(
+            ann, root / "Annotations" / f"{stem}.xml", folder="JPEGImages", database="blastscope synthetic smears", overwrite=True
+        )
         ids.append(stem)
     _write_text(root / "ImageSets" / "Main" / "trainval.txt", "".join(f"{s}\n" for s in ids))
-    _write_text(root / "README.txt", (
-        "SYNTHETIC DATA - NOT REAL PATIENT IMAGES\n\n"
-        f"Made by `blastscope synth --smears {n_images}` with seed {seed}: synthetic blood-smear-like\n"
-        "images (white cells of classes ALL/HEM among red-cell-like discs) with Pascal VOC boxes of\n"
-        "the white cells, for detection and video tests. Numbers computed on them are numbers on\n"
-        "SYNTHETIC data.\n"))
+    _write_text(
+        root / "README.txt",
+        (
+            "SYNTHETIC DATA - NOT REAL PATIENT IMAGES\n\n"
+            f"Made by `blastscope synth --smears {n_images}` with seed {seed}: synthetic blood-smear-like\n"
+            "images (white cells of classes ALL/HEM among red-cell-like discs) with Pascal VOC boxes of\n"
+            "the white cells, for detection and video tests. Numbers computed on them are numbers on\n"
+            "SYNTHETIC data.\n"
+        ),
+    )
     return root

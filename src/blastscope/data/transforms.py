@@ -102,7 +102,9 @@ def clip_boxes(boxes: np.ndarray, labels: np.ndarray, width: int, height: int, b
     return boxes[keep], labels[keep], keep
 
 
-def _place(sample: Sample, size: int, scale_x: float, scale_y: float, nw: int, nh: int, ox: int, oy: int, pad_value: int) -> Sample:
+def _place(
+    sample: Sample, size: int, scale_x: float, scale_y: float, nw: int, nh: int, ox: int, oy: int, pad_value: int
+) -> Sample:
     """Resize the sample to ``nw`` x ``nh`` and paste it at offset ``(ox, oy)`` of a square canvas.
 
     The offset may be negative (the resized image is larger than the canvas and gets cropped).
@@ -294,7 +296,9 @@ class LabJitter:
     @property
     def active(self) -> bool:
         a = self.aug
-        return a.lab_p > 0 and any((a.hed, a.lab, a.grayscale, a.gamma, a.white_balance, a.downscale, a.blur and a.blur_sigma, a.jpeg))
+        return a.lab_p > 0 and any(
+            (a.hed, a.lab, a.grayscale, a.gamma, a.white_balance, a.downscale, a.blur and a.blur_sigma, a.jpeg)
+        )
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
 

@@ -45,7 +45,9 @@ def bn_layers(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
 
 
-def new_lab_statistics(model: nn.Module, loader, *, device: str | torch.device = "cpu") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def new_lab_statistics(
+    model: nn.Module, loader, *, device: str | torch.device = "cpu"
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per BatchNorm layer ``(mean, var)`` of the features of ``loader``'s images (full AdaBN).
 
     ``loader`` yields ``(images, _)`` batches of ``(B, 3, S, S)`` floats in ``[0, 1]``; they are
@@ -73,8 +75,12 @@ def new_lab_statistics(model: nn.Module, loader, *, device: str | torch.device =
     return {k: (m.running_mean.detach().cpu().clone(), m.running_var.detach().cpu().clone()) for k, m in layers.items()}
 
 
-def mix_statistics(model: nn.Module, source: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                   target: dict[str, tuple[torch.Tensor, torch.Tensor]], weight: float) -> nn.Module:
+def mix_statistics(
+    model: nn.Module,
+    source: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    target: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    weight: float,
+) -> nn.Module:
     """Set every BatchNorm layer of ``model`` to ``(1 - weight) * source + weight * target`` (in place; returned)."""
     if not 0 <= weight <= 1:
         raise BlastscopeError(f"adaptation weight {weight}: it must be in [0, 1] (0 keeps the training lab, 1 is full AdaBN)")
@@ -115,9 +121,10 @@ def cells_manifest(source: str | Path, classes: Sequence[str]) -> pd.DataFrame:
 def _loader(model: nn.Module, manifest: pd.DataFrame, classes: Sequence[str], batch: int):
     from torch.utils.data import DataLoader
 
-
     # boxes of classes the classifier does not know are left out (ClassificationDataset's rule)
-    ds = ClassificationDataset(manifest, None, classes, imgsz=int(model.info.input_size), train=False, log=ProblemLog(stream=None))
+    ds = ClassificationDataset(
+        manifest, None, classes, imgsz=int(model.info.input_size), train=False, log=ProblemLog(stream=None)
+    )
     return DataLoader(ds, batch_size=batch, shuffle=False), len(ds)
 
 
@@ -129,8 +136,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def adapt_checkpoint(checkpoint: str | Path, images: str | Path, out: str | Path, *, weight: float = 0.5,
-                     batch: int = 32, overwrite: bool = False, device: str = "cpu") -> dict[str, Any]:
+def adapt_checkpoint(
+    checkpoint: str | Path,
+    images: str | Path,
+    out: str | Path,
+    *,
+    weight: float = 0.5,
+    batch: int = 32,
+    overwrite: bool = False,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Write ``out``: the classifier ``checkpoint`` with BatchNorm statistics mixed towards ``images``' cells.
 
     Parameters
@@ -162,8 +177,14 @@ def adapt_checkpoint(checkpoint: str | Path, images: str | Path, out: str | Path
     if n < 2:
         raise BlastscopeError(f"{images}: {n} usable cells; the new lab's statistics need at least 2 (better 100 or more)")
     mix_statistics(model, source_statistics(model), new_lab_statistics(model, loader, device=device), weight)
-    provenance = {"method": "adabn", "weight": float(weight), "images": str(Path(images).resolve()), "n_cells": int(n),
-                  "source_checkpoint": str(checkpoint.resolve()), "source_sha256": _sha256(checkpoint)}
+    provenance = {
+        "method": "adabn",
+        "weight": float(weight),
+        "images": str(Path(images).resolve()),
+        "n_cells": int(n),
+        "source_checkpoint": str(checkpoint.resolve()),
+        "source_sha256": _sha256(checkpoint),
+    }
     new = dict(ckpt)
     new["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     new["adaptation"] = provenance

@@ -146,9 +146,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         return value
     if tp in (str, bool) and isinstance(value, tp):
         return value
-    raise BlastscopeError(
-        f"{source}: '{key}' is {value!r} ({type(value).__name__}); it must be a {_type_name(tp)}"
-    )
+    raise BlastscopeError(f"{source}: '{key}' is {value!r} ({type(value).__name__}); it must be a {_type_name(tp)}")
 
 
 def config_from_dict(values: dict[str, Any], *, base: Any = None, source: str = "config", cls: type = TrainConfig) -> Any:
@@ -164,14 +162,10 @@ def config_from_dict(values: dict[str, Any], *, base: Any = None, source: str = 
     changes: dict[str, Any] = {}
     for key, value in values.items():
         if key not in names:
-            raise BlastscopeError(
-                f"{source}: unknown setting '{key}'; known settings: {', '.join(names)}"
-            )
+            raise BlastscopeError(f"{source}: unknown setting '{key}'; known settings: {', '.join(names)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            changes[key] = config_from_dict(
-                value or {}, base=getattr(base, key), source=f"{source} [{key}]", cls=tp
-            )
+            changes[key] = config_from_dict(value or {}, base=getattr(base, key), source=f"{source} [{key}]", cls=tp)
         else:
             changes[key] = _coerce(value, tp, key, source)
     return dataclasses.replace(base, **changes)

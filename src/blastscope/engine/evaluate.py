@@ -469,8 +469,15 @@ def split_counts(rows: pd.DataFrame, gts: Sequence[dict] | None = None) -> pd.Da
             record(name)["images_with_boxes"] += 1
     out = [dict(r, patients=len(r["patients"])) for r in records.values()]
     known = {p for p in pids if p}
-    out.append({"class": "total", "images": len(rows), "images_with_boxes": sum(1 for g in gts or [] if len(g["names"])),
-                "patients": len(known), "boxes": sum(r["boxes"] for r in out)})
+    out.append(
+        {
+            "class": "total",
+            "images": len(rows),
+            "images_with_boxes": sum(1 for g in gts or [] if len(g["names"])),
+            "patients": len(known),
+            "boxes": sum(r["boxes"] for r in out),
+        }
+    )
     return pd.DataFrame(out, columns=columns)
 
 
@@ -486,7 +493,6 @@ def _batches(n: int, size: int):
 def _detect(predictor, paths: list[str], batch: int, progress: bool, log: ProblemLog) -> dict[int, dict]:
     """Detector output per row index (file pixels); unreadable images go to ``log``."""
     from tqdm import tqdm
-
 
     out: dict[int, dict] = {}
     bar = tqdm(total=len(paths), desc="evaluate", unit="img", disable=not progress, file=sys.stderr, mininterval=0.5)
@@ -542,26 +548,51 @@ def _errors(result_rows: pd.DataFrame, dets: list[dict], gts: list[dict | None],
     for i, row in result_rows.iterrows():
         if row["label"] and isinstance(row["correct"], (bool, np.bool_)) and not row["correct"]:
             conf = abs(float(row["score"]) - 0.5) * 2 if np.isfinite(row["score"]) else 0.0
-            errors.append({"index": int(i), "kind": "misclassified", "score": 1.0 + conf,
-                           "text": f"true {row['label']}, called {row['pred_label']} (score {row['score']:.2f})", "box": None})
+            errors.append(
+                {
+                    "index": int(i),
+                    "kind": "misclassified",
+                    "score": 1.0 + conf,
+                    "text": f"true {row['label']}, called {row['pred_label']} (score {row['score']:.2f})",
+                    "box": None,
+                }
+            )
     for i, (d, g) in enumerate(zip(dets, gts, strict=True)):
         if g is None:
             continue
-        ious = box_iou(d["boxes"], g["boxes"]) if len(d["boxes"]) and len(g["boxes"]) else np.zeros((len(d["boxes"]), len(g["boxes"])))
+        ious = (
+            box_iou(d["boxes"], g["boxes"])
+            if len(d["boxes"]) and len(g["boxes"])
+            else np.zeros((len(d["boxes"]), len(g["boxes"])))
+        )
         same = d["labels"][:, None] == g["labels"][None, :] if len(g["boxes"]) else np.zeros((len(d["boxes"]), 0), bool)
         hit = (ious >= iou) & same
         fp = np.flatnonzero(~hit.any(axis=1)) if len(d["boxes"]) else np.zeros(0, int)
         if len(fp):
             k = int(fp[np.argmax(d["scores"][fp])])
             if d["scores"][k] >= cell_conf:
-                errors.append({"index": i, "kind": "false positive", "score": float(d["scores"][k]),
-                               "text": f"{d['names'][k]} {d['scores'][k]:.2f} matches no true box", "box": d["boxes"][k].tolist()})
+                errors.append(
+                    {
+                        "index": i,
+                        "kind": "false positive",
+                        "score": float(d["scores"][k]),
+                        "text": f"{d['names'][k]} {d['scores'][k]:.2f} matches no true box",
+                        "box": d["boxes"][k].tolist(),
+                    }
+                )
         strong = d["scores"] >= cell_conf
         missed = np.flatnonzero(~(hit & strong[:, None]).any(axis=0)) if len(g["boxes"]) else np.zeros(0, int)
         if len(missed):
             j = int(missed[0])
-            errors.append({"index": i, "kind": "missed cell", "score": 0.5 * len(missed) / len(g["boxes"]),
-                           "text": f"{len(missed)} of {len(g['boxes'])} true boxes missed (e.g. {g['names'][j]})", "box": g["boxes"][j].tolist()})
+            errors.append(
+                {
+                    "index": i,
+                    "kind": "missed cell",
+                    "score": 0.5 * len(missed) / len(g["boxes"]),
+                    "text": f"{len(missed)} of {len(g['boxes'])} true boxes missed (e.g. {g['names'][j]})",
+                    "box": g["boxes"][j].tolist(),
+                }
+            )
     errors.sort(key=lambda e: -e["score"])
     seen, out = set(), []
     for e in errors:  # one tile per image, the worst error first
@@ -599,8 +630,9 @@ def _check_settings(patient_rule: str, batch: int, **fractions: float) -> None:
         raise BlastscopeError(f"--batch {batch}: must be >= 1")
 
 
-def load_truth(rows: pd.DataFrame, task: str, classes: list[str], cell_classes: list[str], names_hint, log: ProblemLog,
-               notes: list[str]) -> Truth:
+def load_truth(
+    rows: pd.DataFrame, task: str, classes: list[str], cell_classes: list[str], names_hint, log: ProblemLog, notes: list[str]
+) -> Truth:
     """The ground truth of ``rows`` for a detector (``classes``) or a classifier (``cell_classes``)."""
     labels = [str(v) for v in rows["label"]]
     has_ann = bool((rows["annotation"] != "").any())
@@ -654,9 +686,15 @@ class Predictions:
             if not len(d["boxes"]):
                 records.append({"row": i, "image": paths[i], "called": 0})
             for k in range(len(d["boxes"])):
-                rec = {"row": i, "image": paths[i], **dict(zip(("xmin", "ymin", "xmax", "ymax"), map(float, d["boxes"][k]))),
-                       "det_label": int(d["labels"][k]), "det_score": float(d["scores"][k]), "name": d["names"][k],
-                       "called": int(k in called)}
+                rec = {
+                    "row": i,
+                    "image": paths[i],
+                    **dict(zip(("xmin", "ymin", "xmax", "ymax"), map(float, d["boxes"][k]))),
+                    "det_label": int(d["labels"][k]),
+                    "det_score": float(d["scores"][k]),
+                    "name": d["names"][k],
+                    "called": int(k in called),
+                }
                 if k in called and c is not None and c.get("p_pos") is not None:
                     j = called[k]
                     rec["p_pos"] = float(c["p_pos"][j])
@@ -676,15 +714,22 @@ class Predictions:
         for i, g in table.groupby("row", sort=True):
             g = g[g["xmin"].notna()]
             boxes = g[["xmin", "ymin", "xmax", "ymax"]].to_numpy(np.float32).reshape(-1, 4)
-            dets[int(i)] = {"boxes": boxes, "scores": g["det_score"].to_numpy(np.float32),
-                            "labels": g["det_label"].to_numpy(np.int64), "names": [str(n) for n in g["name"]]}
+            dets[int(i)] = {
+                "boxes": boxes,
+                "scores": g["det_score"].to_numpy(np.float32),
+                "labels": g["det_label"].to_numpy(np.int64),
+                "names": [str(n) for n in g["name"]],
+            }
             sel = g[g["called"] == 1]
             if task == "detect":
                 cells[int(i)] = {"names": dets[int(i)]["names"], "scores": dets[int(i)]["scores"], "p_pos": None}
                 continue
             scores = sel["cell_score"].to_numpy(np.float64) if task == "classify" else sel["det_score"].to_numpy(np.float32)
-            cells[int(i)] = {"names": [str(n) for n in sel["name"]], "scores": scores,
-                             "p_pos": sel["p_pos"].fillna(0.0).to_numpy(np.float64)}
+            cells[int(i)] = {
+                "names": [str(n) for n in sel["name"]],
+                "scores": scores,
+                "p_pos": sel["p_pos"].fillna(0.0).to_numpy(np.float64),
+            }
             if task == "detect+classify":
                 cells[int(i)]["index"] = np.flatnonzero(g["called"].to_numpy() == 1)
             if all(c in sel for c in pcols):
@@ -699,9 +744,17 @@ def _called_index(d: dict, c: dict | None) -> dict[int, int]:
     return {int(k): j for j, k in enumerate(c["index"])}
 
 
-def _two_stage_cells(dets: dict[int, dict], stage2, paths: list[str], *, single_cell: bool, cell_conf: float,
-                     positive: str, white_classes: Sequence[str] | None = None,
-                     iou: float = MERGE_IOU) -> tuple[dict[int, dict], dict[int, np.ndarray]]:
+def _two_stage_cells(
+    dets: dict[int, dict],
+    stage2,
+    paths: list[str],
+    *,
+    single_cell: bool,
+    cell_conf: float,
+    positive: str,
+    white_classes: Sequence[str] | None = None,
+    iou: float = MERGE_IOU,
+) -> tuple[dict[int, dict], dict[int, np.ndarray]]:
     """Classify the white cells of each image's detections (the top white-cell detection for single
     cells; else the white-cell detections >= cell_conf left by class-agnostic NMS at ``min(iou,
     MERGE_IOU)``). Detections of other classes (red cells, platelets) keep their detector names and
@@ -733,8 +786,9 @@ def _classify_rows(stage2, truth: Truth, positive: str, progress: bool, log: Pro
 
     cell_classes = list(stage2.class_names)
     dets, cells, probs_by_row = {}, {}, {}
-    for i in tqdm(sorted([*truth.gts, *truth.whole]), desc="evaluate", unit="img", disable=not progress,
-                  file=sys.stderr, mininterval=0.5):
+    for i in tqdm(
+        sorted([*truth.gts, *truth.whole]), desc="evaluate", unit="img", disable=not progress, file=sys.stderr, mininterval=0.5
+    ):
         try:
             if i in truth.gts:
                 boxes, margin = truth.gts[i]["boxes"], CROP_MARGIN
@@ -752,16 +806,34 @@ def _classify_rows(stage2, truth: Truth, positive: str, progress: bool, log: Pro
             continue
         p_pos = probs[:, cell_classes.index(positive)] if positive in cell_classes else np.zeros(len(probs))
         cells[i] = {"names": names, "scores": np.ones(len(names)), "p_pos": p_pos}
-        dets[i] = {"boxes": np.asarray(boxes, np.float32).reshape(-1, 4), "scores": probs.max(axis=1) if len(probs) else np.zeros(0),
-                   "labels": probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64), "names": names}
+        dets[i] = {
+            "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
+            "scores": probs.max(axis=1) if len(probs) else np.zeros(0),
+            "labels": probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64),
+            "names": names,
+        }
         probs_by_row[i] = probs
     return dets, cells, probs_by_row
 
 
-def predict_rows(model, meta: dict, truth: Truth, *, stage2=None, conf: float = 0.001, iou: float = 0.45,
-                 imgsz: int | None = None, batch: int = 8, positive: str = "ALL", cell_conf: float = 0.25,
-                 progress: bool = True, device: str = "cpu", log: ProblemLog | None = None,
-                 name: str = "", white_cell_classes: Sequence[str] | str | None = None) -> Predictions:
+def predict_rows(
+    model,
+    meta: dict,
+    truth: Truth,
+    *,
+    stage2=None,
+    conf: float = 0.001,
+    iou: float = 0.45,
+    imgsz: int | None = None,
+    batch: int = 8,
+    positive: str = "ALL",
+    cell_conf: float = 0.25,
+    progress: bool = True,
+    device: str = "cpu",
+    log: ProblemLog | None = None,
+    name: str = "",
+    white_cell_classes: Sequence[str] | str | None = None,
+) -> Predictions:
     """Run the model (and a second-stage classifier) over the rows of ``truth``: the prediction table.
 
     The only function of the evaluation that runs a network; :func:`score` turns its output and the
@@ -775,16 +847,33 @@ def predict_rows(model, meta: dict, truth: Truth, *, stage2=None, conf: float = 
         dets, cells, probs = _classify_rows(stage2, truth, positive, progress, log, box_fn=cell_box_function(meta.get("cells")))
         return Predictions("classify", classes, list(stage2.class_names), positive, dets, cells, probs)
     backend = TorchBackend(model, conf=float(conf), iou=float(iou), device=device, max_det=MAX_DET)
-    predictor = Predictor(backend, classes, imgsz or int(meta.get("input_size", 416)), model_name=name,
-                          mean=meta.get("mean", (0, 0, 0)), std=meta.get("std", (1, 1, 1)))
+    predictor = Predictor(
+        backend,
+        classes,
+        imgsz or int(meta.get("input_size", 416)),
+        model_name=name,
+        mean=meta.get("mean", (0, 0, 0)),
+        std=meta.get("std", (1, 1, 1)),
+    )
     dets = _detect(predictor, truth.paths, batch, progress, log)
     if stage2 is None:
         cells = {i: {"names": d["names"], "scores": d["scores"], "p_pos": None} for i, d in dets.items()}
         return Predictions("detect", classes, classes, positive, dets, cells)
-    white = (resolve_cell_classes(classes, white_cell_classes, name or "detector") if white_cell_classes is not None
-             else cell_classes_of(meta))
-    cells, probs = _two_stage_cells(dets, stage2, truth.paths, single_cell=truth.single_cell, cell_conf=cell_conf,
-                                    positive=positive, white_classes=set(white), iou=iou)
+    white = (
+        resolve_cell_classes(classes, white_cell_classes, name or "detector")
+        if white_cell_classes is not None
+        else cell_classes_of(meta)
+    )
+    cells, probs = _two_stage_cells(
+        dets,
+        stage2,
+        truth.paths,
+        single_cell=truth.single_cell,
+        cell_conf=cell_conf,
+        positive=positive,
+        white_classes=set(white),
+        iou=iou,
+    )
     return Predictions("detect+classify", classes, list(stage2.class_names), positive, dets, cells, probs)
 
 
@@ -805,9 +894,13 @@ def _detection_part(preds: Predictions, truth: Truth, *, min_score: float, cell_
         pr_curves[c] = {"recall": curve.recall, "precision": curve.precision, "ap": det_result.ap_voc[c]}
     cm = detection_confusion(dets, gts, len(preds.classes), conf=cell_conf)
     confusions[f"boxes (detections >= {cell_conf:g}, IoU >= 0.5; last row/column: background / missed)"] = {
-        "matrix": cm, "labels": [*preds.classes, "background"]}
+        "matrix": cm,
+        "labels": [*preds.classes, "background"],
+    }
     if not truth.has_ann:
-        notes.append("ground-truth boxes were made automatically (autobox, single cells on black), labelled with each row's label")
+        notes.append(
+            "ground-truth boxes were made automatically (autobox, single cells on black), labelled with each row's label"
+        )
     return metrics, pr_curves, confusions
 
 
@@ -852,23 +945,37 @@ def calibration_part(preds: Predictions, truth: Truth, temperature: float | None
     return out
 
 
-def _image_table(preds: Predictions, truth: Truth, order: list[int], labels: list[str], *, cell_conf: float,
-                 blast_threshold: float = BLAST_THRESHOLD):
+def _image_table(
+    preds: Predictions,
+    truth: Truth,
+    order: list[int],
+    labels: list[str],
+    *,
+    cell_conf: float,
+    blast_threshold: float = BLAST_THRESHOLD,
+):
     """Per-image calls and the per-image table (``EvaluationResult.predictions``)."""
     negative = _negative_name(labels, preds.positive)
-    score, pred, n_cells = image_calls([preds.cells[i] for i in order], positive=preds.positive,
-                                       single_cell=truth.single_cell, cell_conf=cell_conf, negative=negative,
-                                       threshold=blast_threshold)
+    score, pred, n_cells = image_calls(
+        [preds.cells[i] for i in order],
+        positive=preds.positive,
+        single_cell=truth.single_cell,
+        cell_conf=cell_conf,
+        negative=negative,
+        threshold=blast_threshold,
+    )
     if preds.task == "classify":
         n_cells = np.array([len(preds.cells[i]["names"]) for i in order], np.int64)
-    table = pd.DataFrame({
-        "image": [truth.paths[i] for i in order],
-        "patient_id": [str(truth.rows.at[i, "patient_id"]) for i in order],
-        "label": [labels[i] for i in order],
-        "pred_label": pred,
-        "score": score,
-        "n_cells": n_cells,
-    })
+    table = pd.DataFrame(
+        {
+            "image": [truth.paths[i] for i in order],
+            "patient_id": [str(truth.rows.at[i, "patient_id"]) for i in order],
+            "label": [labels[i] for i in order],
+            "pred_label": pred,
+            "score": score,
+            "n_cells": n_cells,
+        }
+    )
     by_score = preds.task == "detect"
     for c in preds.cell_classes:
         col = []
@@ -897,8 +1004,21 @@ def _multiclass_part(yt: list[str], yp: list[str], positive: str) -> tuple[dict,
     return metrics, {"images: true label vs call": {"matrix": cm, "labels": cm_labels}}
 
 
-def _diagnostic_part(preds: Predictions, truth: Truth, table, order, labels, score, pred, n_cells, *,
-                     patient_rule: str, cell_conf: float, notes: list[str], blast_threshold: float = BLAST_THRESHOLD):
+def _diagnostic_part(
+    preds: Predictions,
+    truth: Truth,
+    table,
+    order,
+    labels,
+    score,
+    pred,
+    n_cells,
+    *,
+    patient_rule: str,
+    cell_conf: float,
+    notes: list[str],
+    blast_threshold: float = BLAST_THRESHOLD,
+):
     """Image- and patient-level diagnostic metrics, ROC curves and the image confusion matrix."""
     positive, cc = preds.positive, preds.cell_classes
     labelled = np.array([bool(labels[i]) for i in order], bool)
@@ -907,14 +1027,21 @@ def _diagnostic_part(preds: Predictions, truth: Truth, table, order, labels, sco
         notes.append("no image labels in this split: only detection metrics apply")
         return {}, {}, {}
     if positive not in cc and any(labels[i] == positive for i in order):
-        notes.append(f"the cell classes {cc} do not include '{positive}': the model's image calls cannot be "
-                     f"positive (give --positive one of them, or a --classifier that knows '{positive}')")
+        notes.append(
+            f"the cell classes {cc} do not include '{positive}': the model's image calls cannot be "
+            f"positive (give --positive one of them, or a --classifier that knows '{positive}')"
+        )
     can_call = positive in cc or truth.single_cell
     sel = np.flatnonzero(labelled)
     counts = n_cells[sel] if (not truth.single_cell and preds.task != "classify") else None
     metrics, roc = diagnostic_summary(
-        [labels[order[k]] for k in sel], score[sel], [pred[k] for k in sel], positive=positive,
-        patient_ids=[str(truth.rows.at[order[k], "patient_id"]) for k in sel], patient_rule=patient_rule, counts=counts,
+        [labels[order[k]] for k in sel],
+        score[sel],
+        [pred[k] for k in sel],
+        positive=positive,
+        patient_ids=[str(truth.rows.at[order[k], "patient_id"]) for k in sel],
+        patient_rule=patient_rule,
+        counts=counts,
     )
     if not can_call:
         metrics = {k: v for k, v in metrics.items() if k.startswith("count_baseline.") or k.startswith("n_")}
@@ -924,15 +1051,26 @@ def _diagnostic_part(preds: Predictions, truth: Truth, table, order, labels, sco
     if can_call:
         more, confusions = _multiclass_part([labels[order[k]] for k in sel], [pred[k] for k in sel], positive)
         metrics.update(more)
-    rule = ("top-scoring detection's class (single-cell images)" if truth.single_cell
-            else f"blast fraction: white cells (detections >= {cell_conf:g}) called {positive}, positive at >= {blast_threshold:g}")
+    rule = (
+        "top-scoring detection's class (single-cell images)"
+        if truth.single_cell
+        else f"blast fraction: white cells (detections >= {cell_conf:g}) called {positive}, positive at >= {blast_threshold:g}"
+    )
     notes.append(f"image call: {rule}; patient call: '{patient_rule}' rule over the patient's image scores, positive at >= 0.5")
     return metrics, roc, confusions
 
 
-def score(preds: Predictions, truth: Truth, *, min_score: float = 0.0, patient_rule: str = "mean",
-          cell_conf: float = 0.25, blast_threshold: float = BLAST_THRESHOLD, notes: list[str] | None = None,
-          log: ProblemLog | None = None) -> dict[str, Any]:
+def score(
+    preds: Predictions,
+    truth: Truth,
+    *,
+    min_score: float = 0.0,
+    patient_rule: str = "mean",
+    cell_conf: float = 0.25,
+    blast_threshold: float = BLAST_THRESHOLD,
+    notes: list[str] | None = None,
+    log: ProblemLog | None = None,
+) -> dict[str, Any]:
     """Every metric that applies to ``preds`` against ``truth`` (pure: no model, no image decoding).
 
     Returns the fields of :class:`EvaluationResult` that depend on the predictions: ``metrics``,
@@ -957,19 +1095,37 @@ def score(preds: Predictions, truth: Truth, *, min_score: float = 0.0, patient_r
         notes.append(f"{len(log)} rows of the split were skipped (see the 'skipped:' lines of the command)")
     order = [i for i in usable if i in preds.cells]
     table, s, pred, n_cells = _image_table(preds, truth, order, labels, cell_conf=cell_conf, blast_threshold=blast_threshold)
-    diag, roc, image_confusions = _diagnostic_part(preds, truth, table, order, labels, s, pred, n_cells,
-                                                   patient_rule=patient_rule, cell_conf=cell_conf, notes=notes,
-                                                   blast_threshold=blast_threshold)
+    diag, roc, image_confusions = _diagnostic_part(
+        preds,
+        truth,
+        table,
+        order,
+        labels,
+        s,
+        pred,
+        n_cells,
+        patient_rule=patient_rule,
+        cell_conf=cell_conf,
+        notes=notes,
+        blast_threshold=blast_threshold,
+    )
     metrics.update(diag)
     confusions = {**image_confusions, **confusions}
     metrics.setdefault("n_images", float(len(order)))
     gts_list = [truth.gts.get(i) for i in order]
     det_list = [preds.dets[i] for i in order]
     empty = {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64), "names": []}
-    return {"metrics": metrics, "predictions": table, "detections": det_list,
-            "ground_truth": [g if g is not None else empty for g in gts_list], "pr_curves": pr_curves, "roc": roc,
-            "confusions": confusions, "errors": _errors(table, det_list, gts_list, iou=0.5, cell_conf=cell_conf),
-            "notes": notes}
+    return {
+        "metrics": metrics,
+        "predictions": table,
+        "detections": det_list,
+        "ground_truth": [g if g is not None else empty for g in gts_list],
+        "pr_curves": pr_curves,
+        "roc": roc,
+        "confusions": confusions,
+        "errors": _errors(table, det_list, gts_list, iou=0.5, cell_conf=cell_conf),
+        "notes": notes,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -984,8 +1140,17 @@ def _setup(checkpoint: Path, classifier, model, meta: dict, device: str, calibra
             raise BlastscopeError(f"{checkpoint}: --classifier needs a detector as CHECKPOINT, this is a '{task}' checkpoint")
         return CropClassifier.from_checkpoint(classifier, device=device, margin=CROP_MARGIN, band=False)
     if task == "classify":  # metrics at the checkpoint's operating point, no uncertain band
-        return CropClassifier(model, classes, meta.get("input_size", 224), meta.get("mean"), meta.get("std"),
-                              margin=CROP_MARGIN, device=device, calibration=calibration, band=False)
+        return CropClassifier(
+            model,
+            classes,
+            meta.get("input_size", 224),
+            meta.get("mean"),
+            meta.get("std"),
+            margin=CROP_MARGIN,
+            device=device,
+            calibration=calibration,
+            band=False,
+        )
     return None
 
 
@@ -1046,28 +1211,74 @@ def evaluate_checkpoint(
     cell_classes = list(stage2.class_names) if stage2 is not None else classes
     truth = load_truth(rows, task, classes, cell_classes, manifest_classes(df) or None, log, notes)
     if predictions is None:
-        preds = predict_rows(model, meta, truth, stage2=stage2, conf=conf, iou=iou, imgsz=imgsz, batch=batch,
-                             positive=positive, cell_conf=cell_conf, progress=progress, device=device, log=log,
-                             name=f"{checkpoint.name} ({meta['arch']})", white_cell_classes=white_cell_classes)
+        preds = predict_rows(
+            model,
+            meta,
+            truth,
+            stage2=stage2,
+            conf=conf,
+            iou=iou,
+            imgsz=imgsz,
+            batch=batch,
+            positive=positive,
+            cell_conf=cell_conf,
+            progress=progress,
+            device=device,
+            log=log,
+            name=f"{checkpoint.name} ({meta['arch']})",
+            white_cell_classes=white_cell_classes,
+        )
     else:
-        table = predictions if isinstance(predictions, pd.DataFrame) else pd.read_csv(predictions, keep_default_na=False, na_values=[""])
+        table = (
+            predictions
+            if isinstance(predictions, pd.DataFrame)
+            else pd.read_csv(predictions, keep_default_na=False, na_values=[""])
+        )
         kind = "detect+classify" if classifier is not None else task
         preds = Predictions.from_frame(table, task=kind, classes=classes, cell_classes=cell_classes, positive=positive)
-    scored = score(preds, truth, min_score=min_score, patient_rule=patient_rule, cell_conf=cell_conf,
-                   blast_threshold=blast_threshold, notes=notes, log=log)
+    scored = score(
+        preds,
+        truth,
+        min_score=min_score,
+        patient_rule=patient_rule,
+        cell_conf=cell_conf,
+        blast_threshold=blast_threshold,
+        notes=notes,
+        log=log,
+    )
     cal = ckpt.get("calibration") or {}
     scored["metrics"].update(calibration_part(preds, truth, cal.get("temperature")))
     if cal.get("threshold") is not None and preds.task != "detect":  # the calls above used it
         scored["metrics"]["operating_threshold"] = float(cal["threshold"])
     arch = meta["arch"] + (f" + {Path(str(classifier)).name} classifier" if classifier is not None else "")
-    settings = {"conf": conf, "iou": iou, "min_score": min_score, "imgsz": imgsz or meta.get("input_size"), "positive": positive,
-                "patient_rule": patient_rule, "cell_conf": cell_conf, "classifier": str(classifier) if classifier else None,
-                "blast_threshold": blast_threshold}
+    settings = {
+        "conf": conf,
+        "iou": iou,
+        "min_score": min_score,
+        "imgsz": imgsz or meta.get("input_size"),
+        "positive": positive,
+        "patient_rule": patient_rule,
+        "cell_conf": cell_conf,
+        "classifier": str(classifier) if classifier else None,
+        "blast_threshold": blast_threshold,
+    }
     best_name = str((ckpt.get("config") or {}).get("task", task))
     return EvaluationResult(
-        checkpoint=str(checkpoint), manifest=manifest_name, split=split, task=preds.task, arch=arch,
-        classes=classes, cell_classes=cell_classes, positive=positive, **scored,
-        split_counts=split_counts(rows, list(truth.gts.values())), run_dir=_find_run_dir(checkpoint, ckpt),
-        epoch=ckpt.get("epoch"), best_epoch=ckpt.get("best_epoch"), best_metric=get_task(best_name).best_metric,
-        synthetic=synthetic, settings=settings, table=preds.to_frame(truth.paths),
+        checkpoint=str(checkpoint),
+        manifest=manifest_name,
+        split=split,
+        task=preds.task,
+        arch=arch,
+        classes=classes,
+        cell_classes=cell_classes,
+        positive=positive,
+        **scored,
+        split_counts=split_counts(rows, list(truth.gts.values())),
+        run_dir=_find_run_dir(checkpoint, ckpt),
+        epoch=ckpt.get("epoch"),
+        best_epoch=ckpt.get("best_epoch"),
+        best_metric=get_task(best_name).best_metric,
+        synthetic=synthetic,
+        settings=settings,
+        table=preds.to_frame(truth.paths),
     )

@@ -61,8 +61,21 @@ KEY_METRICS = (
     "count_baseline.accuracy",
     "count_baseline.roc_auc",
 )
-_DIAG = ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "weighted_f1", "balanced_accuracy", "roc_auc",
-         "tp", "fp", "tn", "fn")
+_DIAG = (
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "npv",
+    "f1",
+    "weighted_f1",
+    "balanced_accuracy",
+    "roc_auc",
+    "tp",
+    "fp",
+    "tn",
+    "fn",
+)
 _DIAG_COLUMNS = (
     ("", "image level"),
     ("patient.", "patient level"),
@@ -167,8 +180,11 @@ def _training_curves(csv_path: Path, epoch: int | None, best_epoch: int | None, 
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.set_title("loss")
-    metric_cols = [c for c in ("map50_voc", "map50_voc07", "map50_coco", "map50_95_coco", "weighted_f1", "f1", "accuracy", "val_accuracy")
-                   if c in df.columns]
+    metric_cols = [
+        c
+        for c in ("map50_voc", "map50_voc07", "map50_coco", "map50_95_coco", "weighted_f1", "f1", "accuracy", "val_accuracy")
+        if c in df.columns
+    ]
     for col in metric_cols:
         ax2.plot(df["epoch"], df[col], "-o", ms=3, label=col)
     ax2.set_xlabel("epoch")
@@ -248,14 +264,15 @@ def _confusion(matrix: np.ndarray, labels: Sequence[str], title: str) -> bytes:
     top = m.max() if m.size else 0
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
-            ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=8, color="white" if m[i, j] > top / 2 else "black")
+            ax.text(
+                j, i, str(int(m[i, j])), ha="center", va="center", fontsize=8, color="white" if m[i, j] > top / 2 else "black"
+            )
     return _png(fig)
 
 
 def _tile(result, err: dict, size: int = 256) -> np.ndarray | None:
     """The image of one error, resized to ``size`` px on its longer side, with its boxes drawn."""
     import cv2
-
 
     i = err["index"]
     try:
@@ -281,8 +298,16 @@ def _tile(result, err: dict, size: int = 256) -> np.ndarray | None:
     for k in shown[:30]:
         colour = (220, 0, 0) if d["names"][k] == result.positive else (30, 90, 255)
         x0, y0 = rect(d["boxes"][k], colour, 1)
-        cv2.putText(out, f"{d['names'][k]} {scores[k]:.2f}", (x0 + 2, max(10, y0 + 11)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.35, colour, 1, cv2.LINE_AA)
+        cv2.putText(
+            out,
+            f"{d['names'][k]} {scores[k]:.2f}",
+            (x0 + 2, max(10, y0 + 11)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.35,
+            colour,
+            1,
+            cv2.LINE_AA,
+        )
     if err.get("box") is not None:
         rect(err["box"], (255, 200, 0), 3)
     return out
@@ -303,8 +328,10 @@ def _errors_png(result) -> bytes | None:
         ax.imshow(t)
         name = Path(result.predictions.at[e["index"], "image"]).name
         ax.set_title(f"{e['kind']}: {name}\n{e['text']}", fontsize=7)
-    fig.suptitle("most confident errors (green: true boxes; red: called " f"{result.positive}; blue: other classes; yellow: the error)",
-                 fontsize=8)
+    fig.suptitle(
+        f"most confident errors (green: true boxes; red: called {result.positive}; blue: other classes; yellow: the error)",
+        fontsize=8,
+    )
     return _png(fig)
 
 
@@ -374,8 +401,10 @@ def write_report(result, out_dir: str | Path, *, run_dir: str | Path | None = No
     title = f"blastscope evaluation: {Path(result.checkpoint).name} on {result.split}"
     parts.append(f"<h1>{esc(title)}</h1>")
     if syn:
-        parts.append('<div class="banner">SYNTHETIC DATA: the images of this split are synthetic (manifest source '
-                     '"synthetic"). These numbers say nothing about real patients.</div>')
+        parts.append(
+            '<div class="banner">SYNTHETIC DATA: the images of this split are synthetic (manifest source '
+            '"synthetic"). These numbers say nothing about real patients.</div>'
+        )
     meta_rows = [
         ["checkpoint", esc(result.checkpoint)],
         ["model", esc(f"{result.arch} ({result.task}); classes: {', '.join(result.classes)}")],
@@ -394,8 +423,10 @@ def write_report(result, out_dir: str | Path, *, run_dir: str | Path | None = No
     diag = _diagnostic_table(result.metrics)
     if diag:
         parts.append("<h2>Diagnostic metrics</h2>")
-        parts.append('<p class="note">Positive class: ' + esc(result.positive) + ". ROC AUC with its bootstrap 95% interval "
-                     "(patients resampled when known). The count-only baseline scores an image by its number of detected cells.</p>")
+        parts.append(
+            '<p class="note">Positive class: ' + esc(result.positive) + ". ROC AUC with its bootstrap 95% interval "
+            "(patients resampled when known). The count-only baseline scores an image by its number of detected cells.</p>"
+        )
         parts.append(diag)
 
     parts.append("<h2>Split</h2>")
@@ -407,7 +438,11 @@ def write_report(result, out_dir: str | Path, *, run_dir: str | Path | None = No
     png = None
     if run_dir is not None and (Path(run_dir) / "metrics.csv").is_file():
         png = save(_training_curves(Path(run_dir) / "metrics.csv", result.epoch, result.best_epoch, syn), "training_curves.png")
-    parts.append(_img(png, "training curves") if png else '<p class="note">No run folder with a metrics.csv was found for this checkpoint.</p>')
+    parts.append(
+        _img(png, "training curves")
+        if png
+        else '<p class="note">No run folder with a metrics.csv was found for this checkpoint.</p>'
+    )
 
     if result.pr_curves:
         parts.append("<h2>Precision-recall curves</h2>")
@@ -434,8 +469,11 @@ def write_report(result, out_dir: str | Path, *, run_dir: str | Path | None = No
 
     parts.append("<h2>All metrics</h2>")
     parts.append(_table(["metric", "value"], [[esc(k), _fmt(v, k)] for k, v in result.metrics.items()]))
-    parts.append('<p class="note">The same numbers are in metrics.json beside this file.'
-                 + (" Computed on SYNTHETIC data." if syn else "") + "</p>")
+    parts.append(
+        '<p class="note">The same numbers are in metrics.json beside this file.'
+        + (" Computed on SYNTHETIC data." if syn else "")
+        + "</p>"
+    )
 
     doc = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -261,7 +261,6 @@ def load_source(
 
     out = Path(out)
     if data is None:
-
         n_patients = synthetic_patients or _synthetic_patients(synthetic_n)
         if not 1 <= n_patients <= synthetic_n:
             raise BlastscopeError(
@@ -273,17 +272,22 @@ def load_source(
         wanted = {"seed": seed, "n_per_class": synthetic_n, "n_patients_per_class": n_patients}
         df = read_manifest(manifest) if manifest.is_file() else None
         generator = (df.attrs.get("generator") or {}) if df is not None else {}
-        if df is not None and all(generator.get(k) == v for k, v in wanted.items()) and all(
-            Path(p).is_file() for p in df["image"]
+        if (
+            df is not None
+            and all(generator.get(k) == v for k, v in wanted.items())
+            and all(Path(p).is_file() for p in df["image"])
         ):
             echo(f"reusing the {_SYN} data in {folder}")
         else:
             echo(f"generating {2 * synthetic_n} {_SYN} C-NMC-like cells ({n_patients} synthetic patients per class) in {folder}")
-            df = read_manifest(generate_dataset(folder, n_per_class=synthetic_n, n_patients_per_class=n_patients,
-                                                seed=seed, progress=progress))
+            df = read_manifest(
+                generate_dataset(folder, n_per_class=synthetic_n, n_patients_per_class=n_patients, seed=seed, progress=progress)
+            )
         df.attrs["synthetic"] = True
-        text = (f"{_SYN} C-NMC-like cells: {synthetic_n} per class, {n_patients} synthetic patients per class "
-                f"(blastscope.data.synth, seed {seed}); not real cells")
+        text = (
+            f"{_SYN} C-NMC-like cells: {synthetic_n} per class, {n_patients} synthetic patients per class "
+            f"(blastscope.data.synth, seed {seed}); not real cells"
+        )
         return df, True, text
 
     data = Path(data)
@@ -301,7 +305,6 @@ def load_source(
         df = read_manifest(data)
         text = f"manifest {data}"
     else:
-
         cache = out / "data" / "manifest.csv"
         source = str(data.resolve())
         df = read_manifest(cache) if cache.is_file() else None
@@ -349,8 +352,10 @@ def draw_paper_split(df: pd.DataFrame, per_class: int, seed: int) -> tuple[pd.Da
     small = have[have < per_class]
     if len(small):
         detail = ", ".join(f"'{c}' has {int(n)}" for c, n in small.items())
-        raise BlastscopeError(f"{name}: the paper protocol draws {per_class} images per class but {detail}; "
-                              f"pass --per-class {int(have.min())} or less")
+        raise BlastscopeError(
+            f"{name}: the paper protocol draws {per_class} images per class but {detail}; "
+            f"pass --per-class {int(have.min())} or less"
+        )
     drawn, warning = paper_split(pool.reset_index(drop=True), n_per_class=per_class, seed=seed)
     drawn = drawn[drawn["split"] != ""].reset_index(drop=True)
     drawn.attrs.update(df.attrs)
@@ -445,7 +450,9 @@ def _facts(df: pd.DataFrame, eval_split: str) -> tuple[dict[str, Any], list[str]
         "train patients": patients("train"),
         "evaluation patients": patients(eval_split),
         "patients shared between train and evaluation": float(len(shared)) if has_pid else math.nan,
-        "evaluation images from shared patients": float(((split == eval_split) & pid.isin(shared)).sum()) if has_pid else math.nan,
+        "evaluation images from shared patients": float(((split == eval_split) & pid.isin(shared)).sum())
+        if has_pid
+        else math.nan,
     }
     return facts, shared
 
@@ -490,8 +497,7 @@ def _same_run(run_dir: Path, config: Any, manifest: pd.DataFrame) -> str | None:
     return None
 
 
-def _train_or_reuse(config: Any, manifest: pd.DataFrame, *, overwrite: bool, progress: bool,
-                    echo: Callable[[str], None]) -> str:
+def _train_or_reuse(config: Any, manifest: pd.DataFrame, *, overwrite: bool, progress: bool, echo: Callable[[str], None]) -> str:
     """Train ``config``, or reuse / resume the same run in ``config.out``; returns how."""
 
     run_dir = Path(config.out)
@@ -509,8 +515,9 @@ def _train_or_reuse(config: Any, manifest: pd.DataFrame, *, overwrite: bool, pro
                 return "reused"
             if done < config.epochs:
                 echo(f"  resuming the run in {run_dir} after epoch {done} of {config.epochs}")
-                resumed = dataclasses.replace(load_config(run_dir / "config.yaml"), out=str(run_dir),
-                                              device=config.device, epochs=config.epochs)
+                resumed = dataclasses.replace(
+                    load_config(run_dir / "config.yaml"), out=str(run_dir), device=config.device, epochs=config.epochs
+                )
                 result = train(resumed, resume=True, progress=progress, echo=indent)
                 if result.interrupted:
                     echo(_RERUN)
@@ -556,14 +563,18 @@ def comparison_table(paper: ProtocolRun, patient: ProtocolRun, *, data: str, syn
         if key == "data":
             row = [data, data, PAPER_REPORTED["data"]]
         elif key == "evaluation split":
-            row = [f"{paper.eval_split} (also picked the best epoch)", f"{patient.eval_split} (held-out patients)",
-                   PAPER_REPORTED[key]]
+            row = [
+                f"{paper.eval_split} (also picked the best epoch)",
+                f"{patient.eval_split} (held-out patients)",
+                PAPER_REPORTED[key],
+            ]
         else:
             row = [paper.facts.get(key, math.nan), patient.facts.get(key, math.nan), PAPER_REPORTED.get(key, math.nan)]
         rows.append([key, *row])
     for key in METRIC_ROWS:
-        rows.append([key, paper.metrics.get(key, math.nan), patient.metrics.get(key, math.nan),
-                     PAPER_REPORTED.get(key, math.nan)])
+        rows.append(
+            [key, paper.metrics.get(key, math.nan), patient.metrics.get(key, math.nan), PAPER_REPORTED.get(key, math.nan)]
+        )
     table = pd.DataFrame(rows, columns=["metric", PAPER_COLUMN, PATIENT_COLUMN, REPORTED_COLUMN], dtype=object)
     if synthetic:
         table.attrs["title"] = f"{_SYN} DATA: paper protocol vs patient-disjoint split (numbers on {_SYN} cells)"
@@ -610,9 +621,12 @@ def _write_md(result_table: pd.DataFrame, path: Path, *, synthetic: bool, notes:
     esc = [[c.replace("|", "\\|") for c in r] for r in cells]
     lines = [f"# {result_table.attrs.get('title', 'comparison')}", ""]
     if synthetic:
-        lines += [f"> **{_SYN} DATA.** Every number in the two protocol columns was computed on synthetic "
-                  "C-NMC-like cells made by blastscope; it says nothing about real patients. Only the "
-                  "'paper reported' column is about real data.", ""]
+        lines += [
+            f"> **{_SYN} DATA.** Every number in the two protocol columns was computed on synthetic "
+            "C-NMC-like cells made by blastscope; it says nothing about real patients. Only the "
+            "'paper reported' column is about real data.",
+            "",
+        ]
     lines += ["| " + " | ".join(esc[0]) + " |", "|" + "|".join(" --- " for _ in esc[0]) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in esc[1:]]
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes] + [""]
@@ -702,22 +716,32 @@ def reproduce(
     _check_detector(model)
     synthetic_n = per_class if synthetic_n is None else synthetic_n
     if data is None and synthetic_n < per_class:
-        raise BlastscopeError(f"--synthetic-n {synthetic_n}: fewer synthetic images per class than --per-class {per_class}; "
-                              f"pass --synthetic-n {per_class} or more")
+        raise BlastscopeError(
+            f"--synthetic-n {synthetic_n}: fewer synthetic images per class than --per-class {per_class}; "
+            f"pass --synthetic-n {per_class} or more"
+        )
     notes: list[str] = []
 
     # 1. data
     echo(f"[1/6] data -> {out}")
-    df, synthetic, description = load_source(data, out, synthetic_n=synthetic_n, synthetic_patients=synthetic_patients,
-                                             seed=seed, progress=progress, echo=lambda s: echo("  " + s))
+    df, synthetic, description = load_source(
+        data,
+        out,
+        synthetic_n=synthetic_n,
+        synthetic_patients=synthetic_patients,
+        seed=seed,
+        progress=progress,
+        echo=lambda s: echo("  " + s),
+    )
     syn = f" [{_SYN}]" if synthetic else ""
     echo(f"  {len(df)} images: {description}")
 
     # 2. the paper's draw and image-level split
     echo(f"[2/6] the paper's draw: {per_class} images per class, 80/20 at image level (seed {seed})")
     drawn, leakage = draw_paper_split(df, per_class, seed)
-    leakage = leakage.replace("use --protocol patient for an honest estimate",
-                              "the patient-disjoint protocol below gives an honest estimate")
+    leakage = leakage.replace(
+        "use --protocol patient for an honest estimate", "the patient-disjoint protocol below gives an honest estimate"
+    )
     echo(f"warning: {leakage}")
 
     # 3. VOC boxes for the drawn images, under OUT
@@ -730,7 +754,9 @@ def reproduce(
     drawn.attrs.pop("manifest_path", None)
     missing = drawn["annotation"] == ""
     if missing.any():
-        notes.append(f"{int(missing.sum())} drawn images got no box (no cell found or unreadable) and were left out of both protocols")
+        notes.append(
+            f"{int(missing.sum())} drawn images got no box (no cell found or unreadable) and were left out of both protocols"
+        )
         echo(f"  {notes[-1]}")
         drawn = drawn[~missing].reset_index(drop=True)
     echo(f"  {annotated.annotated} boxes written, {annotated.kept} kept from an earlier run")
@@ -754,36 +780,58 @@ def reproduce(
         frame.attrs.update(drawn.attrs)
         frame.attrs["split"] = (
             {"protocol": "paper", "seed": seed, "n_per_class": per_class, "train_fraction": 0.8, "image_level": True}
-            if p.key == "paper" else
-            {"protocol": "patient", "seed": seed, "val": patient_val, "test": patient_test, "same_images_as": "paper"}
+            if p.key == "paper"
+            else {"protocol": "patient", "seed": seed, "val": patient_val, "test": patient_test, "same_images_as": "paper"}
         )
         p.manifest = write_manifest(frame, p.folder / "manifest.csv")
         p.run_dir, p.eval_dir = p.folder / "run", p.folder / "eval"
         p.facts, p.shared = _facts(frame, p.eval_split)
-        what = ("image-level 80/20 split (the paper)" if p.key == "paper"
-                else "the same images split by patient (train / val / test)")
-        echo(f"[{step}/6] {p.title}{syn}: {what}: {p.facts['train images']} train / "
-             f"{int((frame['split'] == 'val').sum())} val"
-             + (f" / {p.facts['evaluation images']} test" if p.key == "patient" else "")
-             + f" images; {_cell(p.facts['patients shared between train and evaluation'])} patients in both training and evaluation")
+        what = (
+            "image-level 80/20 split (the paper)" if p.key == "paper" else "the same images split by patient (train / val / test)"
+        )
+        echo(
+            f"[{step}/6] {p.title}{syn}: {what}: {p.facts['train images']} train / "
+            f"{int((frame['split'] == 'val').sum())} val"
+            + (f" / {p.facts['evaluation images']} test" if p.key == "patient" else "")
+            + f" images; {_cell(p.facts['patients shared between train and evaluation'])} patients in both training and evaluation"
+        )
         config = dataclasses.replace(
-            base, task="detect", data=str(p.manifest.resolve()), model=model, pretrained=pretrained, epochs=epochs,
-            imgsz=imgsz, batch=batch, seed=seed, out=str(p.run_dir), augment=augment, device=device,
+            base,
+            task="detect",
+            data=str(p.manifest.resolve()),
+            model=model,
+            pretrained=pretrained,
+            epochs=epochs,
+            imgsz=imgsz,
+            batch=batch,
+            seed=seed,
+            out=str(p.run_dir),
+            augment=augment,
+            device=device,
         ).validate("reproduce")
         p.how = _train_or_reuse(config, frame, overwrite=overwrite, progress=progress, echo=echo)
         eval_device = str(_device(device))  # the training run's device rule ("auto": CUDA when present)
-        result = evaluate_checkpoint(p.run_dir / "best.pt", p.manifest, split=p.eval_split, positive=positive,
-                                     progress=progress, device=eval_device)
+        result = evaluate_checkpoint(
+            p.run_dir / "best.pt", p.manifest, split=p.eval_split, positive=positive, progress=progress, device=eval_device
+        )
         write_report(result, p.eval_dir)
         p.metrics = dict(result.metrics)
         p.facts["best epoch (by val map50_voc)"] = result.best_epoch if result.best_epoch is not None else result.epoch
-        p.facts["training"] = f"{p.how}: {epochs} epoch{'s' * (epochs != 1)}, {model}, {imgsz} px" + (", augmented" if augment else "")
-        shown = ", ".join(f"{k} {_cell(p.metrics.get(k, math.nan), True)}" for k in ("map50_voc", "accuracy", "sensitivity", "specificity"))
-        echo(f"  best.pt (epoch {p.facts['best epoch (by val map50_voc)']}) on {p.eval_split}{syn}: {shown} -> {p.eval_dir / 'report.html'}")
+        p.facts["training"] = f"{p.how}: {epochs} epoch{'s' * (epochs != 1)}, {model}, {imgsz} px" + (
+            ", augmented" if augment else ""
+        )
+        shown = ", ".join(
+            f"{k} {_cell(p.metrics.get(k, math.nan), True)}" for k in ("map50_voc", "accuracy", "sensitivity", "specificity")
+        )
+        echo(
+            f"  best.pt (epoch {p.facts['best epoch (by val map50_voc)']}) on {p.eval_split}{syn}: {shown} -> {p.eval_dir / 'report.html'}"
+        )
 
     paper, patient = protocols
     # 6. the comparison
-    table = comparison_table(paper, patient, data=(f"{_SYN} (not real cells)" if synthetic else f"real: {Path(str(data)).name}"), synthetic=synthetic)
+    table = comparison_table(
+        paper, patient, data=(f"{_SYN} (not real cells)" if synthetic else f"real: {Path(str(data)).name}"), synthetic=synthetic
+    )
     notes = [
         f"data: {description}",
         f"{PAPER_COLUMN}: {per_class} images per class drawn at random, split 80/20 at image level; the best epoch is "
@@ -816,5 +864,15 @@ def reproduce(
     echo(format_table(table))
     echo("")
     echo(f"wrote {csv_path} and {md_path}")
-    return ReproduceResult(out=out, synthetic=synthetic, data=description, paper=paper, patient=patient, table=table,
-                           comparison_csv=csv_path, comparison_md=md_path, leakage_warning=leakage, notes=notes)
+    return ReproduceResult(
+        out=out,
+        synthetic=synthetic,
+        data=description,
+        paper=paper,
+        patient=patient,
+        table=table,
+        comparison_csv=csv_path,
+        comparison_md=md_path,
+        leakage_warning=leakage,
+        notes=notes,
+    )

@@ -64,7 +64,9 @@ def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
-        raise BlastscopeError(f"{run_dir}: not a run folder (no config.yaml); give the --out folder of an earlier 'blastscope train'")
+        raise BlastscopeError(
+            f"{run_dir}: not a run folder (no config.yaml); give the --out folder of an earlier 'blastscope train'"
+        )
     config = load_config(cfg_path)
 
     def differs(key: str, value) -> bool:
@@ -72,8 +74,9 @@ def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:
             return Path(value).resolve() != Path(config.data).resolve()
         return value != getattr(config, key)
 
-    changed = [k for k, v in changes.items()
-               if v is not None and hasattr(config, k) and k not in (*RESUMABLE, "out") and differs(k, v)]
+    changed = [
+        k for k, v in changes.items() if v is not None and hasattr(config, k) and k not in (*RESUMABLE, "out") and differs(k, v)
+    ]
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
         raise BlastscopeError(

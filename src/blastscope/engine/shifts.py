@@ -66,7 +66,9 @@ def read_shift_index(root: str | Path) -> list[ShiftSet]:
     return sorted(sets, key=lambda s: (s.shift != "clean", 0))
 
 
-def classify_manifest(model, manifest, classes: Sequence[str], *, batch: int = 64, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def classify_manifest(
+    model, manifest, classes: Sequence[str], *, batch: int = 64, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities of every cell of ``manifest`` (all rows), cut as training's validation cuts them.
 
     Parameters
@@ -87,7 +89,6 @@ def classify_manifest(model, manifest, classes: Sequence[str], *, batch: int = 6
     """
     import torch
     from torch.utils.data import DataLoader
-
 
     info = model.info
     ds = ClassificationDataset(manifest, None, classes, imgsz=int(info.input_size), train=False, log=ProblemLog(stream=None))

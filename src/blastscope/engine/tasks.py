@@ -131,7 +131,9 @@ class DetectTask(Task):
                 split,
                 classes,
                 imgsz=config.imgsz,
-                transform=build_transforms(config.imgsz, train=train, augment=config.augment, aug=config.aug, pad_value=config.pad_value),
+                transform=build_transforms(
+                    config.imgsz, train=train, augment=config.augment, aug=config.aug, pad_value=config.pad_value
+                ),
                 box_fn=cell_box if config.auto_boxes else None,
                 seed=config.seed,
                 log=log,
@@ -186,7 +188,9 @@ class DetectTask(Task):
         return out | evaluate_detections(preds, gts, classes).as_dict()
 
 
-def classification_scores(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], *, positive: int | None = None) -> dict[str, float]:
+def classification_scores(
+    y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], *, positive: int | None = None
+) -> dict[str, float]:
     """Validation metrics of a classifier from true class indices and class probabilities.
 
     Parameters
@@ -313,8 +317,17 @@ class ClassifyTask(Task):
 
         def make(split: str, train: bool) -> ClassificationDataset:
             return ClassificationDataset(
-                manifest, split, classes, imgsz=config.imgsz, train=train, augment=config.augment, aug=config.aug,
-                seed=config.seed, log=log, pad_value=self.PAD_VALUE, box_fn=box_fn,
+                manifest,
+                split,
+                classes,
+                imgsz=config.imgsz,
+                train=train,
+                augment=config.augment,
+                aug=config.aug,
+                seed=config.seed,
+                log=log,
+                pad_value=self.PAD_VALUE,
+                box_fn=box_fn,
             )
 
         train_ds, val_ds = make("train", True), make("val", False)
@@ -392,15 +405,19 @@ class ClassifyTask(Task):
         t = fit_temperature(logits, y)
         cal = softmax(logits, t)
         out: dict[str, Any] = {
-            "temperature": t, "n_val": int(len(y)),
-            "ece": expected_calibration_error(softmax(logits), y), "ece_calibrated": expected_calibration_error(cal, y),
+            "temperature": t,
+            "n_val": int(len(y)),
+            "ece": expected_calibration_error(softmax(logits), y),
+            "ece_calibrated": expected_calibration_error(cal, y),
         }
         if self.positive is not None and logits.shape[1] == 2:
             method = getattr(config, "threshold_method", "sensitivity")
             target = float(getattr(config, "target_sensitivity", 0.95))
             out |= {
                 "positive": str(classes[self.positive]) if classes is not None else None,
-                "positive_index": int(self.positive), "threshold_method": method, "target_sensitivity": target,
+                "positive_index": int(self.positive),
+                "threshold_method": method,
+                "target_sensitivity": target,
                 "threshold": select_threshold(cal[:, self.positive], y == self.positive, method, target),
                 "uncertain_band": float(getattr(config, "uncertain_band", 0.0)),
             }

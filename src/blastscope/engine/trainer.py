@@ -218,7 +218,9 @@ def train_one_epoch(
     sums: dict[str, float] = {}
     n_images = 0
     start = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, disable=not progress, file=sys.stderr, mininterval=0.5)
+    bar = tqdm(
+        loader, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, disable=not progress, file=sys.stderr, mininterval=0.5
+    )
     try:
         for i, batch in enumerate(bar):
             loss, parts = task.loss(model, batch, device)
@@ -338,8 +340,11 @@ def _remove_stale_tmp(run_dir: Path, echo: Callable[[str], None]) -> None:
     size = sum(p.stat().st_size for p in stale)
     for p in stale:
         p.unlink(missing_ok=True)
-    echo(f"removed {len(stale)} temporary file(s) ({size / 1e6:.1f} MB) of an interrupted write in {run_dir}: "
-         + ", ".join(p.name for p in stale[:3]) + (", ..." if len(stale) > 3 else ""))
+    echo(
+        f"removed {len(stale)} temporary file(s) ({size / 1e6:.1f} MB) of an interrupted write in {run_dir}: "
+        + ", ".join(p.name for p in stale[:3])
+        + (", ..." if len(stale) > 3 else "")
+    )
 
 
 def _prepare_run_dir(run_dir: Path, *, resume: bool, exist_ok: bool) -> list[Path]:
@@ -504,8 +509,23 @@ def train(
 
     replacement = _Replacement(run_dir, old_run)
     try:
-        return _run_epochs(config, task, run_dir, df, classes, note, ckpt, train_ds, val_ds, model, device,
-                           replacement, resume=resume, progress=progress, echo=echo)
+        return _run_epochs(
+            config,
+            task,
+            run_dir,
+            df,
+            classes,
+            note,
+            ckpt,
+            train_ds,
+            val_ds,
+            model,
+            device,
+            replacement,
+            resume=resume,
+            progress=progress,
+            echo=echo,
+        )
     except BaseException:
         kept = replacement.rollback()
         if kept:
@@ -513,8 +533,9 @@ def train(
         raise
 
 
-def _run_epochs(config, task, run_dir, df, classes, note, ckpt, train_ds, val_ds, model, device, replacement,
-                *, resume, progress, echo) -> RunResult:
+def _run_epochs(
+    config, task, run_dir, df, classes, note, ckpt, train_ds, val_ds, model, device, replacement, *, resume, progress, echo
+) -> RunResult:
     """The run-folder writes and the epochs of :func:`train` (its data and model already checked)."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -554,8 +575,12 @@ def _run_epochs(config, task, run_dir, df, classes, note, ckpt, train_ds, val_ds
         del ckpt
 
     config_dict = config_to_dict(config)
-    result = RunResult(run_dir=run_dir, epochs_done=start_epoch - 1, best_epoch=best_epoch, best_metric=task.best_metric, model=model)
-    val_loader = DataLoader(val_ds, batch_size=config.batch, shuffle=False, num_workers=config.workers, collate_fn=task.collate_fn)
+    result = RunResult(
+        run_dir=run_dir, epochs_done=start_epoch - 1, best_epoch=best_epoch, best_metric=task.best_metric, model=model
+    )
+    val_loader = DataLoader(
+        val_ds, batch_size=config.batch, shuffle=False, num_workers=config.workers, collate_fn=task.collate_fn
+    )
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, config.epochs + 1):
@@ -583,8 +608,18 @@ def _run_epochs(config, task, run_dir, df, classes, note, ckpt, train_ds, val_ds
             is_best = _is_better(value, best)
             if is_best:
                 best, best_epoch = value, epoch
-            weights = make_checkpoint(model, epoch=epoch, metrics=metrics, config=config_dict, input_size=config.imgsz, best_metric=best, best_epoch=best_epoch)
-            if weights["model"]["task"] == "detect":  # which detector classes are white cells (two-stage prediction classifies only those)
+            weights = make_checkpoint(
+                model,
+                epoch=epoch,
+                metrics=metrics,
+                config=config_dict,
+                input_size=config.imgsz,
+                best_metric=best,
+                best_epoch=best_epoch,
+            )
+            if (
+                weights["model"]["task"] == "detect"
+            ):  # which detector classes are white cells (two-stage prediction classifies only those)
                 weights["model"]["cell_classes"] = default_cell_classes(weights["model"]["class_names"])
             weights.update(task.checkpoint_extras())
             if getattr(task, "cells", None):  # how a classifier's inputs were made (predict/evaluate redo it)
@@ -615,8 +650,7 @@ def _run_epochs(config, task, run_dir, df, classes, note, ckpt, train_ds, val_ds
         raise NonFiniteLoss(f"{run_dir}: {e}") from None
     except OSError as e:  # a write failed (a full disk): the last complete epoch stays resumable
         done = result.epochs_done
-        kept = (f"{run_dir / 'last.pt'} holds epoch {done}, the last complete one" if done
-                else "no epoch was completed")
+        kept = f"{run_dir / 'last.pt'} holds epoch {done}, the last complete one" if done else "no epoch was completed"
         raise BlastscopeError(
             f"{describe_os_error(e)}; training stopped in epoch {epoch}: {kept}; "
             f"continue with: blastscope train --resume {run_dir}"
@@ -657,12 +691,17 @@ def _init_from(model, config, classes) -> str:
     init = load_checkpoint(path)
     meta = init["model"]
     if meta["arch"] != config.model or meta["task"] != config.task:
-        raise BlastscopeError(f"--init {path}: a {meta['arch']} {meta['task']} checkpoint, but this run trains a "
-                              f"{config.model} {config.task} model; drop --model/--task or pass a matching checkpoint")
+        raise BlastscopeError(
+            f"--init {path}: a {meta['arch']} {meta['task']} checkpoint, but this run trains a "
+            f"{config.model} {config.task} model; drop --model/--task or pass a matching checkpoint"
+        )
     own = model.state_dict()
     same_classes = list(meta["class_names"]) == list(classes)
-    keep = {k: v for k, v in init["state_dict"].items() if k in own and own[k].shape == v.shape and
-            (same_classes or not _is_head(k, model))}
+    keep = {
+        k: v
+        for k, v in init["state_dict"].items()
+        if k in own and own[k].shape == v.shape and (same_classes or not _is_head(k, model))
+    }
     model.load_state_dict(keep, strict=False)
     fresh = len(own) - len(keep)
     what = "all weights" if not fresh else f"{len(keep)} of {len(own)} tensors ({fresh} of the head start fresh: classes differ)"

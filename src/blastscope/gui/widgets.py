@@ -138,5 +138,6 @@ class CountsTable(QTableWidget):
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """``{class: (this frame, all frames)}`` including ``"total"``."""
-        return {self.item(r, 0).text(): (int(self.item(r, 1).text()), int(self.item(r, 2).text()))
-                for r in range(self.rowCount())}
+        return {
+            self.item(r, 0).text(): (int(self.item(r, 1).text()), int(self.item(r, 2).text())) for r in range(self.rowCount())
+        }

@@ -125,8 +125,9 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf decode errors have no common public base
-        raise BlastscopeError(f"{path}: not a readable ONNX model ({first_line(e)}); "
-                              "re-export it with 'blastscope export CHECKPOINT --format onnx'") from None
+        raise BlastscopeError(
+            f"{path}: not a readable ONNX model ({first_line(e)}); re-export it with 'blastscope export CHECKPOINT --format onnx'"
+        ) from None
     return _parse_metadata({p.key: p.value for p in proto.metadata_props}, path)
 
 
@@ -173,11 +174,16 @@ class OnnxModel:
             options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
         try:
-            self.session = ort.InferenceSession(source if isinstance(source, bytes) else str(self.path),
-                                                sess_options=options, providers=_providers(ort, device, self.path))
+            self.session = ort.InferenceSession(
+                source if isinstance(source, bytes) else str(self.path),
+                sess_options=options,
+                providers=_providers(ort, device, self.path),
+            )
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own pybind exception types
-            raise BlastscopeError(f"{self.path}: not a readable ONNX model ({first_line(e)}); "
-                                  "re-export it with 'blastscope export CHECKPOINT --format onnx'") from None
+            raise BlastscopeError(
+                f"{self.path}: not a readable ONNX model ({first_line(e)}); "
+                "re-export it with 'blastscope export CHECKPOINT --format onnx'"
+            ) from None
         self.metadata = _parse_metadata(dict(self.session.get_modelmeta().custom_metadata_map), self.path)
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
@@ -197,8 +203,9 @@ class OnnxModel:
         if self.batch is None or len(x) == self.batch:
             return list(self.session.run(self.output_names, {self.input_name: x}))
         if self.batch != 1:
-            raise BlastscopeError(f"{self.path}: exported for batches of {self.batch}, got {len(x)}; "
-                                  "re-export with --dynamic-batch")
+            raise BlastscopeError(
+                f"{self.path}: exported for batches of {self.batch}, got {len(x)}; re-export with --dynamic-batch"
+            )
         parts = [self.session.run(self.output_names, {self.input_name: x[i : i + 1]}) for i in range(len(x))]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(self.output_names))]
 
@@ -216,8 +223,9 @@ def _providers(ort, device: str, path: Path) -> list:
         return ["CPUExecutionProvider"]
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise BlastscopeError(f"{path}: this onnxruntime has no CUDA provider (device {device!r}); "
-                                  "install onnxruntime-gpu or use --device cpu")
+            raise BlastscopeError(
+                f"{path}: this onnxruntime has no CUDA provider (device {device!r}); install onnxruntime-gpu or use --device cpu"
+            )
         index = int(device.split(":", 1)[1]) if ":" in device else 0
         return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
     raise BlastscopeError(f"device {device!r}: the onnx backend runs on cpu or cuda[:N]")
@@ -245,8 +253,10 @@ class OnnxBackend:
 
     def __init__(self, onnx_model, *, conf: float, iou: float, postprocess=None, max_det: int = 300):
         if onnx_model.task != "detect":
-            raise BlastscopeError(f"{onnx_model.path}: a {onnx_model.task!r} ONNX model, not a detector; "
-                                  "export a detector checkpoint (e.g. yolov3-tiny)")
+            raise BlastscopeError(
+                f"{onnx_model.path}: a {onnx_model.task!r} ONNX model, not a detector; "
+                "export a detector checkpoint (e.g. yolov3-tiny)"
+            )
         self.onnx_model = onnx_model
         self.postprocess = postprocess if postprocess is not None else onnx_model.decoder()
         self.conf, self.iou, self.max_det = conf, iou, max_det
@@ -340,8 +350,13 @@ def _parity(model, info: dict, runner: OnnxModel, imgsz: int, images: Sequence[t
     if detect:
         report.box_max_abs = 0.0
         kw = dict(conf=_PARITY_CONF, iou=_PARITY_IOU)
-        make = lambda backend: Predictor(backend, info["class_names"], imgsz, mean=info.get("mean", (0, 0, 0)),  # noqa: E731
-                                         std=info.get("std", (1, 1, 1)))
+        make = lambda backend: Predictor(
+            backend,
+            info["class_names"],
+            imgsz,
+            mean=info.get("mean", (0, 0, 0)),  # noqa: E731
+            std=info.get("std", (1, 1, 1)),
+        )
         torch_pred = make(TorchBackend(model, **kw))
         onnx_pred = make(OnnxBackend(runner, **kw))
     for name, image in images:
@@ -355,7 +370,9 @@ def _parity(model, info: dict, runner: OnnxModel, imgsz: int, images: Sequence[t
         ref_list = ref if isinstance(ref, (list, tuple)) else [ref]
         got = runner(xt.numpy())
         if len(got) != len(ref_list):
-            raise BlastscopeError(f"ONNX export gives {len(got)} outputs, PyTorch {len(ref_list)}; this is a bug, please report it")
+            raise BlastscopeError(
+                f"ONNX export gives {len(got)} outputs, PyTorch {len(ref_list)}; this is a bug, please report it"
+            )
         for r, g in zip(ref_list, got):
             report.output_max_abs = max(report.output_max_abs, float(np.abs(r.numpy() - g).max()))
         if detect:
@@ -373,8 +390,11 @@ def _parity(model, info: dict, runner: OnnxModel, imgsz: int, images: Sequence[t
 
 def _as_arrays(result) -> dict[str, np.ndarray]:
     d = result.detections
-    return {"boxes": np.array([x.box for x in d], np.float32).reshape(-1, 4),
-            "scores": np.array([x.confidence for x in d], np.float32), "labels": np.array([x.class_id for x in d], np.int64)}
+    return {
+        "boxes": np.array([x.box for x in d], np.float32).reshape(-1, 4),
+        "scores": np.array([x.confidence for x in d], np.float32),
+        "labels": np.array([x.class_id for x in d], np.int64),
+    }
 
 
 @dataclass
@@ -454,8 +474,9 @@ def export_model_onnx(
     require_onnxruntime("checking the export")
     info = dict(info) if info is not None else dataclasses.asdict(model.info)
     model = model.cpu().eval()
-    data, meta = export_graph(model, info, imgsz=imgsz, opset=opset, dynamic_batch=dynamic_batch, source=source,
-                              source_sha256=source_sha256)
+    data, meta = export_graph(
+        model, info, imgsz=imgsz, opset=opset, dynamic_batch=dynamic_batch, source=source, source_sha256=source_sha256
+    )
     imgsz = int(meta["input_size"])
     runner = OnnxModel(data, threads=torch.get_num_threads())
     parity = _parity(model, info, runner, imgsz, list(images) if images is not None else check_images())
@@ -494,14 +515,31 @@ def export_onnx(
 
     refuse_overwrite(out, overwrite)  # before the slow part
     model, ckpt = load_model(checkpoint)
-    return export_model_onnx(model, out, info=ckpt["model"], imgsz=imgsz, opset=opset, dynamic_batch=dynamic_batch,
-                             overwrite=overwrite, images=images, output_atol=output_atol, box_atol=box_atol,
-                             source=checkpoint, source_sha256=sha256_of(checkpoint))
+    return export_model_onnx(
+        model,
+        out,
+        info=ckpt["model"],
+        imgsz=imgsz,
+        opset=opset,
+        dynamic_batch=dynamic_batch,
+        overwrite=overwrite,
+        images=images,
+        output_atol=output_atol,
+        box_atol=box_atol,
+        source=checkpoint,
+        source_sha256=sha256_of(checkpoint),
+    )
 
 
-def onnx_for_checkpoint(checkpoint: str | os.PathLike, model, info: dict[str, Any], *, imgsz: int,
-                        cache_dir: str | os.PathLike | None = None,
-                        say: Callable[[str], None] | None = None) -> Path:
+def onnx_for_checkpoint(
+    checkpoint: str | os.PathLike,
+    model,
+    info: dict[str, Any],
+    *,
+    imgsz: int,
+    cache_dir: str | os.PathLike | None = None,
+    say: Callable[[str], None] | None = None,
+) -> Path:
     """The ONNX file to run for ``checkpoint`` at ``imgsz``: its sibling ``.onnx`` when that was
     exported from these very bytes at this size, else an export in the cache (made once).
 
@@ -544,9 +582,12 @@ def onnx_for_checkpoint(checkpoint: str | os.PathLike, model, info: dict[str, An
         except BlastscopeError:
             pass
     size_flag = f" --imgsz {imgsz}" if imgsz != int(info.get("input_size", imgsz)) else ""
-    say(f"onnx: exporting {checkpoint} at {imgsz} px to {cached} (once; "
-        f"'blastscope export {checkpoint} --format onnx --dynamic-batch{size_flag}' writes it beside the checkpoint)")
-    result = export_model_onnx(model, cached, info=info, imgsz=imgsz, dynamic_batch=True, overwrite=True,
-                               source=checkpoint, source_sha256=sha)
+    say(
+        f"onnx: exporting {checkpoint} at {imgsz} px to {cached} (once; "
+        f"'blastscope export {checkpoint} --format onnx --dynamic-batch{size_flag}' writes it beside the checkpoint)"
+    )
+    result = export_model_onnx(
+        model, cached, info=info, imgsz=imgsz, dynamic_batch=True, overwrite=True, source=checkpoint, source_sha256=sha
+    )
     say(f"onnx: {result.parity.line()}")
     return cached

@@ -127,8 +127,10 @@ class FrameResult:
     def labels(self) -> list[tuple[str, float]]:
         """Final ``(class, confidence)`` per detection: the classifier's when there is one, else the detector's."""
         if self.classifications is not None:
-            return [(c.class_name, c.confidence) if c is not None else (d.class_name, d.confidence)
-                    for d, c in zip(self.detections, self.classifications, strict=True)]
+            return [
+                (c.class_name, c.confidence) if c is not None else (d.class_name, d.confidence)
+                for d, c in zip(self.detections, self.classifications, strict=True)
+            ]
         return [(d.class_name, d.confidence) for d in self.detections]
 
     def counts(self) -> dict[str, int]:
@@ -147,11 +149,29 @@ class FrameResult:
         """
         base = {"source": self.source, "frame": self.frame, "time_s": self.time_s}
         if not self.detections:
-            return [{**base, "class": None, "confidence": None, "xmin": None, "ymin": None,
-                     "xmax": None, "ymax": None, "model": self.model}]
+            return [
+                {
+                    **base,
+                    "class": None,
+                    "confidence": None,
+                    "xmin": None,
+                    "ymin": None,
+                    "xmax": None,
+                    "ymax": None,
+                    "model": self.model,
+                }
+            ]
         return [
-            {**base, "class": name, "confidence": conf, "xmin": d.box[0], "ymin": d.box[1],
-             "xmax": d.box[2], "ymax": d.box[3], "model": self.model}
+            {
+                **base,
+                "class": name,
+                "confidence": conf,
+                "xmin": d.box[0],
+                "ymin": d.box[1],
+                "xmax": d.box[2],
+                "ymax": d.box[3],
+                "model": self.model,
+            }
             for d, (name, conf) in zip(self.detections, self.labels())
         ]
 
@@ -210,8 +230,9 @@ def _as_int_size(value, what: str) -> int:
     return size
 
 
-def _make_backend(name: str, model, path: Path, *, conf: float, iou: float, device: str,
-                  imgsz: int | None = None, info: dict | None = None) -> Backend:
+def _make_backend(
+    name: str, model, path: Path, *, conf: float, iou: float, device: str, imgsz: int | None = None, info: dict | None = None
+) -> Backend:
     """The back-end ``name`` for a loaded checkpoint.
 
     ``model`` is the torch module of a ``.pt`` checkpoint, or an ``OnnxModel`` when ``path`` is an
@@ -234,20 +255,25 @@ def _make_backend(name: str, model, path: Path, *, conf: float, iou: float, devi
             return OnnxBackend(model, conf=conf, iou=iou)
         if imgsz is None:
             imgsz = int((info or {}).get("input_size") or model.info.input_size)
-        onnx_path = onnx_for_checkpoint(path, model, info if info is not None else dataclasses.asdict(model.info),
-                                        imgsz=imgsz)
+        onnx_path = onnx_for_checkpoint(path, model, info if info is not None else dataclasses.asdict(model.info), imgsz=imgsz)
         import torch
 
-        return OnnxBackend(OnnxModel(onnx_path, device=device, threads=torch.get_num_threads()),
-                           conf=conf, iou=iou, postprocess=model.cpu().eval().decoder())
+        return OnnxBackend(
+            OnnxModel(onnx_path, device=device, threads=torch.get_num_threads()),
+            conf=conf,
+            iou=iou,
+            postprocess=model.cpu().eval().decoder(),
+        )
     raise BlastscopeError(f"backend={name!r}: unknown backend; use one of {', '.join(BACKENDS)}")
 
 
 def _load_onnx(path: Path, backend: str, device: str):
     """An ``.onnx`` CHECKPOINT: (OnnxModel, metadata dict shaped like a checkpoint's ``model``)."""
     if backend != "onnx":
-        raise BlastscopeError(f"{path}: an ONNX model runs with the onnx backend; add --backend onnx, "
-                              "or give the .pt checkpoint it was exported from")
+        raise BlastscopeError(
+            f"{path}: an ONNX model runs with the onnx backend; add --backend onnx, "
+            "or give the .pt checkpoint it was exported from"
+        )
 
     from blastscope.inference.onnx import (  # optional part
         OnnxModel,
@@ -293,9 +319,18 @@ class Predictor:
         platelets, :func:`blastscope.annotate.finder.default_cell_classes`).
     """
 
-    def __init__(self, backend: Backend, class_names: Sequence[str], imgsz: int, *, model_name: str = "",
-                 mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
-                 classifier=None, cell_classes: Sequence[str] | None = None):
+    def __init__(
+        self,
+        backend: Backend,
+        class_names: Sequence[str],
+        imgsz: int,
+        *,
+        model_name: str = "",
+        mean: Sequence[float] = (0.0, 0.0, 0.0),
+        std: Sequence[float] = (1.0, 1.0, 1.0),
+        classifier=None,
+        cell_classes: Sequence[str] | None = None,
+    ):
         from blastscope.inference.finder import resolve_cell_classes
 
         self.backend = backend
@@ -308,10 +343,18 @@ class Predictor:
         self.preprocess = Preprocess("letterbox", self.imgsz, tuple(mean), tuple(std))
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, conf: float = 0.25, iou: float = 0.45,
-                        imgsz: int | None = None, device: str = "cpu", backend: str = "torch",
-                        classifier: str | os.PathLike | None = None,
-                        cell_classes: Sequence[str] | str | None = None) -> Predictor:
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        *,
+        conf: float = 0.25,
+        iou: float = 0.45,
+        imgsz: int | None = None,
+        device: str = "cpu",
+        backend: str = "torch",
+        classifier: str | os.PathLike | None = None,
+        cell_classes: Sequence[str] | str | None = None,
+    ) -> Predictor:
         """Load a detector checkpoint written by blastscope (``models.checkpoint`` format).
 
         Parameters
@@ -351,11 +394,21 @@ class Predictor:
         model, info = _load_onnx(path, backend, device) if path.suffix.lower() == ".onnx" else _load(path)
         if info.get("task") == "classify" and classifier is None and path.suffix.lower() != ".onnx":
             # a classifier alone: each frame is one cell (the white cell it is centred on, or whole)
-            alone = cls(None, [], int(_as_int_size(info.get("input_size", 224), f"{path}: input_size")),
-                        model_name=f"{path.name} ({info.get('arch', '?')})",
-                        classifier=CropClassifier(model, info["class_names"], info.get("input_size", 224),
-                                                  info.get("mean", (0.485, 0.456, 0.406)), info.get("std", (0.229, 0.224, 0.225)),
-                                                  device=device, calibration=info.get("calibration")))
+            alone = cls(
+                None,
+                [],
+                int(_as_int_size(info.get("input_size", 224), f"{path}: input_size")),
+                model_name=f"{path.name} ({info.get('arch', '?')})",
+                classifier=CropClassifier(
+                    model,
+                    info["class_names"],
+                    info.get("input_size", 224),
+                    info.get("mean", (0.485, 0.456, 0.406)),
+                    info.get("std", (0.229, 0.224, 0.225)),
+                    device=device,
+                    calibration=info.get("calibration"),
+                ),
+            )
             alone.cell_box_fn = cell_box_function(info.get("cells"))
             return alone
         if info.get("task") != "detect":
@@ -364,23 +417,35 @@ class Predictor:
                 "detector checkpoint (e.g. yolov3-tiny) as CHECKPOINT"
                 + (" and this one with --classifier" if info.get("task") == "classify" else "")
             )
-        size = _as_int_size(imgsz if imgsz is not None else info.get("input_size", 416),
-                            "imgsz" if imgsz is not None else f"{path}: input_size")
+        size = _as_int_size(
+            imgsz if imgsz is not None else info.get("input_size", 416), "imgsz" if imgsz is not None else f"{path}: input_size"
+        )
         if path.suffix.lower() == ".onnx" and size != int(info["input_size"]):
-            raise BlastscopeError(f"{path}: exported at {info['input_size']} px, asked to run at {size} px; "
-                                  f"drop --imgsz or re-export with --imgsz {size}")
-        runner = _make_backend(backend, model, path, conf=float(conf), iou=float(iou), device=device,
-                               imgsz=size, info=info)
+            raise BlastscopeError(
+                f"{path}: exported at {info['input_size']} px, asked to run at {size} px; "
+                f"drop --imgsz or re-export with --imgsz {size}"
+            )
+        runner = _make_backend(backend, model, path, conf=float(conf), iou=float(iou), device=device, imgsz=size, info=info)
         hook = None
         if classifier is not None:
             hook = CropClassifier.from_checkpoint(classifier, device=device)
         from blastscope.inference.finder import cell_classes_of, resolve_cell_classes
 
-        cells = resolve_cell_classes(info["class_names"], cell_classes, str(path)) if cell_classes is not None \
+        cells = (
+            resolve_cell_classes(info["class_names"], cell_classes, str(path))
+            if cell_classes is not None
             else cell_classes_of(info)
-        return cls(runner, info["class_names"], size, model_name=f"{path.name} ({info.get('arch', '?')})",
-                   mean=info.get("mean", (0.0, 0.0, 0.0)), std=info.get("std", (1.0, 1.0, 1.0)), classifier=hook,
-                   cell_classes=cells)
+        )
+        return cls(
+            runner,
+            info["class_names"],
+            size,
+            model_name=f"{path.name} ({info.get('arch', '?')})",
+            mean=info.get("mean", (0.0, 0.0, 0.0)),
+            std=info.get("std", (1.0, 1.0, 1.0)),
+            classifier=hook,
+            cell_classes=cells,
+        )
 
     @property
     def task(self) -> str:
@@ -465,8 +530,7 @@ class Predictor:
             labels = np.asarray(out["labels"]).reshape(-1).astype(np.int64)
             order = np.argsort(-scores, kind="stable")
             dets = [
-                Detection(self._class_name(int(labels[i])), int(labels[i]), float(scores[i]),
-                          tuple(float(v) for v in boxes[i]))
+                Detection(self._class_name(int(labels[i])), int(labels[i]), float(scores[i]), tuple(float(v) for v in boxes[i]))
                 for i in order
             ]
             cls = None
@@ -516,8 +580,7 @@ class Predictor:
         from blastscope.inference.finder import MERGE_IOU, agnostic_nms
 
         boxes = np.array([d.box for d in dets], dtype=np.float32).reshape(-1, 4)
-        keep = sorted(agnostic_nms(boxes, np.array([d.confidence for d in dets], np.float32),
-                                   min(self.iou, MERGE_IOU)).tolist())
+        keep = sorted(agnostic_nms(boxes, np.array([d.confidence for d in dets], np.float32), min(self.iou, MERGE_IOU)).tolist())
         dets = [dets[i] for i in keep]
         white = [i for i, d in enumerate(dets) if d.class_name in self.cell_classes]
         cls: list[Classification | None] = [None] * len(dets)
@@ -580,8 +643,19 @@ class CropClassifier:
         Extra context around the box, as a fraction of its longer side.
     """
 
-    def __init__(self, model, class_names, input_size, mean, std, *, margin: float = DEFAULT_MARGIN, device: str = "cpu",
-                 calibration: dict | None = None, band: bool = True):
+    def __init__(
+        self,
+        model,
+        class_names,
+        input_size,
+        mean,
+        std,
+        *,
+        margin: float = DEFAULT_MARGIN,
+        device: str = "cpu",
+        calibration: dict | None = None,
+        band: bool = True,
+    ):
         self.model = model.to(device).eval()
         self.class_names = [str(c) for c in class_names]
         self.preprocess = Preprocess("crop", input_size, tuple(mean), tuple(std), margin=float(margin))
@@ -590,8 +664,11 @@ class CropClassifier:
         thr = cal.get("threshold")
         two = len(self.class_names) == 2 and cal.get("positive_index") in (0, 1)
         #: the checkpoint's operating point (two classes): positive class index, threshold, uncertain band
-        self.operating = ((int(cal["positive_index"]), float(thr), float(cal.get("uncertain_band") or 0.0) if band else 0.0)
-                          if two and thr is not None and np.isfinite(float(thr)) else None)
+        self.operating = (
+            (int(cal["positive_index"]), float(thr), float(cal.get("uncertain_band") or 0.0) if band else 0.0)
+            if two and thr is not None and np.isfinite(float(thr))
+            else None
+        )
         self.input_size = self.preprocess.size
         self.device = device
 
@@ -605,8 +682,9 @@ class CropClassifier:
         self.preprocess = dataclasses.replace(self.preprocess, margin=float(value))
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "cpu", margin: float = DEFAULT_MARGIN,
-                        band: bool = True) -> CropClassifier:
+    def from_checkpoint(
+        cls, path: str | os.PathLike, *, device: str = "cpu", margin: float = DEFAULT_MARGIN, band: bool = True
+    ) -> CropClassifier:
         path = Path(path)
         model, info = _load(path)
         if info.get("task") != "classify":
@@ -614,9 +692,17 @@ class CropClassifier:
                 f"{path}: is a {info.get('task')!r} checkpoint ({info.get('arch')}), not a cell classifier; "
                 "pass a classifier checkpoint with --classifier"
             )
-        return cls(model, info["class_names"], info.get("input_size", 224), info.get("mean", (0.485, 0.456, 0.406)),
-                   info.get("std", (0.229, 0.224, 0.225)), margin=margin, device=device,
-                   calibration=info.get("calibration"), band=band)
+        return cls(
+            model,
+            info["class_names"],
+            info.get("input_size", 224),
+            info.get("mean", (0.485, 0.456, 0.406)),
+            info.get("std", (0.229, 0.224, 0.225)),
+            margin=margin,
+            device=device,
+            calibration=info.get("calibration"),
+            band=band,
+        )
 
     def crops(self, image: np.ndarray, boxes: np.ndarray, margin: float | None = None) -> np.ndarray:
         """Square crops of ``boxes`` (xyxy pixels) as ``(N, S, S, 3)`` uint8 RGB.

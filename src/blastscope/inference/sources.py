@@ -112,8 +112,9 @@ def _capped(n: int, every: int, max_frames: int | None) -> int:
 
 
 class _ImageFiles(FrameSource):
-    def __init__(self, paths: list[Path], *, kind: str, name: str, root: Path, every: int,
-                 max_frames: int | None, log: ProblemLog | None):
+    def __init__(
+        self, paths: list[Path], *, kind: str, name: str, root: Path, every: int, max_frames: int | None, log: ProblemLog | None
+    ):
         self.kind, self.name, self.root = kind, name, root
         self.paths = paths[::every][:max_frames] if max_frames is not None else paths[::every]
         self.length = len(self.paths)
@@ -138,8 +139,9 @@ class _ImageFiles(FrameSource):
 class _Capture(FrameSource):
     """A video file or a camera read through ``cv2.VideoCapture``."""
 
-    def __init__(self, cap, *, kind: str, name: str, source: str, every: int, max_frames: int | None,
-                 log: ProblemLog | None = None):
+    def __init__(
+        self, cap, *, kind: str, name: str, source: str, every: int, max_frames: int | None, log: ProblemLog | None = None
+    ):
         import cv2
 
         self.kind, self.name, self._source = kind, name, source
@@ -166,8 +168,7 @@ class _Capture(FrameSource):
                     "in a video player, or re-encode it (for example: ffmpeg -i IN -c:v libx264 OUT.mp4)"
                 )
             raise BlastscopeError(
-                f"{name}: camera opened but sent no frame; check that it is not used by another "
-                "program, or pass another index"
+                f"{name}: camera opened but sent no frame; check that it is not used by another program, or pass another index"
             )
         self._first = first
         self._seek_to: int | None = None
@@ -211,8 +212,10 @@ class _Capture(FrameSource):
                     bgr = None
                     if self.kind == "video" and index < self._count:
                         # the header promised more frames: a truncated or damaged file, not its end
-                        msg = (f"video ended at frame {index} of the {self._count} its header announces "
-                               f"(truncated or damaged); {n_out} frame(s) processed")
+                        msg = (
+                            f"video ended at frame {index} of the {self._count} its header announces "
+                            f"(truncated or damaged); {n_out} frame(s) processed"
+                        )
                         fix = "re-copy the video, or re-encode it (ffmpeg -i IN -c:v libx264 OUT.mp4)"
                         if self._log is not None:
                             self._log.add(self.name, msg, fix)
@@ -254,11 +257,9 @@ def _open_camera(index: int, every: int, max_frames: int | None) -> FrameSource:
     if not opened:
         cap.release()
         raise BlastscopeError(
-            f"camera {index} did not open; check that it is connected and not used by another "
-            "program, or pass another index"
+            f"camera {index} did not open; check that it is connected and not used by another program, or pass another index"
         )
-    return _Capture(cap, kind="camera", name=f"camera {index}", source=f"camera:{index}",
-                    every=every, max_frames=max_frames)
+    return _Capture(cap, kind="camera", name=f"camera {index}", source=f"camera:{index}", every=every, max_frames=max_frames)
 
 
 def _open_video(path: Path, every: int, max_frames: int | None, log: ProblemLog | None = None) -> FrameSource:
@@ -303,8 +304,14 @@ def shard(paths: list, spec: tuple[int, int] | None) -> list:
     return paths[start : start + base + (1 if i < extra else 0)]
 
 
-def open_source(source: str | int | os.PathLike, *, every: int = 1, max_frames: int | None = None,
-                log: ProblemLog | None = None, shard_spec: tuple[int, int] | None = None) -> FrameSource:
+def open_source(
+    source: str | int | os.PathLike,
+    *,
+    every: int = 1,
+    max_frames: int | None = None,
+    log: ProblemLog | None = None,
+    shard_spec: tuple[int, int] | None = None,
+) -> FrameSource:
     """Open an image, a folder or glob of images, a video file or a camera as one frame iterator.
 
     Parameters
@@ -363,15 +370,14 @@ def open_source(source: str | int | os.PathLike, *, every: int = 1, max_frames: 
         paths = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
         if not paths:
             raise BlastscopeError(
-                f"{path}: folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in it or below it; "
-                "check the path"
+                f"{path}: folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in it or below it; check the path"
             )
-        return _ImageFiles(shard(paths, shard_spec), kind="folder", name=text, root=path, every=every,
-                           max_frames=max_frames, log=log)
+        return _ImageFiles(
+            shard(paths, shard_spec), kind="folder", name=text, root=path, every=every, max_frames=max_frames, log=log
+        )
     if path.is_file():
         if is_image_file(path):
-            return _ImageFiles([path], kind="image", name=text, root=path.parent, every=1,
-                               max_frames=None, log=log)
+            return _ImageFiles([path], kind="image", name=text, root=path.parent, every=1, max_frames=None, log=log)
         return _open_video(path, every, max_frames, log)
     if _GLOB_CHARS & set(text):
         matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True))
@@ -381,8 +387,15 @@ def open_source(source: str | int | os.PathLike, *, every: int = 1, max_frames: 
                 f"{text}: the pattern matches no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                 "check the pattern (quote it so the shell does not expand it)"
             )
-        return _ImageFiles(shard(paths, shard_spec), kind="folder", name=text, root=_glob_root(os.path.expanduser(text)),
-                           every=every, max_frames=max_frames, log=log)
+        return _ImageFiles(
+            shard(paths, shard_spec),
+            kind="folder",
+            name=text,
+            root=_glob_root(os.path.expanduser(text)),
+            every=every,
+            max_frames=max_frames,
+            log=log,
+        )
     raise BlastscopeError(
         f"{text}: no such file or folder; pass an image, a folder, a glob pattern, a video file or a camera index"
     )

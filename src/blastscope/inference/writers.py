@@ -23,8 +23,15 @@ from blastscope._problems import BlastscopeError
 from blastscope.inference.predictor import FrameResult
 from blastscope.metrics.calls import BLAST_THRESHOLD, blast_fraction, count_call
 
-__all__ = ["CSV_COLUMNS", "CsvWriter", "SummaryWriter", "draw_detections", "AnnotatedImageWriter",
-           "AnnotatedVideoWriter", "format_rows"]
+__all__ = [
+    "CSV_COLUMNS",
+    "CsvWriter",
+    "SummaryWriter",
+    "draw_detections",
+    "AnnotatedImageWriter",
+    "AnnotatedVideoWriter",
+    "format_rows",
+]
 
 CSV_COLUMNS = ("source", "frame", "time_s", "class", "confidence", "xmin", "ymin", "xmax", "ymax", "model")
 
@@ -41,10 +48,20 @@ def format_rows(result: FrameResult) -> list[list[str]]:
     """
     out = []
     for r in result.rows():
-        out.append([
-            r["source"], str(r["frame"]), _fmt(r["time_s"], 6), r["class"] or "", _fmt(r["confidence"], 6),
-            _fmt(r["xmin"], 4), _fmt(r["ymin"], 4), _fmt(r["xmax"], 4), _fmt(r["ymax"], 4), r["model"],
-        ])
+        out.append(
+            [
+                r["source"],
+                str(r["frame"]),
+                _fmt(r["time_s"], 6),
+                r["class"] or "",
+                _fmt(r["confidence"], 6),
+                _fmt(r["xmin"], 4),
+                _fmt(r["ymin"], 4),
+                _fmt(r["xmax"], 4),
+                _fmt(r["ymax"], 4),
+                r["model"],
+            ]
+        )
     return out
 
 
@@ -133,8 +150,9 @@ class SummaryWriter(_StreamingCsv):
         Share of ``positive`` cells among the white cells needed for a positive call (default 0.2).
     """
 
-    def __init__(self, path: str | os.PathLike, classes: Sequence[str], *, positive: str = "ALL",
-                 threshold: float = BLAST_THRESHOLD):
+    def __init__(
+        self, path: str | os.PathLike, classes: Sequence[str], *, positive: str = "ALL", threshold: float = BLAST_THRESHOLD
+    ):
         self.classes = [str(c) for c in classes]
         self.positive = str(positive)
         self.threshold = float(threshold)
@@ -182,8 +200,16 @@ class SummaryWriter(_StreamingCsv):
 
 # RGB colours; the first two match the paper's figure convention (ALL red, HEM green)
 _NAMED_COLOURS = {"ALL": (220, 40, 40), "HEM": (40, 170, 60)}
-_PALETTE = [(31, 119, 180), (255, 127, 14), (148, 103, 189), (140, 86, 75), (227, 119, 194),
-            (23, 190, 207), (188, 189, 34), (127, 127, 127)]
+_PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (23, 190, 207),
+    (188, 189, 34),
+    (127, 127, 127),
+]
 
 
 def _colour(name: str, index: int) -> tuple[int, int, int]:
@@ -221,8 +247,7 @@ def draw_detections(image: np.ndarray, result: FrameResult, *, thickness: int | 
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
         ty = y0 - 2 if y0 - th - base - 2 >= 0 else min(h - 1, y0 + th + base + 2)
         cv2.rectangle(out, (x0, ty - th - base), (x0 + tw + 2, ty + 1), colour, -1)
-        cv2.putText(out, label, (x0 + 1, ty - base + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
-                    (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(out, label, (x0 + 1, ty - base + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1, cv2.LINE_AA)
     return out
 
 
@@ -310,10 +335,10 @@ class AnnotatedVideoWriter:
             path.unlink(missing_ok=True)
             self.path = path.with_suffix(".avi")
             self._vw = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"MJPG"), self.fps, self.size)
-            print(f"note: OpenCV cannot write mp4v video here; writing Motion-JPEG {self.path} instead",
-                  file=stream or sys.stderr)
+            print(
+                f"note: OpenCV cannot write mp4v video here; writing Motion-JPEG {self.path} instead", file=stream or sys.stderr
+            )
             if not self._vw.isOpened():
-
                 raise BlastscopeError(f"{path}: OpenCV cannot open a video writer (mp4v or MJPG); pass --no-draw")
         self.n_frames = 0
 

@@ -115,8 +115,9 @@ def blast_fraction(counts: dict[str, int], classes: Sequence[str], positive: str
     return counts.get(positive, 0) / white if white else float("nan")
 
 
-def count_call(counts: dict[str, int], classes: Sequence[str], *, positive: str = "ALL",
-               threshold: float = BLAST_THRESHOLD) -> str:
+def count_call(
+    counts: dict[str, int], classes: Sequence[str], *, positive: str = "ALL", threshold: float = BLAST_THRESHOLD
+) -> str:
     """The call of an image, smear or video from its per-class cell counts (``summary.csv``, the GUI).
 
     - ``"none"`` when no cell of ``classes`` was found;

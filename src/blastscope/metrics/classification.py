@@ -134,9 +134,7 @@ def confusion(y_true, y_pred, labels: Sequence) -> np.ndarray:
         raise ValueError(f"labels={labels!r} has duplicates")
     index = {lab: i for i, lab in enumerate(labels)}
     for name, arr in (("y_true", yt), ("y_pred", yp)):
-        extra = sorted(
-            {v.item() if hasattr(v, "item") else v for v in np.unique(arr)} - set(labels), key=str
-        )
+        extra = sorted({v.item() if hasattr(v, "item") else v for v in np.unique(arr)} - set(labels), key=str)
         if extra:
             raise ValueError(f"{name} holds {extra!r}, which is not among labels={labels!r}")
     if not yt.size:
@@ -208,18 +206,13 @@ def diagnostic_metrics(
     if y_score is not None:
         score = _np1(y_score, "y_score", np.float64)
         if score.shape[0] != n:
-            raise ValueError(
-                f"y_true has {n} values and y_score {score.shape[0]}; they must be equal"
-            )
+            raise ValueError(f"y_true has {n} values and y_score {score.shape[0]}; they must be equal")
         if not np.all(np.isfinite(score)):
             raise ValueError("y_score contains NaN or inf")
         if score.ndim == 2:
             C = score.shape[1]
             if not isinstance(positive, (int, np.integer)) or not 0 <= positive < C:
-                raise ValueError(
-                    f"positive={positive!r}; with (n, {C}) class probabilities it must be a column "
-                    f"index 0..{C - 1}"
-                )
+                raise ValueError(f"positive={positive!r}; with (n, {C}) class probabilities it must be a column index 0..{C - 1}")
             multiclass_labels = list(range(C))
             pos_score = score[:, positive]
         elif score.ndim == 1:
@@ -237,9 +230,7 @@ def diagnostic_metrics(
         yp = None  # binary call from the threshold, below
 
     if yp is not None:
-        labels = multiclass_labels or sorted(
-            {v.item() if hasattr(v, "item") else v for v in np.concatenate([yt, yp])}, key=str
-        )
+        labels = multiclass_labels or sorted({v.item() if hasattr(v, "item") else v for v in np.concatenate([yt, yp])}, key=str)
         if multiclass_labels is None and len(labels) == 2 and positive not in labels:
             raise ValueError(f"positive={positive!r} is not one of the labels {labels!r}")
         is_pos = yt == positive
@@ -284,9 +275,7 @@ def diagnostic_metrics(
     return out
 
 
-def roc_curve_points(
-    y_true, y_score, *, positive: Any = 1
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_curve_points(y_true, y_score, *, positive: Any = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ROC curve as numbers for the report: ``(fpr, tpr, thresholds)``.
 
     Thin wrapper of :func:`sklearn.metrics.roc_curve` (``drop_intermediate=True``). Returns three
@@ -301,9 +290,7 @@ def roc_curve_points(
     is_pos = _np1(y_true, "y_true").reshape(-1) == positive
     s = _np1(y_score, "y_score", np.float64).reshape(-1)
     if is_pos.size != s.size:
-        raise ValueError(
-            f"y_true has {is_pos.size} values and y_score {s.size}; they must be equal"
-        )
+        raise ValueError(f"y_true has {is_pos.size} values and y_score {s.size}; they must be equal")
     if is_pos.all() or not is_pos.any():
         return np.zeros(0), np.zeros(0), np.zeros(0)
     from sklearn.metrics import roc_curve
@@ -376,9 +363,7 @@ def bootstrap_ci(
     yt = _np1(y_true, "y_true").reshape(-1)
     ys = _np1(y_score, "y_score")
     if ys.shape[0] != yt.size:
-        raise ValueError(
-            f"y_true has {yt.size} values and y_score {ys.shape[0]}; they must be equal"
-        )
+        raise ValueError(f"y_true has {yt.size} values and y_score {ys.shape[0]}; they must be equal")
     if yt.size == 0:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
@@ -459,10 +444,7 @@ def patient_level(
     yt = _np1(y_true, "y_true").reshape(-1)
     ys = _np1(y_score, "y_score", np.float64).reshape(-1)
     if not (pid.size == yt.size == ys.size):
-        raise ValueError(
-            f"patient_ids, y_true and y_score have {pid.size}, {yt.size} and {ys.size} values; "
-            "they must be equal"
-        )
+        raise ValueError(f"patient_ids, y_true and y_score have {pid.size}, {yt.size} and {ys.size} values; they must be equal")
     uniq, first, inv = np.unique(pid, return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")
     out_ids, out_true, out_score = [], [], []
@@ -534,5 +516,3 @@ def count_baseline(
     out = diagnostic_metrics(yt, c, positive=positive, threshold=threshold)
     out["count_threshold"] = float(threshold)
     return out
-
-

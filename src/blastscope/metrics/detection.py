@@ -120,9 +120,7 @@ def ap_from_pr(recall, precision, method: str = "voc") -> float:
     rec = np.asarray(recall, dtype=np.float64).reshape(-1)
     prec = np.asarray(precision, dtype=np.float64).reshape(-1)
     if rec.shape != prec.shape:
-        raise ValueError(
-            f"recall has {rec.size} values and precision {prec.size}; they must be the same length"
-        )
+        raise ValueError(f"recall has {rec.size} values and precision {prec.size}; they must be the same length")
     if rec.size == 0:
         return 0.0
     # Monotone envelope: precision at rank i becomes the best precision at any later rank.
@@ -180,28 +178,20 @@ def _check_image(d: Mapping[str, Any], i: int, what: str, num_classes: int, pred
     labels = _np(d["labels"], np.float64).reshape(-1)
     if labels.size != n:
         raise ValueError(f"{what}[{i}] has {n} boxes and {labels.size} labels; they must be equal")
-    if n and (
-        np.any(labels != np.round(labels)) or labels.min() < 0 or labels.max() >= num_classes
-    ):
+    if n and (np.any(labels != np.round(labels)) or labels.min() < 0 or labels.max() >= num_classes):
         bad = labels[(labels != np.round(labels)) | (labels < 0) | (labels >= num_classes)][0]
-        raise ValueError(
-            f"{what}[{i}] has label {bad:g}; labels must be integer class indices "
-            f"0..{num_classes - 1}"
-        )
+        raise ValueError(f"{what}[{i}] has label {bad:g}; labels must be integer class indices 0..{num_classes - 1}")
     if not np.all(np.isfinite(boxes)):
         raise ValueError(f"{what}[{i}]['boxes'] contains NaN or inf")
     if n and (np.any(boxes[:, 2] < boxes[:, 0]) or np.any(boxes[:, 3] < boxes[:, 1])):
         raise ValueError(
-            f"{what}[{i}]['boxes'] has a box with xmax < xmin or ymax < ymin; boxes must be "
-            "xyxy (xmin, ymin, xmax, ymax)"
+            f"{what}[{i}]['boxes'] has a box with xmax < xmin or ymax < ymin; boxes must be xyxy (xmin, ymin, xmax, ymax)"
         )
     img = _Image(boxes=boxes, labels=labels.astype(np.int64))
     if pred:
         scores = _np(d["scores"], np.float64).reshape(-1)
         if scores.size != n:
-            raise ValueError(
-                f"{what}[{i}] has {n} boxes and {scores.size} scores; they must be equal"
-            )
+            raise ValueError(f"{what}[{i}] has {n} boxes and {scores.size} scores; they must be equal")
         if not np.all(np.isfinite(scores)):
             raise ValueError(f"{what}[{i}]['scores'] contains NaN or inf")
         img.scores = scores
@@ -209,9 +199,7 @@ def _check_image(d: Mapping[str, Any], i: int, what: str, num_classes: int, pred
         diff = d.get("difficult")
         diff = np.zeros(n, dtype=bool) if diff is None else _np(diff, bool).reshape(-1)
         if diff.size != n:
-            raise ValueError(
-                f"{what}[{i}] has {n} boxes and {diff.size} difficult flags; they must be equal"
-            )
+            raise ValueError(f"{what}[{i}] has {n} boxes and {diff.size} difficult flags; they must be equal")
         img.difficult = diff
     return img
 
@@ -219,10 +207,7 @@ def _check_image(d: Mapping[str, Any], i: int, what: str, num_classes: int, pred
 def _check_inputs(preds, gts, num_classes: int) -> tuple[list[_Image], list[_Image]]:
     preds, gts = list(preds), list(gts)
     if len(preds) != len(gts):
-        raise ValueError(
-            f"{len(preds)} prediction dicts and {len(gts)} ground-truth dicts; "
-            "give exactly one of each per image"
-        )
+        raise ValueError(f"{len(preds)} prediction dicts and {len(gts)} ground-truth dicts; give exactly one of each per image")
     p = [_check_image(d, i, "preds", num_classes, True) for i, d in enumerate(preds)]
     g = [_check_image(d, i, "gts", num_classes, False) for i, d in enumerate(gts)]
     return p, g
@@ -332,18 +317,32 @@ def to_coco_api(preds: Sequence[_Image], gts: Sequence[_Image], num_classes: int
         images.append({"id": i, "width": 1, "height": 1})
         for b, lab, d in zip(g.boxes.astype(np.float64), g.labels, g.difficult):
             w, h = float(b[2] - b[0]), float(b[3] - b[1])
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(lab) + 1,
-                         "bbox": [float(b[0]), float(b[1]), w, h], "area": 0.0 if d else max(w * h, 1.0), "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": int(lab) + 1,
+                    "bbox": [float(b[0]), float(b[1]), w, h],
+                    "area": 0.0 if d else max(w * h, 1.0),
+                    "iscrowd": 0,
+                }
+            )
         for b, sc, lab in zip(p.boxes.astype(np.float64), p.scores, p.labels):
-            dets.append({"image_id": i, "category_id": int(lab) + 1, "score": float(sc),
-                         "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
-    dataset = {"images": images, "annotations": anns,
-               "categories": [{"id": k + 1, "name": str(k)} for k in range(num_classes)]}
+            dets.append(
+                {
+                    "image_id": i,
+                    "category_id": int(lab) + 1,
+                    "score": float(sc),
+                    "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+                }
+            )
+    dataset = {"images": images, "annotations": anns, "categories": [{"id": k + 1, "name": str(k)} for k in range(num_classes)]}
     return dataset, dets
 
 
-def coco_aps(preds: Sequence[_Image], gts: Sequence[_Image], num_classes: int,
-             iou_thresholds: np.ndarray, max_dets: int = COCO_MAX_DETS) -> np.ndarray:
+def coco_aps(
+    preds: Sequence[_Image], gts: Sequence[_Image], num_classes: int, iou_thresholds: np.ndarray, max_dets: int = COCO_MAX_DETS
+) -> np.ndarray:
     """COCO AP (101-point, area "all", ``max_dets`` per image) of each class at each IoU threshold,
     computed by pycocotools' ``COCOeval``; shape ``(T, K)``, NaN for a class without ground truth."""
     import contextlib
@@ -606,5 +605,3 @@ def evaluate_detections(
         fp=fps,
         curves=curves,
     )
-
-

@@ -59,9 +59,7 @@ def read_darknet_header(data: bytes, path: str | Path = "<bytes>") -> DarknetHea
     return DarknetHeader(major, minor, revision, seen, size)
 
 
-def load_darknet_convs(
-    layers: Sequence[tuple[nn.Conv2d, nn.BatchNorm2d | None]], path: str | Path
-) -> DarknetHeader:
+def load_darknet_convs(layers: Sequence[tuple[nn.Conv2d, nn.BatchNorm2d | None]], path: str | Path) -> DarknetHeader:
     """Copy the parameters of a ``.weights`` file into ``layers``, in order, checking every byte is used.
 
     Parameters
@@ -87,10 +85,7 @@ def load_darknet_convs(
     if (len(data) - header.size) % 4:
         raise BlastscopeError(f"{path}: parameter block is not a whole number of float32; corrupt file, re-fetch it")
     values = np.frombuffer(data, "<f4", offset=header.size)
-    needed = sum(
-        conv.weight.numel() + (4 * bn.num_features if bn is not None else conv.out_channels)
-        for conv, bn in layers
-    )
+    needed = sum(conv.weight.numel() + (4 * bn.num_features if bn is not None else conv.out_channels) for conv, bn in layers)
     if needed != values.size:
         raise BlastscopeError(
             f"{path}: holds {values.size} parameters but the network needs {needed}; "

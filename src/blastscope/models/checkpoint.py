@@ -186,8 +186,10 @@ def load_checkpoint(path: str | Path, *, task: str | None = None, map_location: 
             "the file is truncated or of another kind: use a runs/NAME/best.pt written by 'blastscope train'"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        kind = "a bare state dict" if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()) else (
-            f"format {ckpt.get('format')!r}" if isinstance(ckpt, dict) and "format" in ckpt else f"a {type(ckpt).__name__}"
+        kind = (
+            "a bare state dict"
+            if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())
+            else (f"format {ckpt.get('format')!r}" if isinstance(ckpt, dict) and "format" in ckpt else f"a {type(ckpt).__name__}")
         )
         raise BlastscopeError(
             f"{path}: not a blastscope checkpoint ({kind}, expected format {FORMAT!r}); "
@@ -202,7 +204,9 @@ def load_checkpoint(path: str | Path, *, task: str | None = None, map_location: 
     return ckpt
 
 
-def load_model(path: str | Path, *, task: str | None = None, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_model(
+    path: str | Path, *, task: str | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model of a checkpoint and load its weights.
 
     Returns

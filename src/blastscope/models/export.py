@@ -68,8 +68,17 @@ def _require_onnx():
 # ------------------------------------------------------------------------------------------ metadata
 
 
-def _metadata(info: dict[str, Any], *, model, imgsz: int, opset: int, dynamic_batch: bool,
-              outputs: Sequence[str], source: Path | None, source_sha256: str | None) -> dict[str, str]:
+def _metadata(
+    info: dict[str, Any],
+    *,
+    model,
+    imgsz: int,
+    opset: int,
+    dynamic_batch: bool,
+    outputs: Sequence[str],
+    source: Path | None,
+    source_sha256: str | None,
+) -> dict[str, str]:
     """The ``metadata_props`` of an export (all values strings)."""
     meta = {
         "format": ONNX_FORMAT,
@@ -98,11 +107,16 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 
-
-
-def export_graph(model, info: dict[str, Any] | None = None, *, imgsz: int | None = None, opset: int = DEFAULT_OPSET,
-                 dynamic_batch: bool = False, source: Path | None = None,
-                 source_sha256: str | None = None) -> tuple[bytes, dict[str, str]]:
+def export_graph(
+    model,
+    info: dict[str, Any] | None = None,
+    *,
+    imgsz: int | None = None,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = False,
+    source: Path | None = None,
+    source_sha256: str | None = None,
+) -> tuple[bytes, dict[str, str]]:
     """The ONNX graph of a blastscope model (checked by ``onnx.checker``) and its metadata.
 
     Parameters
@@ -142,8 +156,13 @@ def export_graph(model, info: dict[str, Any] | None = None, *, imgsz: int | None
     with torch.inference_mode():
         sample = model(dummy)
     n_out = len(sample) if isinstance(sample, (list, tuple)) else 1
-    outputs = (["out32", "out16"] if task == "detect" and n_out == 2 else
-               ["logits"] if n_out == 1 else [f"output{i}" for i in range(n_out)])
+    outputs = (
+        ["out32", "out16"]
+        if task == "detect" and n_out == 2
+        else ["logits"]
+        if n_out == 1
+        else [f"output{i}" for i in range(n_out)]
+    )
     axes = {name: {0: "batch"} for name in (INPUT_NAME, *outputs)} if dynamic_batch else None
     buffer = io.BytesIO()
     try:
@@ -151,22 +170,41 @@ def export_graph(model, info: dict[str, Any] | None = None, *, imgsz: int | None
             warnings.simplefilter("ignore")  # tracer and exporter deprecation chatter
             # The TorchScript-based exporter (dynamo=False): needs no onnxscript and traces
             # these plain convolutional graphs exactly.
-            torch.onnx.export(model, (dummy,), buffer, dynamo=False, opset_version=int(opset),
-                              input_names=[INPUT_NAME], output_names=outputs, dynamic_axes=axes,
-                              do_constant_folding=True)
+            torch.onnx.export(
+                model,
+                (dummy,),
+                buffer,
+                dynamo=False,
+                opset_version=int(opset),
+                input_names=[INPUT_NAME],
+                output_names=outputs,
+                dynamic_axes=axes,
+                do_constant_folding=True,
+            )
     except Exception as e:  # noqa: BLE001 - the exporter raises many kinds; the message is what matters
-        raise BlastscopeError(f"{source or 'model'}: ONNX export failed at opset {opset} ({first_line(e)}); "
-                              f"try --opset {DEFAULT_OPSET}") from None
+        raise BlastscopeError(
+            f"{source or 'model'}: ONNX export failed at opset {opset} ({first_line(e)}); try --opset {DEFAULT_OPSET}"
+        ) from None
     proto = onnx.load_from_string(buffer.getvalue())
-    meta = _metadata(info, model=model, imgsz=imgsz, opset=int(opset), dynamic_batch=dynamic_batch,
-                     outputs=outputs, source=source, source_sha256=source_sha256)
+    meta = _metadata(
+        info,
+        model=model,
+        imgsz=imgsz,
+        opset=int(opset),
+        dynamic_batch=dynamic_batch,
+        outputs=outputs,
+        source=source,
+        source_sha256=source_sha256,
+    )
     del proto.metadata_props[:]
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name = "blastscope"
-    proto.doc_string = (f"blastscope {info['arch']} ({task}), input {INPUT_NAME} (B, 3, {imgsz}, {imgsz}) RGB in [0, 1] "
-                        f"normalised by mean/std; outputs {', '.join(outputs)} (raw; decoding and NMS outside the graph)")
+    proto.doc_string = (
+        f"blastscope {info['arch']} ({task}), input {INPUT_NAME} (B, 3, {imgsz}, {imgsz}) RGB in [0, 1] "
+        f"normalised by mean/std; outputs {', '.join(outputs)} (raw; decoding and NMS outside the graph)"
+    )
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
 

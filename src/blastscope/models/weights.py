@@ -329,9 +329,7 @@ def _download_into_cache(spec: WeightSpec, cache: Path) -> None:
 def _check_member_name(member: str) -> PurePosixPath:
     path = PurePosixPath(member)
     if path.is_absolute() or ".." in path.parts or "\\" in member or not path.parts:
-        raise BlastscopeError(
-            f"{member}: unsafe archive member name (absolute or with '..'); refusing to extract it"
-        )
+        raise BlastscopeError(f"{member}: unsafe archive member name (absolute or with '..'); refusing to extract it")
     return path
 
 
@@ -383,8 +381,7 @@ def extract_member(archive: str | Path, member: str, dest: str | Path, *, sha256
                 raise BlastscopeError(f"{archive}: has no member {member}; wrong package version?") from None
             if not info.isreg():
                 raise BlastscopeError(
-                    f"{archive}: member {member} is a link or special file, not a regular file; "
-                    "refusing to extract it"
+                    f"{archive}: member {member} is a link or special file, not a regular file; refusing to extract it"
                 )
             src = tf.extractfile(info)
             assert src is not None  # a regular file always has a stream
@@ -410,9 +407,7 @@ def _copy_verified(src: IO[bytes], dest: Path, sha256: str, what: str) -> Path:
     return dest
 
 
-def install_torch_hub_copy(
-    name: str, *, cache_dir: str | Path | None = None, download: bool = True
-) -> Path:
+def install_torch_hub_copy(name: str, *, cache_dir: str | Path | None = None, download: bool = True) -> Path:
     """Place weights ``name`` where torchvision's ``weights=`` API looks for them.
 
     For ``mobilenet_v2-imagenet`` this writes ``torch.hub.get_dir()/checkpoints/mobilenet_v2-b0353104.pth``,

@@ -163,8 +163,9 @@ class YoloDecoder:
         return torch.cat(out, 1)
 
     @torch.no_grad()
-    def predict(self, raw: list[torch.Tensor], conf: float = 0.25, iou: float = 0.45,
-                max_det: int = 300) -> list[dict[str, torch.Tensor]]:
+    def predict(
+        self, raw: list[torch.Tensor], conf: float = 0.25, iou: float = 0.45, max_det: int = 300
+    ) -> list[dict[str, torch.Tensor]]:
         """Detections per image: score threshold, class-wise NMS (``torchvision.ops.batched_nms``).
 
         ``conf`` is the minimum score (objectness x class probability of the best class), ``iou``
@@ -421,9 +422,7 @@ class YOLOv3Tiny(nn.Module):
                 gy = (centre[sel, 1] / stride).long().clamp(0, h - 1)
                 obj_target[img, a, gy, gx] = 1.0
                 obj_weight[img, a, gy, gx] = 1.0
-                box_sum = box_sum + generalized_box_iou_loss(
-                    pred_boxes[img, a, gy, gx], all_boxes[sel], reduction="sum"
-                )
+                box_sum = box_sum + generalized_box_iou_loss(pred_boxes[img, a, gy, gx], all_boxes[sel], reduction="sum")
                 cls_logits = p[img, a, gy, gx, 5:]
                 cls_target = F.one_hot(all_labels[sel], self.num_classes).float()
                 cls_sum = cls_sum + F.binary_cross_entropy_with_logits(cls_logits, cls_target, reduction="sum") / self.num_classes

@@ -120,6 +120,5 @@ def load_annotation(
         _check_classes(ann, classes, spec)
         return ann
     raise BlastscopeError(
-        f"{spec}: unknown annotation format {suffix or '(no suffix)'}; expected .xml (VOC), .txt (YOLO) or "
-        ".json#id (COCO)"
+        f"{spec}: unknown annotation format {suffix or '(no suffix)'}; expected .xml (VOC), .txt (YOLO) or .json#id (COCO)"
     )

@@ -56,12 +56,9 @@ def _load_json(json_path: Path) -> dict:
         raise BlastscopeError(f"{json_path}: malformed JSON ({e}); fix the file or re-export it") from None
     except OSError as e:
         raise BlastscopeError(f"{json_path}: cannot read ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
-        data.get("categories"), list
-    ):
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("categories"), list):
         raise BlastscopeError(
-            f"{json_path}: not a COCO detection file (needs 'images' and 'categories' lists); "
-            "export the annotations as COCO json"
+            f"{json_path}: not a COCO detection file (needs 'images' and 'categories' lists); export the annotations as COCO json"
         )
     if not isinstance(data.get("annotations", []), list):
         raise BlastscopeError(f"{json_path}: 'annotations' must be a list")
@@ -179,8 +176,10 @@ def read_coco_indexed(
     unknown -= set(misnamed.values())
     if unknown:
         n_boxes = sum(len(per_image[u]) for u in unknown)
-        msg = (f"{n_boxes} annotation(s) refer to {len(unknown)} image id(s) not in 'images' "
-               f"(e.g. {sorted(unknown)[0]}); the images they belong to cannot be told, so their boxes are lost")
+        msg = (
+            f"{n_boxes} annotation(s) refer to {len(unknown)} image id(s) not in 'images' "
+            f"(e.g. {sorted(unknown)[0]}); the images they belong to cannot be told, so their boxes are lost"
+        )
         if log is None:
             raise BlastscopeError(f"{json_path}: {msg}; fix the file")
         log.add(json_path, msg, "fix their image_id (or add the images), or pass --strict to stop")
@@ -278,9 +277,7 @@ def _num(v: float) -> float | int:
     return int(r) if r == int(r) else r
 
 
-def coco_dict(
-    anns: Sequence[ImageAnnotation], classes: Sequence[str], *, image_root: str | Path | None = None
-) -> dict:
+def coco_dict(anns: Sequence[ImageAnnotation], classes: Sequence[str], *, image_root: str | Path | None = None) -> dict:
     """The COCO detection dict of ``anns`` (image, annotation and category ids ``1..``).
 
     ``file_name`` is the image path relative to ``image_root`` (default: the file name alone).
@@ -388,9 +385,7 @@ def _split_of(json_path: Path) -> str:
     return normalise_split(stem) or normalise_split(json_path.parent.name)
 
 
-def read_dataset(
-    root: str | Path, log: ProblemLog, names: Sequence[str] | None = None
-) -> tuple[list[Record], list[str]]:
+def read_dataset(root: str | Path, log: ProblemLog, names: Sequence[str] | None = None) -> tuple[list[Record], list[str]]:
     """Read every COCO json of a dataset (see :func:`find_json_files`); bad images go to ``log``.
 
     Classes: ``names`` if given (a box of another class is reported and its image skipped), else the
@@ -421,9 +416,7 @@ def read_dataset(
     return records, (list(names) if names else classes)
 
 
-def scan(
-    root_or_json: str | Path, log: ProblemLog, names: Sequence[str] | None = None
-) -> tuple[list[dict], list[str]]:
+def scan(root_or_json: str | Path, log: ProblemLog, names: Sequence[str] | None = None) -> tuple[list[dict], list[str]]:
     """Manifest rows of a COCO dataset and its ordered classes (see :func:`read_dataset`).
 
     ``annotation`` is ``<json path>#<image id>``; ``split`` comes from the json name

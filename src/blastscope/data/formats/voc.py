@@ -69,9 +69,7 @@ def _parse_xml(xml_path: Path) -> ET.Element:
             "references are not allowed); do not use this file, re-export the annotation from its tool"
         ) from None
     except ET.ParseError as e:
-        raise BlastscopeError(
-            f"{xml_path}: malformed XML ({e}); fix the file or re-export it from the annotation tool"
-        ) from None
+        raise BlastscopeError(f"{xml_path}: malformed XML ({e}); fix the file or re-export it from the annotation tool") from None
     except FileNotFoundError:
         raise BlastscopeError(f"{xml_path}: annotation file not found; check the path") from None
     except OSError as e:
@@ -81,9 +79,7 @@ def _parse_xml(xml_path: Path) -> ET.Element:
 def _text(el: ET.Element, tag: str, xml_path: Path, where: str = "") -> str:
     value = el.findtext(tag)
     if value is None or not value.strip():
-        raise BlastscopeError(
-            f"{xml_path}: missing <{tag}>{where}; a Pascal VOC file needs it (see the LabelImg format)"
-        )
+        raise BlastscopeError(f"{xml_path}: missing <{tag}>{where}; a Pascal VOC file needs it (see the LabelImg format)")
     return value.strip()
 
 
@@ -210,9 +206,7 @@ def read_voc(
     xml_path = Path(xml_path)
     root = _parse_xml(xml_path)
     if root.tag != "annotation":
-        raise BlastscopeError(
-            f"{xml_path}: root element is <{root.tag}>, not <annotation>; this is not a Pascal VOC file"
-        )
+        raise BlastscopeError(f"{xml_path}: root element is <{root.tag}>, not <annotation>; this is not a Pascal VOC file")
     width, height, depth = _size(root, xml_path)
     filename = _text(root, "filename", xml_path)
     image = _locate_image(filename, xml_path, Path(image_root) if image_root else None, check_image)
@@ -360,9 +354,7 @@ def _read_splits(root: Path) -> dict[str, str]:
     return splits
 
 
-def read_dataset(
-    root: str | Path, log: ProblemLog, names: Sequence[str] | None = None
-) -> tuple[list[Record], list[str]]:
+def read_dataset(root: str | Path, log: ProblemLog, names: Sequence[str] | None = None) -> tuple[list[Record], list[str]]:
     """Read every XML of a VOC tree (``Annotations/*.xml``, else ``*.xml`` in ``root``).
 
     Bad files go to ``log`` (one line each) and are skipped. Returns the records (split from
@@ -387,9 +379,11 @@ def read_dataset(
         # every name in the XML files becomes a class: a typo ("WBc") would be a class of its own
         counts = Counter(c for r in records for c in r.ann.labels)
         shown = ", ".join(f"{c} {counts[c]}" for c in sorted(counts))
-        print(f"note: {root}: no --names given, so the {len(counts)} class names found in the XML files are the "
-              f"classes (boxes per class: {shown}); pass --names to fix the order and refuse any other name",
-              file=log.stream)
+        print(
+            f"note: {root}: no --names given, so the {len(counts)} class names found in the XML files are the "
+            f"classes (boxes per class: {shown}); pass --names to fix the order and refuse any other name",
+            file=log.stream,
+        )
     return records, ordered_classes((c for r in records for c in r.ann.labels), names)
 
 

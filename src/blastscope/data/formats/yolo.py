@@ -133,8 +133,7 @@ def read_yolo(
         tol = 0.5  # pixels: rounding by other writers
         if (box < -tol).any() or (box > scale + tol).any():
             raise BlastscopeError(
-                f"{txt_path}: line {lineno} box reaches outside the image (centre {cx:g},{cy:g} size {w:g}x{h:g}); "
-                "fix the line"
+                f"{txt_path}: line {lineno} box reaches outside the image (centre {cx:g},{cy:g} size {w:g}x{h:g}); fix the line"
             )
         boxes.append(np.clip(box, 0.0, scale))
         labels.append(classes[cls] if classes is not None else str(cls))
@@ -281,9 +280,7 @@ def find_image_folders(root: str | Path) -> list[tuple[Path, Path, str]]:
 def is_yolo_tree(root: str | Path) -> bool:
     """True for a folder laid out as YOLO (see :func:`find_image_folders`) with label files."""
     root = Path(root)
-    return root.is_dir() and any(
-        labels.is_dir() and any(labels.rglob("*.txt")) for _, labels, _ in find_image_folders(root)
-    )
+    return root.is_dir() and any(labels.is_dir() and any(labels.rglob("*.txt")) for _, labels, _ in find_image_folders(root))
 
 
 def _image_files(images_dir: Path, labels_dir: Path, split: str) -> list[Path]:
@@ -296,9 +293,7 @@ def _image_files(images_dir: Path, labels_dir: Path, split: str) -> list[Path]:
     return sorted(files)
 
 
-def read_dataset(
-    root: str | Path, log: ProblemLog, names: Sequence[str] | None = None
-) -> tuple[list[Record], list[str]]:
+def read_dataset(root: str | Path, log: ProblemLog, names: Sequence[str] | None = None) -> tuple[list[Record], list[str]]:
     """Read every image and label file of a YOLO dataset folder.
 
     Class names: ``names``, else :func:`read_class_names`, else the indices. Images whose label
