@@ -59,7 +59,8 @@ def test_load_and_predict_a_folder_and_arrays(run, cells):
     results = list(model.predict(str(folder)))
     n_images = sum(1 for p in folder.glob("*.bmp"))
     assert n_images > 0 and len(results) == n_images
-    assert all(len(r.detections) == 1 and r.labels()[0][0] in ("ALL", "HEM") for r in results)
+    # the checkpoint's operating point calls a cell inside its band "uncertain"
+    assert all(len(r.detections) == 1 and r.labels()[0][0] in ("ALL", "HEM", "uncertain") for r in results)
     arrays = [np.full((64, 64, 3), v, np.uint8) for v in (0, 128)]
     from_arrays = list(model.predict(arrays))
     assert len(from_arrays) == 2 and all(r.classifications for r in from_arrays)
