@@ -35,6 +35,7 @@ import pandas as pd
 from blastscope._atomic import atomic_write
 from blastscope._problems import BlastscopeError
 from blastscope.data.images import read_image
+from blastscope.metrics.classification import METRIC_KEYS
 
 __all__ = ["write_report", "write_metrics_json", "key_metrics", "plain_metrics"]
 
@@ -61,21 +62,7 @@ KEY_METRICS = (
     "count_baseline.accuracy",
     "count_baseline.roc_auc",
 )
-_DIAG = (
-    "accuracy",
-    "sensitivity",
-    "specificity",
-    "precision",
-    "npv",
-    "f1",
-    "weighted_f1",
-    "balanced_accuracy",
-    "roc_auc",
-    "tp",
-    "fp",
-    "tn",
-    "fn",
-)
+_DIAG = (*METRIC_KEYS, "tp", "fp", "tn", "fn")
 _DIAG_COLUMNS = (
     ("", "image level"),
     ("patient.", "patient level"),
