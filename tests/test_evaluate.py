@@ -422,3 +422,16 @@ def test_report_renders_in_headless_chromium(evaluated, tmp_path):
     keep = os.environ.get("BLASTSCOPE_KEEP_SCREENSHOT")
     if keep:  # for a look by eye after the run
         shutil.copyfile(shot, keep)
+
+
+def test_classifier_report_has_a_reliability_diagram(synth_manifest, tmp_path):
+    """A classifier's evaluation has the reliability bins of its cells and draws them (SYNTHETIC cells)."""
+    cls = _untrained_classifier(tmp_path / "cls.pt", ["ALL", "HEM"])
+    r = evaluate_checkpoint(cls, synth_manifest, split="test", progress=False)
+    bins = r.reliability
+    assert int(np.sum(bins["count"])) == len(r.predictions) and "ece" in r.metrics
+    used = np.asarray(bins["count"]) > 0
+    assert np.all((np.asarray(bins["confidence"])[used] >= 0.5 - 1e-9))  # two classes: top-class probability >= 1/2
+    write_report(r, tmp_path / "out")
+    assert (tmp_path / "out" / "reliability.png").is_file()
+    assert "<h2>Calibration</h2>" in (tmp_path / "out" / "report.html").read_text()

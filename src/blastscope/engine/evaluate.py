@@ -75,7 +75,7 @@ from blastscope.data.manifest import manifest_classes, read_manifest
 from blastscope.engine.tasks import get_task
 from blastscope.inference.finder import MERGE_IOU, agnostic_nms, cell_classes_of, resolve_cell_classes
 from blastscope.inference.predictor import CropClassifier, Predictor, TorchBackend
-from blastscope.metrics.calibration import expected_calibration_error, softmax
+from blastscope.metrics.calibration import expected_calibration_error, reliability_bins, softmax
 from blastscope.metrics.calls import BLAST_THRESHOLD, image_calls
 from blastscope.metrics.classification import (
     bootstrap_ci,
@@ -188,6 +188,9 @@ class EvaluationResult:
     notes: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     table: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
+    reliability: dict = field(repr=False, default_factory=dict)
+    """Classifiers: reliability-diagram bins of the cell probabilities (``lower``, ``upper``, ``count``,
+    ``confidence``, ``accuracy``), empty otherwise."""
     """The prediction table (``predictions.csv``): one row per detection or cell, see :class:`Predictions`."""
 
 
@@ -923,10 +926,8 @@ def _cell_part(preds: Predictions, truth: Truth, positive: str) -> tuple[dict, d
     return metrics, {"cells (annotated boxes): true class vs classifier call": {"matrix": cm, "labels": list(cc)}}
 
 
-def calibration_part(preds: Predictions, truth: Truth, temperature: float | None = None) -> dict[str, float]:
-    """ECE of a classifier's cell probabilities (and after the checkpoint's temperature scaling)."""
-    if preds.task != "classify":
-        return {}
+def _cell_probs(preds: Predictions, truth: Truth) -> tuple[np.ndarray, np.ndarray]:
+    """A classifier's cell probabilities ``(n, C)`` and true class indices ``(n,)`` (known classes only)."""
     cc = preds.cell_classes
     true, probs = [], []
     for i in sorted(preds.cells):
@@ -935,14 +936,22 @@ def calibration_part(preds: Predictions, truth: Truth, temperature: float | None
             if t in cc:
                 true.append(cc.index(t))
                 probs.append(p)
-    if not true:
-        return {}
-    p_all, y_all = np.asarray(probs, np.float64), np.asarray(true)
+    return np.asarray(probs, np.float64).reshape(-1, len(cc)), np.asarray(true, np.int64)
+
+
+def calibration_part(preds: Predictions, truth: Truth, temperature: float | None = None) -> tuple[dict[str, float], dict]:
+    """ECE of a classifier's cell probabilities (and as if re-scaled by ``temperature``), and the
+    reliability-diagram bins (:func:`blastscope.metrics.calibration.reliability_bins`)."""
+    if preds.task != "classify":
+        return {}, {}
+    p_all, y_all = _cell_probs(preds, truth)
+    if not len(y_all):
+        return {}, {}
     out = {"ece": expected_calibration_error(p_all, y_all)}
     if temperature:  # log-probabilities are the logits up to a per-cell constant
         out["temperature"] = float(temperature)
         out["ece.calibrated"] = expected_calibration_error(softmax(np.log(np.maximum(p_all, 1e-12)), temperature), y_all)
-    return out
+    return out, reliability_bins(p_all, y_all)
 
 
 def _image_table(
@@ -1247,7 +1256,8 @@ def evaluate_checkpoint(
         log=log,
     )
     cal = ckpt.get("calibration") or {}
-    scored["metrics"].update(calibration_part(preds, truth, cal.get("temperature")))
+    calib, reliability = calibration_part(preds, truth, cal.get("temperature"))
+    scored["metrics"].update(calib)
     if cal.get("threshold") is not None and preds.task != "detect":  # the calls above used it
         scored["metrics"]["operating_threshold"] = float(cal["threshold"])
     arch = meta["arch"] + (f" + {Path(str(classifier)).name} classifier" if classifier is not None else "")
@@ -1281,4 +1291,5 @@ def evaluate_checkpoint(
         synthetic=synthetic,
         settings=settings,
         table=preds.to_frame(truth.paths),
+        reliability=reliability,
     )

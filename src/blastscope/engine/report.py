@@ -234,6 +234,36 @@ def _roc(roc: dict[str, dict], synthetic: bool) -> bytes | None:
     return _png(fig)
 
 
+def _reliability(bins: dict, ece: float, synthetic: bool) -> bytes | None:
+    """Reliability diagram: accuracy against mean confidence per bin, the diagonal is perfect calibration."""
+    count = np.asarray(bins.get("count", []))
+    if not count.sum():
+        return None
+    fig = _figure(5.0, 4.5)
+    ax = fig.subplots()
+    centre = (np.asarray(bins["lower"]) + np.asarray(bins["upper"])) / 2
+    width = float(np.asarray(bins["upper"])[0] - np.asarray(bins["lower"])[0])
+    used = count > 0
+    ax.bar(centre[used], np.asarray(bins["accuracy"])[used], width=width * 0.9, color="#4c72b0", label="accuracy")
+    ax.plot(
+        np.asarray(bins["confidence"])[used],
+        np.asarray(bins["accuracy"])[used],
+        "o",
+        color="#c44e52",
+        ms=4,
+        label="mean confidence",
+    )
+    ax.plot([0, 1], [0, 1], color="#999", lw=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability (ECE {ece:.3f})" + (" - SYNTHETIC" if synthetic else ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return _png(fig)
+
+
 def _confusion(matrix: np.ndarray, labels: Sequence[str], title: str) -> bytes:
     m = np.asarray(matrix)
     n = len(labels)
@@ -441,6 +471,11 @@ def write_report(result, out_dir: str | Path, *, run_dir: str | Path | None = No
         if png:
             parts.append("<h2>ROC curve</h2>")
             parts.append(_img(png, "ROC curve"))
+    if result.reliability:
+        png = save(_reliability(result.reliability, float(result.metrics.get("ece", math.nan)), syn), "reliability.png")
+        if png:
+            parts.append("<h2>Calibration</h2>")
+            parts.append(_img(png, "reliability diagram"))
     if result.confusions:
         parts.append("<h2>Confusion matrices</h2>")
         for n, (ttl, c) in enumerate(result.confusions.items(), start=1):
