@@ -431,7 +431,7 @@ def test_classifier_report_has_a_reliability_diagram(synth_manifest, tmp_path):
     bins = r.reliability
     assert int(np.sum(bins["count"])) == len(r.predictions) and "ece" in r.metrics
     used = np.asarray(bins["count"]) > 0
-    assert np.all((np.asarray(bins["confidence"])[used] >= 0.5 - 1e-9))  # two classes: top-class probability >= 1/2
+    assert np.all(np.asarray(bins["confidence"])[used] >= 0.5 - 1e-9)  # two classes: top-class probability >= 1/2
     write_report(r, tmp_path / "out")
     assert (tmp_path / "out" / "reliability.png").is_file()
     assert "<h2>Calibration</h2>" in (tmp_path / "out" / "report.html").read_text()
