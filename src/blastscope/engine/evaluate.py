@@ -523,12 +523,15 @@ def _detect(predictor, paths: list[str], batch: int, progress: bool, log: Proble
     return out
 
 
-def _classify_cells(classifier, path: str, boxes: np.ndarray, margin: float) -> tuple[np.ndarray, list[str]]:
-    """Classifier probabilities ``(K, C)`` of square crops around ``boxes`` of the image at ``path``,
-    and the calls (the arg-max, or the checkpoint's operating threshold for two classes)."""
+def _classify_cells(
+    classifier, path: str, boxes: np.ndarray, margin: float, image: np.ndarray | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Classifier probabilities ``(K, C)`` of square crops around ``boxes`` of the image at ``path``
+    (``image``: already decoded), and the calls (the arg-max, or the checkpoint's operating
+    threshold for two classes)."""
     if len(boxes) == 0:
         return np.zeros((0, len(classifier.class_names)), np.float32), []
-    calls = classifier(read_image(path), boxes, margin)
+    calls = classifier(read_image(path) if image is None else image, boxes, margin)
     return np.array([c.probabilities for c in calls], np.float32), [c.class_name for c in calls]
 
 
@@ -793,17 +796,19 @@ def _classify_rows(stage2, truth: Truth, positive: str, progress: bool, log: Pro
         sorted([*truth.gts, *truth.whole]), desc="evaluate", unit="img", disable=not progress, file=sys.stderr, mininterval=0.5
     ):
         try:
+            image = None
             if i in truth.gts:
                 boxes, margin = truth.gts[i]["boxes"], CROP_MARGIN
             else:
                 row = truth.rows.iloc[i]
-                found = box_fn(read_image(truth.paths[i])) if box_fn is not None else None
+                image = read_image(truth.paths[i]) if box_fn is not None else None  # decoded once
+                found = box_fn(image) if image is not None else None
                 if found is not None:
                     boxes, margin = np.asarray(found, np.float32).reshape(1, 4), CROP_MARGIN
                 else:
                     w, h = (int(row["width"]), int(row["height"])) if row["width"] else image_size(truth.paths[i])
                     boxes, margin = np.array([[0, 0, w, h]], np.float32), 0.0
-            probs, names = _classify_cells(stage2, truth.paths[i], boxes, margin)
+            probs, names = _classify_cells(stage2, truth.paths[i], boxes, margin, image=image)
         except BlastscopeError as e:
             log.add(truth.paths[i], str(e))
             continue

@@ -358,7 +358,10 @@ class ClassifyTask(Task):
 
     def _normalise(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """The model's own normalisation (:class:`~blastscope.data.preprocess.Preprocess`), on the device."""
-        return Preprocess.from_info(model.info).normalize_tensor(images)
+        pre = getattr(self, "_preprocess", None)
+        if pre is None or pre[0] is not model:  # built once per model, not every batch
+            self._preprocess = pre = (model, Preprocess.from_info(model.info))
+        return pre[1].normalize_tensor(images)
 
     def loss(self, model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         images, labels = batch

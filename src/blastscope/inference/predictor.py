@@ -336,7 +336,8 @@ class Predictor:
         self.backend = backend
         self.class_names = [str(c) for c in class_names]
         self.cell_classes = resolve_cell_classes(self.class_names, cell_classes, model_name or "detector")
-        self.imgsz = _as_int_size(imgsz, "imgsz")
+        # the letterbox size of a detector (a multiple of 32); unused by a classifier alone
+        self.imgsz = _as_int_size(imgsz, "imgsz") if backend is not None else int(imgsz)
         self.model_name = model_name
         self.classifier = classifier
         self.cell_box_fn = None  # a classifier alone: image -> the box of the cell it is centred on
@@ -397,7 +398,7 @@ class Predictor:
             alone = cls(
                 None,
                 [],
-                int(_as_int_size(info.get("input_size", 224), f"{path}: input_size")),
+                Preprocess("crop", info.get("input_size", 224)).size,
                 model_name=f"{path.name} ({info.get('arch', '?')})",
                 classifier=CropClassifier(
                     model,
