@@ -74,6 +74,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.2,
         help="blast fraction: share of white cells called --positive for a positive call (default 0.2, the WHO criterion)",
     )
+    parser.add_argument(
+        "--adapt",
+        type=float,
+        default=None,
+        metavar="W",
+        help="a classifier checkpoint alone on a folder: first adapt it to these images without their "
+        "labels (as 'blastscope adapt --weight W'; kept as DIR/adapted.pt with its provenance), then predict with it",
+    )
+    parser.add_argument(
+        "--adapt-method", choices=("adabn", "tent"), default="adabn", help="with --adapt: as 'blastscope adapt --method'"
+    )
+    parser.add_argument("--adapt-prior", action="store_true", help="with --adapt: as 'blastscope adapt --prior'")
     parser.add_argument("--no-draw", action="store_true", help="do not write annotated images / video")
     parser.add_argument(
         "--shard",
@@ -96,6 +108,36 @@ def _check_args(args: argparse.Namespace) -> None:
         raise BlastscopeError(f"--max-frames {args.max_frames}: must be >= 1")
     if not 0.0 <= args.threshold <= 1.0:
         raise BlastscopeError(f"--threshold {args.threshold}: must be between 0 and 1")
+
+
+def _adapted(args: argparse.Namespace) -> Path:
+    """--adapt: ``DIR/adapted.pt``, the classifier adapted to the images of the folder SOURCE."""
+    from blastscope._problems import BlastscopeError
+    from blastscope.engine.adapt import adapt_checkpoint
+    from blastscope.models.checkpoint import load_checkpoint
+
+    if args.classifier is not None or load_checkpoint(args.checkpoint).get("model", {}).get("task") != "classify":
+        raise BlastscopeError(
+            f"{args.checkpoint}: --adapt adapts a classifier checkpoint used alone; give the classifier as CHECKPOINT "
+            "(for two stages adapt it first with 'blastscope adapt' and pass the result with --classifier)"
+        )
+    source = Path(args.source)
+    if not source.is_dir():
+        raise BlastscopeError(f"{source}: --adapt needs a folder of images as SOURCE (the new lab's cells)")
+    out = args.out / "adapted.pt"
+    args.out.mkdir(parents=True, exist_ok=True)
+    p = adapt_checkpoint(
+        args.checkpoint,
+        source,
+        out,
+        weight=args.adapt,
+        method=args.adapt_method,
+        prior=args.adapt_prior,
+        overwrite=args.overwrite,
+        device=args.device,
+    )
+    print(f"adapted to {p['n_cells']} cells of {source} ({p['method']}, weight {p['weight']:g}): {out}", file=sys.stderr)
+    return out
 
 
 def _shard_spec(text: str | None) -> tuple[int, int] | None:
@@ -171,6 +213,8 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     pred_csv, summary_csv = out / "predictions.csv", out / "summary.csv"
     refuse_overwrite(pred_csv, args.overwrite)
+    if args.adapt is not None:
+        args.checkpoint = _adapted(args)
 
     predictor = Predictor.from_checkpoint(
         args.checkpoint,

@@ -14,8 +14,20 @@ statistics (cumulative average over the batches), as AdaBN computes them.
 
 :func:`new_lab_statistics` measures, :func:`mix_statistics` writes a mixture into a model, and
 :func:`adapt_checkpoint` does both for a checkpoint file and records the provenance
-(``checkpoint["adaptation"]``). The cells are cut as evaluation cuts them
-(:class:`blastscope.data.dataset.ClassificationDataset`); their labels are never read.
+(``checkpoint["adaptation"]``). The cells are cut as evaluation cuts them (the checkpoint's
+``cells`` record: around the white cell an image is centred on); their labels are never read.
+
+Two further label-free steps, each optional and measured on the lab-shift benchmark:
+
+* **TENT** (Wang et al. 2021, "Tent: fully test-time adaptation by entropy minimization", ICLR):
+  after the statistics, the BatchNorm scales and shifts (nothing else) take ``tent_steps`` passes
+  of Adam minimising the mean prediction entropy of the new lab's cells (:func:`tent`).
+* **Class-prior correction** (Saerens, Latinne and Decaestecker 2002, "Adjusting the outputs of a
+  classifier to new a priori probabilities", Neural Computation): the new lab's class
+  frequencies are estimated by EM from the classifier's own calibrated probabilities
+  (:func:`estimate_prior`), and ``calibration["prior_shift"] = log(new prior / training prior)``
+  is stored; :class:`~blastscope.inference.predictor.CropClassifier` adds it to the scaled
+  logits, so the operating threshold applies to probabilities for the new lab's mix of cells.
 """
 
 from __future__ import annotations
@@ -31,11 +43,26 @@ import torch
 from torch import nn
 
 from blastscope._problems import BlastscopeError, ProblemLog
+from blastscope.annotate.finder import cell_box_function
 from blastscope.data.dataset import ClassificationDataset
 from blastscope.data.manifest import new_manifest, read_manifest
 from blastscope.models.checkpoint import load_model, save_checkpoint
 
-__all__ = ["adapt_checkpoint", "bn_layers", "cells_manifest", "mix_statistics", "new_lab_statistics", "source_statistics"]
+__all__ = [
+    "ADAPT_METHODS",
+    "adapt_checkpoint",
+    "bn_layers",
+    "cells_manifest",
+    "estimate_prior",
+    "mix_statistics",
+    "new_lab_statistics",
+    "predict_probs",
+    "source_statistics",
+    "tent",
+]
+
+#: what ``adapt`` changes: BatchNorm statistics only, or also the BatchNorm affine parameters by entropy minimisation
+ADAPT_METHODS = ("adabn", "tent")
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -96,6 +123,103 @@ def source_statistics(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.T
     return {k: (m.running_mean.detach().cpu().clone(), m.running_var.detach().cpu().clone()) for k, m in bn_layers(model).items()}
 
 
+def _normaliser(model: nn.Module, device):
+    mean = torch.tensor(model.info.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(model.info.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return lambda images: (images.to(device) - mean) / std
+
+
+def tent(model: nn.Module, loader, *, steps: int = 1, lr: float = 1e-3, device: str | torch.device = "cpu") -> nn.Module:
+    """Entropy minimisation of the BatchNorm affine parameters on ``loader``'s cells (in place; returned).
+
+    The model stays in eval mode, so its BatchNorm layers normalise with their running statistics
+    (set them first, e.g. with :func:`mix_statistics`) and the result is a fixed model, the same
+    for every later image. Every other parameter is frozen. ``steps`` passes over ``loader`` with
+    Adam at ``lr``, as Wang et al. (2021) do online.
+    """
+    if steps < 0 or not lr > 0:
+        raise BlastscopeError(f"TENT: steps {steps} and lr {lr}: need steps >= 0 and lr > 0")
+    model.to(device).eval()
+    params = [p for m in bn_layers(model).values() for p in (m.weight, m.bias) if p is not None]
+    if not params:
+        raise BlastscopeError(f"{type(model).__name__}: has no BatchNorm scales and shifts for TENT")
+    before = {id(p): p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    norm = _normaliser(model, device)
+    opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
+    try:
+        with torch.enable_grad():
+            for _ in range(steps):
+                for images, _ in loader:
+                    logits = model(norm(images)).float()
+                    p = torch.softmax(logits, dim=1)
+                    loss = -(p * torch.log_softmax(logits, dim=1)).sum(1).mean()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(before[id(p)])
+    return model.eval()
+
+
+def predict_probs(model: nn.Module, loader, *, temperature: float = 1.0, device: str | torch.device = "cpu"):
+    """Temperature-scaled softmax of every cell of ``loader``, ``(n, C)`` numpy float64."""
+    import numpy as np
+
+    norm = _normaliser(model, device)
+    out = []
+    model.eval()
+    with torch.inference_mode():
+        for images, _ in loader:
+            out.append(torch.softmax(model(norm(images)).float() / temperature, dim=1).double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.info.num_classes))
+
+
+def estimate_prior(probs, source_prior, *, iters: int = 200, tol: float = 1e-8):
+    """The new lab's class frequencies by EM (Saerens et al. 2002) from probabilities made under ``source_prior``.
+
+    Parameters
+    ----------
+    probs : array (n, C)
+        Calibrated class probabilities of the new lab's cells.
+    source_prior : array (C,)
+        The class frequencies the probabilities assume (the training lab's).
+
+    Returns
+    -------
+    ndarray (C,)
+        Estimated new-lab prior (sums to 1).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = np.array([[0.9, 0.1]] * 3 + [[0.2, 0.8]])
+    >>> estimate_prior(p, [0.5, 0.5]).round(2).tolist()
+    [0.82, 0.18]
+    """
+    import numpy as np
+
+    probs = np.asarray(probs, np.float64)
+    ps = np.clip(np.asarray(source_prior, np.float64), 1e-12, None)
+    ps = ps / ps.sum()
+    if probs.ndim != 2 or probs.shape[1] != len(ps) or not len(probs):
+        raise BlastscopeError(f"class prior: probabilities {probs.shape} do not match a prior of {len(ps)} classes")
+    pi = ps.copy()
+    for _ in range(iters):
+        q = probs * (pi / ps)
+        q /= q.sum(1, keepdims=True)
+        new = q.mean(0)
+        if np.abs(new - pi).max() < tol:
+            pi = new
+            break
+        pi = new
+    return pi
+
+
 def cells_manifest(source: str | Path, classes: Sequence[str]) -> pd.DataFrame:
     """The new lab's cells: a manifest CSV (boxes give one cell each, else the whole image) or a folder of images.
 
@@ -118,12 +242,19 @@ def cells_manifest(source: str | Path, classes: Sequence[str]) -> pd.DataFrame:
     return new_manifest([{"image": str(p.resolve()), "label": classes[0], "split": ""} for p in paths])
 
 
-def _loader(model: nn.Module, manifest: pd.DataFrame, classes: Sequence[str], batch: int):
+def _loader(model: nn.Module, manifest: pd.DataFrame, classes: Sequence[str], batch: int, cells: dict | None = None):
     from torch.utils.data import DataLoader
 
-    # boxes of classes the classifier does not know are left out (ClassificationDataset's rule)
+    # boxes of classes the classifier does not know are left out (ClassificationDataset's rule);
+    # label-only images are cut as the checkpoint's training cut them (``cells``)
     ds = ClassificationDataset(
-        manifest, None, classes, imgsz=int(model.info.input_size), train=False, log=ProblemLog(stream=None)
+        manifest,
+        None,
+        classes,
+        imgsz=int(model.info.input_size),
+        train=False,
+        log=ProblemLog(stream=None),
+        box_fn=cell_box_function(cells),
     )
     return DataLoader(ds, batch_size=batch, shuffle=False), len(ds)
 
@@ -142,6 +273,10 @@ def adapt_checkpoint(
     out: str | Path,
     *,
     weight: float = 0.5,
+    method: str = "adabn",
+    tent_steps: int = 1,
+    tent_lr: float = 1e-3,
+    prior: bool = False,
     batch: int = 32,
     overwrite: bool = False,
     device: str = "cpu",
@@ -158,12 +293,19 @@ def adapt_checkpoint(
         The adapted checkpoint (written atomically; an existing file is kept unless ``overwrite``).
     weight : float
         Share of the new lab's statistics, in ``[0, 1]``.
+    method : {"adabn", "tent"}
+        ``"tent"`` also fits the BatchNorm scales and shifts by entropy minimisation
+        (:func:`tent`, ``tent_steps`` passes at ``tent_lr``) after the statistics.
+    prior : bool
+        Estimate the new lab's class frequencies (:func:`estimate_prior`) and store the logit
+        shift in ``calibration["prior_shift"]``.
 
     Returns
     -------
     dict
-        The provenance stored as ``checkpoint["adaptation"]``: ``method`` (``"adabn"``),
-        ``weight``, ``images``, ``n_cells``, ``source_checkpoint`` and ``source_sha256``.
+        The provenance stored as ``checkpoint["adaptation"]``: ``method``, ``weight``, ``images``,
+        ``n_cells``, ``source_checkpoint`` and ``source_sha256``; with TENT ``tent_steps`` and
+        ``tent_lr``; with ``prior`` the ``source_prior`` and ``new_prior``.
     """
 
     checkpoint, out = Path(checkpoint), Path(out)
@@ -171,21 +313,38 @@ def adapt_checkpoint(
         raise BlastscopeError(f"{out}: exists; choose another --out or pass --overwrite")
     if not 0 <= weight <= 1:
         raise BlastscopeError(f"--weight {weight}: it must be in [0, 1] (0 keeps the training lab, 1 is full AdaBN)")
+    if method not in ADAPT_METHODS:
+        raise BlastscopeError(f"--method {method!r}: use one of {', '.join(ADAPT_METHODS)}")
     model, ckpt = load_model(checkpoint, task="classify", map_location=device)
     classes = list(model.info.class_names)
-    loader, n = _loader(model, cells_manifest(images, classes), classes, batch)
+    loader, n = _loader(model, cells_manifest(images, classes), classes, batch, ckpt["model"].get("cells"))
     if n < 2:
         raise BlastscopeError(f"{images}: {n} usable cells; the new lab's statistics need at least 2 (better 100 or more)")
     mix_statistics(model, source_statistics(model), new_lab_statistics(model, loader, device=device), weight)
-    provenance = {
-        "method": "adabn",
+    provenance: dict[str, Any] = {
+        "method": method,
         "weight": float(weight),
         "images": str(Path(images).resolve()),
         "n_cells": int(n),
         "source_checkpoint": str(checkpoint.resolve()),
         "source_sha256": _sha256(checkpoint),
     }
+    if method == "tent":
+        torch.manual_seed(0)
+        tent(model, loader, steps=tent_steps, lr=tent_lr, device=device)
+        provenance |= {"tent_steps": int(tent_steps), "tent_lr": float(tent_lr)}
+    calibration = dict(ckpt.get("calibration") or {})
+    if prior:
+        source = calibration.get("prior") or [1.0 / len(classes)] * len(classes)
+        probs = predict_probs(model, loader, temperature=float(calibration.get("temperature") or 1.0), device=device)
+        new_prior = estimate_prior(probs, source)
+        calibration["prior_shift"] = [
+            float(v) for v in torch.log(torch.tensor(new_prior) / torch.tensor(source, dtype=torch.float64))
+        ]
+        provenance |= {"source_prior": [float(v) for v in source], "new_prior": [float(v) for v in new_prior]}
     new = dict(ckpt)
+    if calibration:
+        new["calibration"] = calibration
     new["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     new["adaptation"] = provenance
     for key in ("optimizer", "scheduler", "rng"):  # not a training state any more

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from blastscope._problems import BlastscopeError, ProblemLog
+from blastscope.annotate.finder import cell_box_function
 from blastscope.data.dataset import ClassificationDataset
 
 __all__ = ["ShiftSet", "classify_manifest", "markdown_table", "read_shift_index", "summarise"]
@@ -67,7 +68,7 @@ def read_shift_index(root: str | Path) -> list[ShiftSet]:
 
 
 def classify_manifest(
-    model, manifest, classes: Sequence[str], *, batch: int = 64, device: str = "cpu"
+    model, manifest, classes: Sequence[str], *, batch: int = 64, device: str = "cpu", cells: dict | None = None, box_fn=None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities of every cell of ``manifest`` (all rows), cut as training's validation cuts them.
 
@@ -80,6 +81,13 @@ def classify_manifest(
         Rows with boxes (one cell per box) or labels (the whole image).
     classes : sequence of str
         The checkpoint's class names; labels index into them.
+    cells : dict, optional
+        The checkpoint's ``model.cells`` record (``checkpoint["model"]["cells"]``): label-only
+        images are cut around the white cell they are centred on, as training cut them; None
+        takes them whole (checkpoints trained before the record existed).
+    box_fn : callable, optional
+        Use this ``box_fn(image) -> box | None`` instead of the one ``cells`` describes (a cached
+        copy of it, say: the boxes depend on the image and the finder only).
 
     Returns
     -------
@@ -91,7 +99,15 @@ def classify_manifest(
     from torch.utils.data import DataLoader
 
     info = model.info
-    ds = ClassificationDataset(manifest, None, classes, imgsz=int(info.input_size), train=False, log=ProblemLog(stream=None))
+    ds = ClassificationDataset(
+        manifest,
+        None,
+        classes,
+        imgsz=int(info.input_size),
+        train=False,
+        log=ProblemLog(stream=None),
+        box_fn=box_fn if box_fn is not None else cell_box_function(cells),
+    )
     mean = torch.tensor(info.mean, dtype=torch.float32).view(1, 3, 1, 1).to(device)
     std = torch.tensor(info.std, dtype=torch.float32).view(1, 3, 1, 1).to(device)
     ys, ps = [], []

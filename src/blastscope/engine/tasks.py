@@ -412,6 +412,9 @@ class ClassifyTask(Task):
             "n_val": int(len(y)),
             "ece": expected_calibration_error(softmax(logits), y),
             "ece_calibrated": expected_calibration_error(cal, y),
+            # the classifier's own class frequencies on the training lab (mean calibrated probability):
+            # the source prior of a label-free prior correction to a new lab (``blastscope adapt --prior``)
+            "prior": [float(v) for v in cal.mean(0)],
         }
         if self.positive is not None and logits.shape[1] == 2:
             method = getattr(config, "threshold_method", "sensitivity")

@@ -662,6 +662,10 @@ class CropClassifier:
         self.preprocess = Preprocess("crop", input_size, tuple(mean), tuple(std), margin=float(margin))
         cal = dict(calibration or {})
         self.temperature = float(cal.get("temperature") or 1.0)
+        shift = cal.get("prior_shift")  # log(new lab prior / training prior), from ``blastscope adapt --prior``
+        self.prior_shift = None if shift is None else np.asarray(shift, np.float32)
+        if self.prior_shift is not None and self.prior_shift.shape != (len(self.class_names),):
+            raise BlastscopeError(f"calibration prior_shift {list(shift)}: needs one value per class {self.class_names}")
         thr = cal.get("threshold")
         two = len(self.class_names) == 2 and cal.get("positive_index") in (0, 1)
         #: the checkpoint's operating point (two classes): positive class index, threshold, uncertain band
@@ -721,7 +725,10 @@ class CropClassifier:
             return []
         batch = self.preprocess.cells(image, boxes, margin)
         with torch.inference_mode():  # the temperature fitted on the validation cells (1 without one)
-            probs = torch.softmax(self.model(batch.to(self.device)).float() / self.temperature, dim=1).cpu().numpy()
+            logits = self.model(batch.to(self.device)).float() / self.temperature
+            if self.prior_shift is not None:
+                logits = logits + torch.from_numpy(self.prior_shift).to(logits.device)
+            probs = torch.softmax(logits, dim=1).cpu().numpy()
         return [self._call(p) for p in probs]
 
     def _call(self, p: np.ndarray) -> Classification:
