@@ -208,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="L,L,...",
         help="shift levels on which --adapt is scored (0 is clean; fewer levels, less time)",
     )
+    ap.add_argument(
+        "--tent", action="store_true", help="with --adapt: also each weight followed by TENT (BatchNorm affine, entropy)"
+    )
+    ap.add_argument("--tent-steps", type=int, default=1, help="passes of TENT over each set's cells (default 1)")
+    ap.add_argument("--prior", action="store_true", help="with --adapt: also each row with the EM class-prior correction")
     ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PT", help="also score an existing checkpoint")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO / "src"))
@@ -287,24 +292,36 @@ def main(argv: list[str] | None = None) -> int:
 
     weights = [float(w) for w in args.adapt.split(",") if w]
     if weights:
+        import copy
+
+        import numpy as np
         from torch.utils.data import DataLoader
 
         from blastscope._problems import ProblemLog
         from blastscope.data.dataset import ClassificationDataset
         from blastscope.engine.adapt import (
+            estimate_prior,
             mix_statistics,
             new_lab_statistics,
             source_statistics,
+            tent,
         )
 
         base_name = list(checkpoints)[-1]
         model, meta = load_model(checkpoints[base_name], task="classify")
         classes = list(model.info.class_names)
+        cal = meta.get("calibration") or {}
+        temperature = float(cal.get("temperature") or 1.0)
+        source_prior = np.asarray(cal.get("prior") or [1 / len(classes)] * len(classes))
         boxes = CachedBoxes(meta["model"].get("cells"), args.work)
         src = source_statistics(model)
         t0 = time.perf_counter()
-        for w in weights:
-            results[f"{base_name} + AdaBN w={w:g}"] = {}
+        rows = [(f"AdaBN w={w:g}", w, False) for w in weights]
+        if args.tent:
+            rows += [(f"AdaBN w={w:g} + TENT", w, True) for w in weights]
+        labels = [f"{base_name} + {r[0]}" for r in rows] + ([f"{base_name} + {r[0]} + prior" for r in rows] if args.prior else [])
+        for label in labels:
+            results[label] = {}
         levels = {int(v) for v in args.adapt_levels.split(",") if v}
         for key, df in manifests.items():  # transductive: each set's own cells, labels unused
             if key[1] not in levels:
@@ -318,19 +335,28 @@ def main(argv: list[str] | None = None) -> int:
                 log=ProblemLog(stream=None),
                 box_fn=boxes or None,
             )
-            target = new_lab_statistics(model, DataLoader(ds, batch_size=32, shuffle=False))
+            loader = DataLoader(ds, batch_size=32, shuffle=False)
+            target = new_lab_statistics(model, loader)
             boxes.save()
-            for w in weights:
-                adapted = mix_statistics(model, src, target, w)
+            for name, w, use_tent in rows:
+                adapted = mix_statistics(copy.deepcopy(model), src, target, w)
+                if use_tent:
+                    torch.manual_seed(0)
+                    tent(adapted, loader, steps=args.tent_steps)
                 y, p = classify_manifest(adapted, df, classes, box_fn=boxes or None)
-                results[f"{base_name} + AdaBN w={w:g}"][key] = float((p.argmax(1) == y).mean())
-            mix_statistics(model, src, target, 0.0)
+                results[f"{base_name} + {name}"][key] = float((p.argmax(1) == y).mean())
+                if args.prior:  # the calibrated probabilities moved to the set's EM-estimated class mix
+                    z = np.log(np.maximum(p, 1e-12)) / temperature
+                    q = np.exp(z - z.max(1, keepdims=True))
+                    q /= q.sum(1, keepdims=True)
+                    shifted = q * (estimate_prior(q, source_prior) / source_prior)
+                    results[f"{base_name} + {name} + prior"][key] = float((shifted.argmax(1) == y).mean())
         eval_times["adapt"] = time.perf_counter() - t0
         if levels != {0, 1, 2, 3}:  # the unadapted model on the same sets, for a fair comparison
             results[f"{base_name} (sets of the AdaBN rows)"] = {k: v for k, v in results[base_name].items() if k[1] in levels}
-        for w in weights:
-            s = summarise(results[f"{base_name} + AdaBN w={w:g}"])
-            print(f"{base_name} + AdaBN w={w:g}: clean {s['clean']:.3f}, mean {s['mean']:.3f}, min {s['min']:.3f}", flush=True)
+        for label in labels:
+            s = summarise(results[label])
+            print(f"{label}: clean {s['clean']:.3f}, mean {s['mean']:.3f}, min {s['min']:.3f}", flush=True)
 
     table = markdown_table(results)
     note = (

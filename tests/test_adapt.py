@@ -100,7 +100,22 @@ def test_tent_fits_only_the_batchnorm_affine_parameters_and_lowers_the_entropy(s
     root, ckpt, lab = setup
     out = root / "tent.pt"
     assert (
-        main(["adapt", str(ckpt), "--images", str(lab), "--out", str(out), "--weight", "1", "--method", "tent", "--tent-steps", "5"])
+        main(
+            [
+                "adapt",
+                str(ckpt),
+                "--images",
+                str(lab),
+                "--out",
+                str(out),
+                "--weight",
+                "1",
+                "--method",
+                "tent",
+                "--tent-steps",
+                "5",
+            ]
+        )
         == 0
     )
     adapted = load_checkpoint(out, task="classify")

@@ -459,6 +459,18 @@ def test_init_fine_tunes_from_a_checkpoint(cells, tmp_path, capsys):
     assert "init: all weights from" in out
     cfg = (tuned / "config.yaml").read_text()
     assert "model: mobilenet_v2" in cfg and f"imgsz: {IMGSZ}" in cfg and "task: classify" in cfg
+    # the before/after report: both checkpoints scored by evaluate's code on the same cells of the new run
+    import json
+
+    from blastscope.engine.evaluate import evaluate_checkpoint
+
+    comparison = json.loads((tuned / "init_comparison.json").read_text())
+    assert "| accuracy |" in out and (tuned / "init_comparison.md").is_file()
+    direct = evaluate_checkpoint(base / "best.pt", tuned / "splits.csv", split=comparison["split"], progress=False)
+    assert comparison["n"] == len(direct.predictions) > 0
+    assert comparison["before"]["accuracy"] == pytest.approx(direct.metrics["accuracy"])
+    assert comparison["before"]["roc_auc"] == pytest.approx(direct.metrics["roc_auc"])
+    assert set(comparison["after"]) == set(comparison["before"])
     a, b = (load_checkpoint(p)["state_dict"] for p in (base / "best.pt", tuned / "last.pt"))
     # a negligible lr: the weights are the init's (batch-norm statistics still move in train mode)
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a if "running" not in k and "num_batches" not in k)

@@ -25,6 +25,7 @@ import pandas as pd
 
 from blastscope._problems import BlastscopeError
 from blastscope.engine.evaluate import EvaluationResult, evaluate_checkpoint
+from blastscope.engine.finetune import compare_init
 from blastscope.engine.report import write_report
 from blastscope.engine.resolve import resolve_config, resume_config
 from blastscope.engine.trainer import RunResult
@@ -139,6 +140,8 @@ def train(
             raise BlastscopeError("train: give data= (a manifest CSV from 'blastscope import'), or resume= a run folder")
         cfg = resolve_config(config, **settings)
     r = _engine_train(cfg, resume=resume is not None, exist_ok=exist_ok, progress=progress)
+    if cfg.init and r.best_epoch is not None and not r.interrupted:  # before/after on the same cells
+        compare_init(r.run_dir, cfg.init, device=cfg.device)
     return Run(r.run_dir, r.best_epoch, r.best_metric, dict(r.best_row or {}), r.epochs_done, r.interrupted, r)
 
 

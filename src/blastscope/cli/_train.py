@@ -24,6 +24,7 @@ splits.csv (the train/val split used).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from blastscope._problems import BlastscopeError
@@ -147,4 +148,9 @@ def run(args: argparse.Namespace) -> int:
     if result.interrupted:
         return 130
     print(f"done: {result.epochs_done} epochs in {result.run_dir} (metrics.csv, best.pt, last.pt)")
+    if config.init and result.best_epoch is not None and os.environ.get("RANK", "0") == "0":
+        from blastscope.engine.finetune import compare_init, comparison_markdown
+
+        print(comparison_markdown(compare_init(result.run_dir, config.init, device=config.device)), end="")
+        print(f"written {result.run_dir / 'init_comparison.md'} and init_comparison.json")
     return 0
