@@ -15,7 +15,9 @@ Variants (``--variants``, comma-separated; each one training run):
 * ``all``: stain + gamma/brightness, white balance, resolution loss, blur and JPEG;
 * ``all-half``: ``all`` applied to half of the training cells (``lab_p: 0.5``), the other half clean;
 * ``default``: whatever ``configs/default.yaml`` now says (the shipped defaults);
-* ``blur6``: the defaults with defocus blur on half of the jittered cells and sigma up to 6 px.
+* ``blur6``: the defaults with defocus blur on half of the jittered cells and sigma up to 6 px;
+* ``reinhard``, ``blur6-reinhard``: ``default`` and ``blur6`` with Reinhard stain normalisation of
+  every crop in training and testing (``stain_norm: reinhard``).
 
 Writes ``OUT/shifts.md`` (the table), ``OUT/shifts.json`` (every accuracy, settings and times) and
 prints the table. The shifted sets are made once into ``WORK/pbc-shifts`` (a few minutes); trained
@@ -66,6 +68,10 @@ VARIANTS = {
     # more frequent and stronger defocus than the first default (blur on half of the jittered cells, sigma up to 6 px)
     "blur6": {"blur": 0.5, "blur_sigma": 6.0},
 }
+#: settings other than augmentation per variant (TrainConfig fields)
+VARIANT_SETTINGS = {"reinhard": {"stain_norm": "reinhard"}, "blur6-reinhard": {"stain_norm": "reinhard"}}
+VARIANTS["reinhard"] = {}
+VARIANTS["blur6-reinhard"] = dict(VARIANTS["blur6"])
 
 
 def _sha256(path: Path) -> str:
@@ -112,6 +118,7 @@ def train_variant(name: str, work: Path, manifest: Path, args) -> tuple[Path, fl
         "out": str(run_dir),
         "seed": args.seed,
     }
+    given |= VARIANT_SETTINGS.get(name, {})
     config = apply_task_defaults(merge_cli(load_config(), given), set(given))
     config = dataclasses.replace(config, aug=config_from_dict(VARIANTS[name], base=config.aug, cls=type(config.aug))).validate()
     # an earlier run with the same settings (under any variant name) is reused
@@ -269,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             acc = {}
             with torch.inference_mode():
                 for key, df in manifests.items():
-                    y, p = classify_manifest(model, df, classes, box_fn=boxes or None)
+                    y, p = classify_manifest(model, df, classes, box_fn=boxes or None, cells=meta["model"].get("cells"))
                     boxes.save()
                     acc[key] = float((p.argmax(1) == y).mean())
             eval_times[name] = time.perf_counter() - t0
@@ -299,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from blastscope._problems import ProblemLog
         from blastscope.data.dataset import ClassificationDataset
+        from blastscope.data.stain import stain_norm_target
         from blastscope.engine.adapt import (
             estimate_prior,
             mix_statistics,
@@ -334,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                 train=False,
                 log=ProblemLog(stream=None),
                 box_fn=boxes or None,
+                stain_norm=stain_norm_target((meta["model"].get("cells") or {}).get("stain_norm")),
             )
             loader = DataLoader(ds, batch_size=32, shuffle=False)
             target = new_lab_statistics(model, loader)
@@ -343,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                 if use_tent:
                     torch.manual_seed(0)
                     tent(adapted, loader, steps=args.tent_steps)
-                y, p = classify_manifest(adapted, df, classes, box_fn=boxes or None)
+                y, p = classify_manifest(adapted, df, classes, box_fn=boxes or None, cells=meta["model"].get("cells"))
                 results[f"{base_name} + {name}"][key] = float((p.argmax(1) == y).mean())
                 if args.prior:  # the calibrated probabilities moved to the set's EM-estimated class mix
                     z = np.log(np.maximum(p, 1e-12)) / temperature

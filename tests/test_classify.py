@@ -525,3 +525,37 @@ def test_checkpoint_records_calibration_and_evaluate_reports_ece(cells, run_a, t
         and 0 <= metrics["ece.calibrated"] <= 1
         and metrics["temperature"] == pytest.approx(cal["temperature"])
     )
+
+
+def test_stain_norm_reinhard_is_recorded_and_applied_alike_in_training_and_prediction(cells, tmp_path):
+    """``--stain-norm reinhard``: the template (median LAB statistics of the training cells) is in the
+    checkpoint; predict normalises each crop as training did, so an affine LAB shift of a whole image
+    (another lab's stain and lamp) barely moves the probabilities."""
+    import cv2
+
+    from blastscope.data.dataset import ClassificationDataset
+    from blastscope.data.stain import stain_norm_target
+    from blastscope.inference.predictor import Predictor
+    from blastscope.models.checkpoint import load_checkpoint
+
+    out = tmp_path / "reinhard"
+    assert main(_train_args(cells, out, "--stain-norm", "reinhard", epochs=1)) == 0
+    record = load_checkpoint(out / "best.pt")["model"]["cells"]["stain_norm"]
+    assert record["method"] == "reinhard" and len(record["mean"]) == 3 and 0 < record["n"] <= 256
+    assert 0 < record["mean"][0] < 255 and all(v > 0 for v in record["std"])
+
+    df = read_manifest(cells)
+    test = df[df["split"] == "test"].head(4)
+    ds = ClassificationDataset(test, None, ["ALL", "HEM"], imgsz=IMGSZ, train=False, stain_norm=stain_norm_target(record))
+    predictor = Predictor.from_checkpoint(out / "best.pt")
+    for k, (_, row) in enumerate(test.iterrows()):
+        image = np.asarray(Image.open(row["image"]).convert("RGB"))
+        h, w = image.shape[:2]
+        crop = predictor.classifier.crops(image, np.array([[0, 0, w, h]], np.float32), 0.0)[0]
+        np.testing.assert_array_equal(crop, ds.crop(k))  # the same pixels as the training lab's validation crops
+        lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.float32)
+        lab = lab * np.float32([0.85, 1.2, 0.9]) + np.float32([20, -10, 12])  # another lab: LAB affine
+        shifted = cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+        p0 = np.asarray(predictor.classifier(image, np.array([[0, 0, w, h]], np.float32), 0.0)[0].probabilities)
+        p1 = np.asarray(predictor.classifier(shifted, np.array([[0, 0, w, h]], np.float32), 0.0)[0].probabilities)
+        assert np.abs(p0 - p1).max() < 0.05, (p0, p1)

@@ -76,6 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "them whole; segmented cells on black are taken whole either way",
     )
     a(
+        "--stain-norm",
+        choices=("none", "reinhard"),
+        default=None,
+        help="classify: Reinhard stain normalisation of every crop, in training and at prediction, to the median LAB "
+        "statistics of the training cells (recorded in the checkpoint; default none)",
+    )
+    a(
         "--save-period",
         type=int,
         default=None,

@@ -42,6 +42,7 @@ from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.data.crops import DEFAULT_MARGIN, square_crop, square_window
 from blastscope.data.formats import load_annotation
 from blastscope.data.images import image_size, read_image
+from blastscope.data.stain import reinhard_normalise
 from blastscope.data.transforms import (
     AugmentConfig,
     Compose,
@@ -268,6 +269,11 @@ class ClassificationDataset(Dataset):
         Receives the skipped rows and boxes.
     pad_value : int
         Grey level where a crop leaves the image (0, black, as at prediction time).
+    box_fn : callable, optional
+        ``box_fn(image) -> box | None`` for rows without a box: the white cell the image is centred on.
+    stain_norm : (mean, std), optional
+        Reinhard LAB target every crop is normalised to, after any augmentation (as
+        :meth:`blastscope.data.preprocess.Preprocess.crop_pixels` does at prediction time).
 
     Attributes
     ----------
@@ -295,8 +301,10 @@ class ClassificationDataset(Dataset):
         log: ProblemLog | None = None,
         pad_value: int = 0,
         box_fn: Callable | None = None,
+        stain_norm: tuple | None = None,
     ):
         self.box_fn = box_fn
+        self.stain_norm = stain_norm  # (mean, std) Reinhard LAB target applied to every crop, last
         self._found: dict[str, np.ndarray | None] = {}  # the box_fn's answer per image, computed once
         if aug is None:
             aug = AugmentConfig()
@@ -411,6 +419,8 @@ class ClassificationDataset(Dataset):
         if rng is not None and self._transform is not None:
             sample = {"image": out, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64)}
             out = self._transform(sample, rng)["image"]
+        if self.stain_norm is not None:  # as Preprocess.crop_pixels does at prediction time
+            out = reinhard_normalise(np.ascontiguousarray(out), *self.stain_norm)
         return out
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -63,6 +63,9 @@ class Preprocess:
         segmented single cells).
     margin : float
         Context around a cell box, as a fraction of its longer side (classifiers).
+    stain_norm : tuple of 2 tuples of 3 float, optional
+        Classifiers: the Reinhard LAB target ``(mean, std)`` every crop is normalised to (the
+        checkpoint's ``cells.stain_norm`` record, fitted on its training cells); None: off.
     """
 
     kind: str
@@ -71,6 +74,7 @@ class Preprocess:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     pad_value: int = PAD_VALUE
     margin: float = DEFAULT_MARGIN
+    stain_norm: tuple | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -78,6 +82,9 @@ class Preprocess:
         object.__setattr__(self, "size", _square(self.size))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.stain_norm is not None:
+            m, sd = self.stain_norm
+            object.__setattr__(self, "stain_norm", (tuple(float(v) for v in m), tuple(float(v) for v in sd)))
 
     @classmethod
     def from_info(cls, info: Mapping[str, Any] | Any, *, size: int | None = None, **overrides) -> Preprocess:
@@ -87,6 +94,14 @@ class Preprocess:
             info = dataclasses.asdict(info)
         kind = "letterbox" if info.get("task") == "detect" else "crop"
         default_norm = ((0.0,) * 3, (1.0,) * 3) if kind == "letterbox" else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        record = (info.get("cells") or {}).get("stain_norm") if kind == "crop" else None
+        if record:
+            from blastscope.data.stain import stain_norm_target  # scikit-image: only when a model needs it
+
+            target = stain_norm_target(record)
+        else:
+            target = None
+        overrides.setdefault("stain_norm", None if target is None else (tuple(target[0]), tuple(target[1])))
         return cls(
             kind,
             size if size is not None else info.get("input_size", 416 if kind == "letterbox" else 224),
@@ -130,7 +145,13 @@ class Preprocess:
         return self.normalize(crops)
 
     def crop_pixels(self, image: np.ndarray, boxes: np.ndarray, margin: float | None = None) -> np.ndarray:
-        """The crops themselves, ``(N, size, size, 3)`` uint8 RGB (what the classifier sees)."""
-        return square_crops(
+        """The crops themselves, ``(N, size, size, 3)`` uint8 RGB (what the classifier sees; stain-normalised
+        to :attr:`stain_norm` when set)."""
+        crops = square_crops(
             image, np.asarray(boxes, np.float32).reshape(-1, 4), self.margin if margin is None else margin, self.size, pad_value=0
         )
+        if self.stain_norm is not None and len(crops):
+            from blastscope.data.stain import reinhard_normalise
+
+            crops = np.stack([reinhard_normalise(c, *self.stain_norm) for c in crops])
+        return crops

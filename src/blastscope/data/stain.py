@@ -139,6 +139,37 @@ def reinhard_normalise(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> 
     return cv2.cvtColor(np.dstack(out), cv2.COLOR_LAB2RGB)
 
 
+#: stain normalisation methods of a classifier's inputs (``--stain-norm``; "none" turns it off)
+STAIN_NORMS = ("none", "reinhard")
+
+
+def stain_norm_target(record) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(mean, std)`` LAB target of a checkpoint's ``cells.stain_norm`` record, or None (no normalisation)."""
+    if not record or record.get("method", "none") == "none":
+        return None
+    if record["method"] != "reinhard":
+        raise ValueError(f"stain normalisation {record['method']!r}: this blastscope knows {', '.join(STAIN_NORMS)}")
+    return np.asarray(record["mean"], np.float64).reshape(3), np.asarray(record["std"], np.float64).reshape(3)
+
+
+def fit_reinhard_target(images) -> dict:
+    """The ``stain_norm`` record of a set of cell crops: the median of their LAB means and standard deviations.
+
+    The median, not the mean, so that a few odd crops (a grey image, a crop mostly outside its
+    image) do not set the template.
+    """
+    stats = [lab_statistics(im) for im in images]
+    if not stats:
+        raise ValueError("stain normalisation: no training cells to fit the template on")
+    means, stds = np.array([m for m, _ in stats]), np.array([s for _, s in stats])
+    return {
+        "method": "reinhard",
+        "mean": [float(v) for v in np.median(means, 0)],
+        "std": [float(v) for v in np.median(stds, 0)],
+        "n": len(stats),
+    }
+
+
 def random_lab_normalise(
     image: np.ndarray, rng: np.random.Generator, mean_shift: float = 8.0, std_scale: float = 0.2
 ) -> np.ndarray:

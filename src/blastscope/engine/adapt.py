@@ -46,6 +46,7 @@ from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.annotate.finder import cell_box_function
 from blastscope.data.dataset import ClassificationDataset
 from blastscope.data.manifest import new_manifest, read_manifest
+from blastscope.data.stain import stain_norm_target
 from blastscope.models.checkpoint import load_model, save_checkpoint
 
 __all__ = [
@@ -255,6 +256,7 @@ def _loader(model: nn.Module, manifest: pd.DataFrame, classes: Sequence[str], ba
         train=False,
         log=ProblemLog(stream=None),
         box_fn=cell_box_function(cells),
+        stain_norm=stain_norm_target((cells or {}).get("stain_norm")),
     )
     return DataLoader(ds, batch_size=batch, shuffle=False), len(ds)
 

@@ -66,6 +66,9 @@ class TrainConfig:
     #: classify: images without a box are cut around the white cell a finder finds ("finder"), or
     #: taken whole ("whole"); segmented cells on black are always taken whole
     cells: str = "finder"
+    #: classify: stain normalisation of every crop, in training and at prediction ("reinhard": to the
+    #: median LAB statistics of the training cells, recorded in the checkpoint; "none")
+    stain_norm: str = "none"
     workers: int = 0
     seed: int = 0
     device: str = "auto"
@@ -105,6 +108,7 @@ class TrainConfig:
             (self.patience >= 0, "patience", "0 (off) or more"),
             (self.save_period >= 0, "save_period", "0 (best and last only) or more"),
             (self.cells in ("finder", "whole"), "cells", "'finder' or 'whole'"),
+            (self.stain_norm in ("none", "reinhard"), "stain_norm", "'none' or 'reinhard'"),
             (self.workers >= 0, "workers", "0 or more"),
             (0 < self.val_fraction < 1, "val_fraction", "between 0 and 1 (e.g. 0.1)"),
             (self.optimizer in ("sgd", "adamw"), "optimizer", "'sgd' or 'adamw'"),

@@ -1164,6 +1164,7 @@ def _setup(checkpoint: Path, classifier, model, meta: dict, device: str, calibra
             device=device,
             calibration=calibration,
             band=False,
+            cells=meta.get("cells"),
         )
     return None
 

@@ -29,6 +29,7 @@ import numpy as np
 from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.annotate.finder import cell_box_function
 from blastscope.data.dataset import ClassificationDataset
+from blastscope.data.stain import stain_norm_target
 
 __all__ = ["ShiftSet", "classify_manifest", "markdown_table", "read_shift_index", "summarise"]
 
@@ -107,6 +108,7 @@ def classify_manifest(
         train=False,
         log=ProblemLog(stream=None),
         box_fn=box_fn if box_fn is not None else cell_box_function(cells),
+        stain_norm=stain_norm_target((cells or {}).get("stain_norm")),
     )
     mean = torch.tensor(info.mean, dtype=torch.float32).view(1, 3, 1, 1).to(device)
     std = torch.tensor(info.std, dtype=torch.float32).view(1, 3, 1, 1).to(device)

@@ -36,6 +36,7 @@ from blastscope.annotate.autobox import cell_box
 from blastscope.annotate.finder import cell_box_function, cells_record
 from blastscope.data.dataset import ClassificationDataset, DetectionDataset, collate_fn
 from blastscope.data.preprocess import Preprocess
+from blastscope.data.stain import fit_reinhard_target, stain_norm_target
 from blastscope.data.transforms import build_transforms
 from blastscope.metrics.calibration import expected_calibration_error, fit_temperature, select_threshold, softmax
 from blastscope.metrics.detection import evaluate_detections
@@ -277,6 +278,8 @@ class ClassifyTask(Task):
     #: the largest class must have more than this many times the cells of the smallest for the
     #: ``sampler`` balance to re-weight (a balanced set is shuffled as usual)
     IMBALANCE_RATIO = 1.2
+    #: training cells (evenly spaced) whose LAB statistics make the template of ``stain_norm: reinhard``
+    STAIN_TEMPLATE_CELLS = 256
     #: grey level where a crop leaves the image: black, as :class:`CropClassifier` pads
     PAD_VALUE = 0
     #: settings that replace the shared (detection) defaults when the user did not set them.
@@ -314,6 +317,14 @@ class ClassifyTask(Task):
 
         self.cells = cells_record(config.cells)  # recorded in the checkpoint: predict and evaluate redo it
         box_fn = cell_box_function(self.cells)
+        stain_norm = None
+        if getattr(config, "stain_norm", "none") == "reinhard":  # the template: the training cells themselves
+            plain = ClassificationDataset(
+                manifest, "train", classes, imgsz=config.imgsz, train=False, log=ProblemLog(stream=None), box_fn=box_fn
+            )
+            pick = np.unique(np.linspace(0, len(plain) - 1, min(len(plain), self.STAIN_TEMPLATE_CELLS)).round().astype(int))
+            self.cells["stain_norm"] = fit_reinhard_target(plain.crop(int(i)) for i in pick)
+            stain_norm = stain_norm_target(self.cells["stain_norm"])
 
         def make(split: str, train: bool) -> ClassificationDataset:
             return ClassificationDataset(
@@ -328,6 +339,7 @@ class ClassifyTask(Task):
                 log=log,
                 pad_value=self.PAD_VALUE,
                 box_fn=box_fn,
+                stain_norm=stain_norm,
             )
 
         train_ds, val_ds = make("train", True), make("val", False)

@@ -408,6 +408,7 @@ class Predictor:
                     info.get("std", (0.229, 0.224, 0.225)),
                     device=device,
                     calibration=info.get("calibration"),
+                    cells=info.get("cells"),
                 ),
             )
             alone.cell_box_fn = cell_box_function(info.get("cells"))
@@ -656,10 +657,15 @@ class CropClassifier:
         device: str = "cpu",
         calibration: dict | None = None,
         band: bool = True,
+        cells: dict | None = None,
     ):
         self.model = model.to(device).eval()
         self.class_names = [str(c) for c in class_names]
-        self.preprocess = Preprocess("crop", input_size, tuple(mean), tuple(std), margin=float(margin))
+        # the checkpoint's record of how its crops were made: its stain normalisation, if any
+        self.preprocess = Preprocess.from_info(
+            {"task": "classify", "input_size": input_size, "mean": tuple(mean), "std": tuple(std), "cells": cells},
+            margin=float(margin),
+        )
         cal = dict(calibration or {})
         self.temperature = float(cal.get("temperature") or 1.0)
         shift = cal.get("prior_shift")  # log(new lab prior / training prior), from ``blastscope adapt --prior``
@@ -707,6 +713,7 @@ class CropClassifier:
             device=device,
             calibration=info.get("calibration"),
             band=band,
+            cells=info.get("cells"),
         )
 
     def crops(self, image: np.ndarray, boxes: np.ndarray, margin: float | None = None) -> np.ndarray:
