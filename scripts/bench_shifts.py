@@ -68,6 +68,8 @@ VARIANTS = {
     # more frequent and stronger defocus than the first default (blur on half of the jittered cells, sigma up to 6 px)
     "blur6": {"blur": 0.5, "blur_sigma": 6.0},
 }
+#: settings added later whose default is what runs without them did (a run made before them is still reusable)
+NEUTRAL_NEW_SETTINGS = {"stain_norm"}
 #: settings other than augmentation per variant (TrainConfig fields)
 VARIANT_SETTINGS = {"reinhard": {"stain_norm": "reinhard"}, "blur6-reinhard": {"stain_norm": "reinhard"}}
 VARIANTS["reinhard"] = {}
@@ -130,7 +132,8 @@ def train_variant(name: str, work: Path, manifest: Path, args) -> tuple[Path, fl
         import yaml
 
         written = yaml.safe_load((other / "config.yaml").read_text()) or {}
-        if set(dataclasses.asdict(config)) - set(written):  # made before a setting existed: its default then may differ
+        # made before a setting existed whose default changes what is trained (the cells record): not the same run
+        if (set(dataclasses.asdict(config)) - set(written)) - NEUTRAL_NEW_SETTINGS:
             continue
         old = load_config(other / "config.yaml")
         if dataclasses.replace(old, out=config.out) == dataclasses.replace(config, data=old.data):
