@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import platform
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,8 +191,3 @@ class ShardedSampler(torch.utils.data.Sampler[int]):
         while indices and len(indices) < total:
             indices += indices[: total - len(indices)]
         return iter(indices[self.rank : total : self.world_size])
-
-
-def describe_machine() -> str:
-    """``"<cpu> (bf16: yes/no)"`` for messages."""
-    return f"{platform.machine()} CPU, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}"
