@@ -16,8 +16,9 @@ A run folder (``config.out``, e.g. ``runs/NAME``) holds
 Speed (:mod:`blastscope.engine._accel`): ``precision`` bf16 runs the forward pass and the loss
 under ``torch.autocast`` (weights, gradients and optimizer stay fp32; ``auto`` picks bf16 only
 where the hardware has it), ``channels_last`` keeps model and inputs in channels-last memory; the
-resolved values are what ``config.yaml`` and the checkpoints record. Validation runs under the
-same autocast. Started by ``torchrun --nproc-per-node N -m blastscope train ...``, every process
+resolved values are what ``config.yaml`` and the checkpoints record. Validation runs in fp32
+(no autocast): ``best.pt``, the metrics and a classifier's calibration (temperature, threshold)
+are those of the fp32 inference that ``predict`` and ``evaluate`` run. Started by ``torchrun --nproc-per-node N -m blastscope train ...``, every process
 trains on its share of each epoch's shuffle (``batch`` is per process) through
 ``DistributedDataParallel``; process 0 alone validates, writes the run folder and decides on
 ``best.pt`` and early stopping, and tells the others. Checkpoints hold the unwrapped model, so
@@ -793,8 +794,7 @@ def _end_of_epoch(
 
     Returns ``(metrics, is_best, best, best_epoch)``.
     """
-    with autocast(device, config.precision):
-        val = task.evaluate(model, val_loader, config, device)
+    val = task.evaluate(model, val_loader, config, device)  # fp32: the calibration must fit fp32 inference
     if not math.isfinite(val["val_loss"]):
         raise NonFiniteLoss(
             f"validation loss is {val['val_loss']} after epoch {epoch} (learning rate {stats['lr']:.3g}); "
