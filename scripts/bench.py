@@ -4,7 +4,8 @@ One run measures, at one input size (416 px by default) and on real BCCD smears:
 
 (a) training yolov3-tiny: forward, loss, backward, gradient clipping and optimizer step on batches
     of 8 letterboxed images (the configured batch; COCO-pretrained, new 3-class heads, the trainer's
-    SGD), images already in memory;
+    SGD), images already in memory; in fp32, fp32 with channels-last memory, bf16 autocast, and bf16
+    with channels-last (``--quick``: fp32 and bf16 with channels-last only);
 (b) inference with the torch back-end at batch 1 and at the configured batch;
 (c) inference with the onnxruntime back-end (the same weights exported with ``blastscope export``);
 (d) OpenCV DNN (``cv2.dnn.readNetFromDarknet``) running Darknet's own COCO yolov3-tiny ``.cfg`` and
@@ -118,10 +119,20 @@ def bccd_manifest(root: Path, n: int):
     return train, classes
 
 
-def bench_training(root: Path, imgsz: int, batch: int, warmup: int, iters: int) -> dict:
+#: (precision, channels-last) of the training rows; ``--quick`` measures the first and the last
+TRAIN_VARIANTS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
+
+
+def bench_training(
+    root: Path, imgsz: int, batch: int, warmup: int, iters: int, *, precision: str = "fp32", channels_last: bool = False
+) -> dict:
+    """(a) with ``precision`` ``"fp32"`` or ``"bf16"`` (autocast of forward and loss, as the trainer does)."""
+    import contextlib
+
     import torch
 
     from blastscope.data.dataset import DetectionDataset, collate_fn
+    from blastscope.engine import cpu_has_native_bf16
     from blastscope.engine.config import load_config
     from blastscope.engine.trainer import build_optimizer
     from blastscope.models import create_model
@@ -130,15 +141,20 @@ def bench_training(root: Path, imgsz: int, batch: int, warmup: int, iters: int) 
     df, classes = bccd_manifest(root, batch * 2)
     dataset = DetectionDataset(df, None, classes, imgsz=imgsz)
     batches = [collate_fn([dataset[i] for i in range(k, k + batch)]) for k in range(0, len(dataset) - batch + 1, batch)]
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    batches = [(images.contiguous(memory_format=memory), targets) for images, targets in batches]
     torch.manual_seed(0)
     model = create_model(config.model, class_names=classes, pretrained=True, input_size=imgsz).train()
+    model = model.to(memory_format=memory)
     optimizer = build_optimizer(model, config)
     state = {"i": 0}
 
     def step() -> None:
         images, targets = batches[state["i"] % len(batches)]
         state["i"] += 1
-        loss, _ = model.loss(model(images), targets)
+        amp = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+        with amp:
+            loss, _ = model.loss([r.float() for r in model(images)], targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
@@ -146,12 +162,11 @@ def bench_training(root: Path, imgsz: int, batch: int, warmup: int, iters: int) 
         optimizer.step()
 
     times = timeit(step, warmup=warmup, iters=iters)
-    return row(
-        f"(a) training {config.model}, fwd+bwd+step ({len(classes)} BCCD classes)",
-        batch,
-        times,
-        f"{config.optimizer}, lr {config.lr}, grad clip {config.grad_clip}; data loading excluded",
-    )
+    variant = {"fp32": "", "bf16": ", bf16 autocast"}[precision] + (", channels-last" if channels_last else "")
+    note = f"{config.optimizer}, lr {config.lr}, grad clip {config.grad_clip}; data loading excluded"
+    if precision == "bf16":
+        note += f"; native bf16 on this CPU: {'yes' if cpu_has_native_bf16() else 'no (emulated)'}"
+    return row(f"(a) training {config.model}, fwd+bwd+step ({len(classes)} BCCD classes){variant}", batch, times, note)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,8 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - t_start:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
     results: list[dict] = []
-    say(f"training: {warmup} warm-up + {train_iters} timed steps of batch {batch} at {size} px")
-    results.append(bench_training(args.data, size, batch, warmup, train_iters))
+    variants = (TRAIN_VARIANTS[0], TRAIN_VARIANTS[-1]) if args.quick else TRAIN_VARIANTS
+    for precision, channels_last in variants:
+        layout = ", channels-last" if channels_last else ""
+        say(f"training ({precision}{layout}): {warmup} warm-up + {train_iters} timed steps of batch {batch} at {size} px")
+        results.append(
+            bench_training(args.data, size, batch, warmup, train_iters, precision=precision, channels_last=channels_last)
+        )
 
     # inference: the same COCO yolov3-tiny in every runtime, on real BCCD frames
     frames = [read_image(p) for p in sorted((args.data / "JPEGImages").glob("*.jpg"))[:batch]]

@@ -24,6 +24,7 @@ LAYERS = {
     "inference": 3,
     "engine": 4,
     "api": 5, "cli": 6, "gui": 6,
+    "__main__": 7,  # python -m blastscope: starts the cli
 }  # fmt: skip
 #: the one sideways import: the ``blastscope gui`` command starts the app (lazily, inside ``run``)
 ALLOWED = {("cli", "gui")}

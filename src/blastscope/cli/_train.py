@@ -16,6 +16,10 @@ Classification trains on square crops of the annotated cells (one per box, label
 class; margin 0.1 of the box's longer side), or on whole images for rows without annotation
 (labelled with the row's label), cut as 'evaluate' and 'predict --classifier' cut them.
 
+Several processes (DistributedDataParallel; gloo on CPU, NCCL on GPUs; --batch is per process):
+  torchrun --nproc-per-node 2 -m blastscope train --data data/manifest.csv --out runs/ddp
+  blastscope train --resume runs/ddp            # a DDP run resumes in one process, or in several
+
 The run folder holds metrics.csv (a row per epoch), epoch_NNN.pt, best.pt (best validation
 mAP@0.5, VOC, for detectors; weighted F1 for classifiers), last.pt (for --resume), config.yaml and
 splits.csv (the train/val split used).
@@ -61,6 +65,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--weight-decay", type=float, default=None, help="weight decay (default: 0.0005; classify: 0.01)")
     a("--workers", type=int, default=None, help="data-loading processes (default: 0)")
     a("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
+    a(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default=None,
+        help="bf16: forward pass and loss under bf16 autocast, weights and optimizer in fp32; auto: bf16 where the "
+        "CPU (avx512_bf16 / amx_bf16) or GPU has it natively, else fp32 (default: auto)",
+    )
+    a(
+        "--channels-last",
+        dest="channels_last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the model and its inputs in channels-last memory (default: on with bf16, off with fp32)",
+    )
     a(
         "--val-fraction",
         type=float,
@@ -145,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = resolve_config(args.config, **settings)
     result = train(config, resume=bool(args.resume), exist_ok=args.exist_ok, progress=args.progress)
+    if os.environ.get("RANK", "0") not in ("", "0"):  # one of several torchrun processes: process 0 reports
+        return 130 if result.interrupted else 0
     if result.best_epoch is not None:
         row = result.best_row
         keys = [result.best_metric] + [

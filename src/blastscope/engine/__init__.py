@@ -28,6 +28,7 @@ __all__ = [
     "load_model",
     "load_checkpoint",
     "get_task",
+    "cpu_has_native_bf16",
 ]
 
 _WHERE = {
@@ -41,6 +42,7 @@ _WHERE = {
     "load_model": "checkpoint",
     "load_checkpoint": "checkpoint",
     "get_task": "tasks",
+    "cpu_has_native_bf16": "_accel",
 }
 
 

@@ -72,6 +72,11 @@ class TrainConfig:
     workers: int = 0
     seed: int = 0
     device: str = "auto"
+    #: "auto" (bf16 where the CPU or GPU computes it natively, else fp32), "fp32" or "bf16" (autocast
+    #: of the forward pass and the loss; weights and optimizer stay fp32); see blastscope.engine._accel
+    precision: str = "auto"
+    #: channels-last memory for the model and its inputs: true, false or "auto" (on with bf16)
+    channels_last: bool | str = "auto"
     out: str = "runs/train"
     val_fraction: float = 0.1
     auto_boxes: bool = False
@@ -112,6 +117,8 @@ class TrainConfig:
             (self.workers >= 0, "workers", "0 or more"),
             (0 < self.val_fraction < 1, "val_fraction", "between 0 and 1 (e.g. 0.1)"),
             (self.optimizer in ("sgd", "adamw"), "optimizer", "'sgd' or 'adamw'"),
+            (self.precision in ("auto", "fp32", "bf16"), "precision", "'auto', 'fp32' or 'bf16'"),
+            (self.channels_last in (True, False, "auto"), "channels_last", "true, false or 'auto'"),
             (0 <= self.pad_value <= 255, "pad_value", "in 0..255"),
             (0 <= self.val_conf < 1, "val_conf", "in [0, 1)"),
             (0 < self.val_iou <= 1, "val_iou", "in (0, 1]"),
@@ -143,7 +150,16 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         options = typing.get_args(tp)
         if value is None and type(None) in options:
             return None
-        tp = next(t for t in options if t is not type(None))
+        options = [t for t in options if t is not type(None)]
+        if len(options) > 1:  # the first type the value fits (``bool | str``: true or "auto")
+            for option in options:
+                try:
+                    return _coerce(value, option, key, source)
+                except BlastscopeError:
+                    pass
+            names = " or a ".join(_type_name(t) for t in options)
+            raise BlastscopeError(f"{source}: '{key}' is {value!r} ({type(value).__name__}); it must be a {names}")
+        tp = options[0]
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):

@@ -6,7 +6,8 @@
 * ``build_datasets(config, manifest, classes, log) -> (train_ds, val_ds)`` (datasets with
   ``set_epoch(epoch)``, ``collate_fn`` batching them, ``train_sampler`` optionally re-weighting),
 * ``build_model(config, classes, pretrained) -> nn.Module`` (through ``create_model``),
-* ``loss(model, batch, device) -> (loss, parts)`` for one training batch,
+* ``loss(model, batch, device) -> (loss, parts)`` for one training batch (``model`` may be a
+  ``DistributedDataParallel`` wrapper: forward through it, read attributes from :func:`unwrap`),
 * ``evaluate(model, loader, config, device) -> {"val_loss": ..., metric: ...}`` under
   ``torch.inference_mode()``,
 * the names of the loss parts, of the metrics for ``metrics.csv`` and of the metric that picks
@@ -42,7 +43,7 @@ from blastscope.metrics.calibration import expected_calibration_error, fit_tempe
 from blastscope.metrics.detection import evaluate_detections
 from blastscope.models.registry import create_model
 
-__all__ = ["Task", "DetectTask", "ClassifyTask", "TASKS", "get_task", "apply_task_defaults", "classification_scores"]
+__all__ = ["Task", "unwrap", "DetectTask", "ClassifyTask", "TASKS", "get_task", "apply_task_defaults", "classification_scores"]
 
 
 class Task:
@@ -101,6 +102,17 @@ class Task:
         return {}
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a :class:`~torch.nn.parallel.DistributedDataParallel` wrapper (or ``model``).
+
+    :meth:`Task.loss` runs the forward pass through the wrapper (which synchronises the gradients)
+    and reads the model's own attributes (``info``, ``loss``) from the network.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
 def _detach_parts(parts: dict[str, Any], names: Sequence[str]) -> dict[str, float]:
     return {k: float(parts[k]) for k in names if k in parts}
 
@@ -156,7 +168,8 @@ class DetectTask(Task):
 
     def loss(self, model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         images, targets = self._to_device(batch, device)
-        loss, parts = model.loss(model(images), targets)
+        raw = [r.float() for r in model(images)]  # under bf16 autocast: the loss in fp32
+        loss, parts = unwrap(model).loss(raw, targets)
         return loss, _detach_parts(parts, self.loss_parts)
 
     def evaluate(self, model: nn.Module, loader, config: Any, device: torch.device) -> dict[str, float]:
@@ -173,7 +186,7 @@ class DetectTask(Task):
         with torch.inference_mode():
             for batch in loader:
                 images, targets = self._to_device(batch, device)
-                raw = model(images)
+                raw = [r.float() for r in model(images)]  # decoded in fp32 under bf16 autocast too
                 loss, _ = model.loss(raw, targets)
                 total += float(loss) * len(images)
                 n += len(images)
@@ -378,7 +391,7 @@ class ClassifyTask(Task):
     def loss(self, model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         images, labels = batch
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        logits = model(self._normalise(model, images))
+        logits = model(self._normalise(unwrap(model), images))
         weight = self.class_weights.to(device) if self.class_weights is not None else None
         loss = nn.functional.cross_entropy(logits.float(), labels, weight=weight)
         return loss, {"ce": float(loss.detach())}

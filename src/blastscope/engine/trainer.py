@@ -13,6 +13,17 @@ A run folder (``config.out``, e.g. ``runs/NAME``) holds
 ``last.pt``         the last completed epoch, with optimizer, scheduler and RNG states: ``--resume``
 ==================  ==========================================================================
 
+Speed (:mod:`blastscope.engine._accel`): ``precision`` bf16 runs the forward pass and the loss
+under ``torch.autocast`` (weights, gradients and optimizer stay fp32; ``auto`` picks bf16 only
+where the hardware has it), ``channels_last`` keeps model and inputs in channels-last memory; the
+resolved values are what ``config.yaml`` and the checkpoints record. Validation runs in fp32
+(no autocast): ``best.pt``, the metrics and a classifier's calibration (temperature, threshold)
+are those of the fp32 inference that ``predict`` and ``evaluate`` run. Started by ``torchrun --nproc-per-node N -m blastscope train ...``, every process
+trains on its share of each epoch's shuffle (``batch`` is per process) through
+``DistributedDataParallel``; process 0 alone validates, writes the run folder and decides on
+``best.pt`` and early stopping, and tells the others. Checkpoints hold the unwrapped model, so
+a run started with N processes resumes with any number, one included.
+
 Runs are reproducible on CPU: with the same seed (and ``workers`` any value) two runs give the same
 ``metrics.csv`` except for ``seconds``, and a run killed at any moment and resumed with
 ``--resume`` gives the same rows as an uninterrupted one. Shuffling is seeded per epoch and
@@ -48,6 +59,15 @@ from blastscope._problems import BlastscopeError, ProblemLog, describe_os_error
 from blastscope.annotate.finder import default_cell_classes
 from blastscope.data.manifest import manifest_classes, read_manifest, write_manifest
 from blastscope.data.splits import patient_split
+from blastscope.engine._accel import (
+    DistInfo,
+    ShardedSampler,
+    autocast,
+    dist_env,
+    init_distributed,
+    resolve_channels_last,
+    resolve_precision,
+)
 from blastscope.engine.config import TrainConfig, config_to_dict, save_config
 from blastscope.engine.tasks import Task, get_task
 from blastscope.models.checkpoint import (
@@ -207,14 +227,21 @@ def train_one_epoch(
     epochs: int,
     grad_clip: float = 0.0,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Train ``model`` for one pass over ``loader``; return the image-weighted mean losses.
+
+    ``precision`` ``"bf16"`` runs ``task.loss`` (forward pass and loss) under bf16 autocast; the
+    backward pass and the optimizer step work on the fp32 weights. In a process group (DDP) the
+    means are over every process's images, and a non-finite loss on any process stops them all.
 
     Returns ``{"train_loss": ..., "train_<part>": ..., "lr": ..., "images": n}``. Raises
     :class:`NonFiniteLoss` on a NaN or infinite loss (before the bad step is applied).
     """
+    import torch.distributed as dist
     from tqdm import tqdm
 
+    distributed = dist.is_available() and dist.is_initialized()
     sums: dict[str, float] = {}
     n_images = 0
     start = time.perf_counter()
@@ -223,11 +250,18 @@ def train_one_epoch(
     )
     try:
         for i, batch in enumerate(bar):
-            loss, parts = task.loss(model, batch, device)
-            if not torch.isfinite(loss):
+            with autocast(device, precision):
+                loss, parts = task.loss(model, batch, device)
+            finite = bool(torch.isfinite(loss))
+            if distributed:  # every process stops together (one alone would leave the others waiting)
+                flag = torch.tensor([0.0 if finite else 1.0], device=loss.device)
+                dist.all_reduce(flag)
+                finite = not bool(flag.item())
+            if not finite:
                 lr = optimizer.param_groups[0]["lr"]
+                what = "not finite on another process" if torch.isfinite(loss) else f"{float(loss.detach())}"
                 raise NonFiniteLoss(
-                    f"training loss is {float(loss.detach())} at epoch {epoch}, batch {i + 1}/{len(loader)} (learning rate {lr:.3g}); "
+                    f"training loss is {what} at epoch {epoch}, batch {i + 1}/{len(loader)} (learning rate {lr:.3g}); "
                     "the run diverged: lower --lr, or check the annotations' boxes; last.pt keeps the last good epoch"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -245,6 +279,12 @@ def train_one_epoch(
             bar.set_postfix(loss=f"{sums['train_loss'] / n_images:.4g}", img_s=f"{n_images / elapsed:.1f}", refresh=False)
     finally:
         bar.close()
+    if distributed:  # the epoch's means over all processes' images
+        keys = sorted(sums)
+        totals = torch.tensor([float(n_images), *[sums[k] for k in keys]], dtype=torch.float64, device=device)
+        dist.all_reduce(totals)
+        n_images = int(totals[0].item())
+        sums = {k: float(v) for k, v in zip(keys, totals[1:].tolist(), strict=True)}
     out = {k: v / max(n_images, 1) for k, v in sums.items()}
     out["lr"] = optimizer.param_groups[0]["lr"]
     out["images"] = n_images
@@ -461,8 +501,35 @@ def train(
     run_dir = Path(config.out)
     old_run = _prepare_run_dir(run_dir, resume=resume, exist_ok=exist_ok)
     device = _device(config.device)
+    dist_info = dist_env()
+    if not dist_info.enabled:
+        return _train(config, task, run_dir, old_run, device, dist_info, resume=resume, progress=progress, echo=echo)
+    import torch.distributed as dist
+
+    started = not dist.is_initialized()
+    device = init_distributed(dist_info, device)
+    try:
+        return _train(
+            config, task, run_dir, old_run, device, dist_info,
+            resume=resume, progress=progress and dist_info.is_main, echo=echo if dist_info.is_main else _quiet,
+        )  # fmt: skip
+    finally:
+        if started and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _quiet(message: str) -> None:
+    """The ``echo`` of processes other than 0 in a process group (process 0 speaks for the run)."""
+
+
+def _train(config, task, run_dir, old_run, device, dist_info: DistInfo, *, resume, progress, echo) -> RunResult:
+    """:func:`train` in this process (one of a process group when ``dist_info.enabled``)."""
+    precision = resolve_precision(config.precision, device)
+    channels_last = resolve_channels_last(config.channels_last, precision, device)
+    config = dataclasses.replace(config, precision=precision, channels_last=channels_last)  # recorded as resolved
     echo(f"run folder: {run_dir}")
-    _remove_stale_tmp(run_dir, echo)
+    if dist_info.is_main:
+        _remove_stale_tmp(run_dir, echo)
 
     ckpt = None
     note = None
@@ -495,7 +562,7 @@ def train(
 
     # the data and the model are checked before anything in the run folder changes
     seed_everything(config.seed)
-    log = ProblemLog()
+    log = ProblemLog() if dist_info.is_main else ProblemLog(stream=None)
     train_ds, val_ds = task.build_datasets(config, df, classes, log)
     if len(log):
         echo(f"{len(log)} images skipped (see the 'skipped:' lines); training on the rest")
@@ -506,8 +573,18 @@ def train(
     if config.freeze_backbone_epochs and not hasattr(model, "set_backbone_frozen"):
         raise BlastscopeError(f"{config.model}: has no backbone to freeze; drop --freeze-backbone-epochs")
     echo(f"model: {config.model} ({'pretrained' if config.pretrained else 'random init'}), {config.imgsz} px, device {device}")
+    speed = f"precision {precision}{', channels-last' if channels_last else ''}"
+    if dist_info.enabled:
+        speed += (
+            f", {dist_info.world_size} processes (DDP, batch {config.batch} each, {config.batch * dist_info.world_size} in all)"
+        )
+    echo(speed)
+    hook = None
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        hook = model.register_forward_pre_hook(_channels_last_inputs)
 
-    replacement = _Replacement(run_dir, old_run)
+    replacement = _Replacement(run_dir, old_run if dist_info.is_main else [])
     try:
         return _run_epochs(
             config,
@@ -522,6 +599,7 @@ def train(
             model,
             device,
             replacement,
+            dist_info,
             resume=resume,
             progress=progress,
             echo=echo,
@@ -531,25 +609,79 @@ def train(
         if kept:
             echo(kept)
         raise
+    finally:
+        if hook is not None:  # the model handed back is an ordinary one again
+            hook.remove()
+            model.to(memory_format=torch.contiguous_format)
+
+
+def _channels_last_inputs(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the input batch in channels-last memory, like the model's weights."""
+    x = args[0]
+    if isinstance(x, torch.Tensor) and x.ndim == 4:
+        return (x.contiguous(memory_format=torch.channels_last), *args[1:])
+    return args
+
+
+def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Contiguous copies of the weights (a checkpoint does not depend on channels-last training)."""
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+
+
+def _wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in :class:`~torch.nn.parallel.DistributedDataParallel`, for the parameters that train now."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _from_main(code: int, device: torch.device) -> int:
+    """Process 0's ``code`` on every process of the group (a collective: every process calls it)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([code], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
+_GO_ON, _STOP, _FAILED = 0, 1, 2  # what process 0 tells the others after each epoch
 
 
 def _run_epochs(
-    config, task, run_dir, df, classes, note, ckpt, train_ds, val_ds, model, device, replacement, *, resume, progress, echo
+    config,
+    task,
+    run_dir,
+    df,
+    classes,
+    note,
+    ckpt,
+    train_ds,
+    val_ds,
+    model,
+    device,
+    replacement,
+    dist_info,
+    *,
+    resume,
+    progress,
+    echo,
 ) -> RunResult:
     """The run-folder writes and the epochs of :func:`train` (its data and model already checked)."""
+    main = dist_info.is_main
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        replacement.begin()
-        if not resume:
-            write_manifest(df, run_dir / "splits.csv")
-            if note:
-                echo(f"{note}; recorded in {run_dir / 'splits.csv'}")
-        save_config(config, run_dir / "config.yaml")
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            replacement.begin()
+            if not resume:
+                write_manifest(df, run_dir / "splits.csv")
+                if note:
+                    echo(f"{note}; recorded in {run_dir / 'splits.csv'}")
+            save_config(config, run_dir / "config.yaml")
     except OSError as e:
         raise BlastscopeError(f"{describe_os_error(e)}; nothing was trained") from None
 
     optimizer = build_optimizer(model, config)
-    iters = math.ceil(len(train_ds) / config.batch)
+    iters = math.ceil(math.ceil(len(train_ds) / dist_info.world_size) / config.batch)  # steps per epoch and process
     scheduler = WarmupCosine(
         optimizer,
         total_iters=config.epochs * iters,
@@ -570,7 +702,10 @@ def _run_epochs(
         rows = [r for r in _read_metrics(run_dir / "metrics.csv") if r["epoch"] < ckpt["epoch"]]
         rows.append({c: ckpt["metrics"][c] for c in columns if c in ckpt["metrics"]})
         best_epoch = ckpt.get("best_epoch")
-        _write_metrics(run_dir / "metrics.csv", columns, rows)
+        if int(ckpt.get("world_size", 1)) != dist_info.world_size:  # other steps per epoch: the schedule's place
+            scheduler.load_state_dict({"last_iter": (start_epoch - 1) * iters, "base_lrs": scheduler.base_lrs})
+        if main:
+            _write_metrics(run_dir / "metrics.csv", columns, rows)
         set_rng_state(ckpt["rng"])
         del ckpt
 
@@ -588,52 +723,40 @@ def _run_epochs(
             model.train()
             if config.freeze_backbone_epochs:
                 model.set_backbone_frozen(epoch <= config.freeze_backbone_epochs)
-            train_loader = _train_loader(task, train_ds, config, epoch)
+            # DDP takes the parameters that train at its construction: wrapped again each epoch
+            net = _wrap_ddp(model, device) if dist_info.enabled else model
+            train_loader = _train_loader(task, train_ds, config, epoch, dist_info)
             stats = train_one_epoch(
-                model, task, train_loader, optimizer, scheduler, device,
+                net, task, train_loader, optimizer, scheduler, device,
                 epoch=epoch, epochs=config.epochs, grad_clip=config.grad_clip, progress=progress,
+                precision=config.precision,
             )  # fmt: skip
-            val = task.evaluate(model, val_loader, config, device)
-            if not math.isfinite(val["val_loss"]):
-                raise NonFiniteLoss(
-                    f"validation loss is {val['val_loss']} after epoch {epoch} (learning rate {stats['lr']:.3g}); "
-                    "the run diverged: lower --lr, or check the annotations' boxes; last.pt keeps the last good epoch"
-                )
-            metrics = {"epoch": epoch, **stats, **val, "seconds": time.perf_counter() - t0}
-            metrics.pop("images", None)
-            rows.append({c: metrics.get(c, math.nan) for c in columns})
-            _write_metrics(run_dir / "metrics.csv", columns, rows)
-
-            value = float(val.get(task.best_metric, math.nan))
-            is_best = _is_better(value, best)
-            if is_best:
-                best, best_epoch = value, epoch
-            weights = make_checkpoint(
-                model,
-                epoch=epoch,
-                metrics=metrics,
-                config=config_dict,
-                input_size=config.imgsz,
-                best_metric=best,
-                best_epoch=best_epoch,
-            )
-            if (
-                weights["model"]["task"] == "detect"
-            ):  # which detector classes are white cells (two-stage prediction classifies only those)
-                weights["model"]["cell_classes"] = default_cell_classes(weights["model"]["class_names"])
-            weights.update(task.checkpoint_extras())
-            if getattr(task, "cells", None):  # how a classifier's inputs were made (predict/evaluate redo it)
-                weights["model"]["cells"] = task.cells
-            if config.save_period > 0 and epoch % config.save_period == 0:
-                save_checkpoint(weights, run_dir / f"epoch_{epoch:03d}.pt")  # weights only
-            if is_best:
-                save_checkpoint(weights, run_dir / "best.pt")
-            full = dict(weights, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=get_rng_state())
-            save_checkpoint(full, run_dir / "last.pt")
+            del net
+            if not main:  # process 0 validates and writes; the others wait for its word
+                code = _from_main(_GO_ON, device)
+                if code == _FAILED:
+                    raise BlastscopeError(f"{run_dir}: process 0 stopped the run after epoch {epoch} (see its message)")
+                result.epochs_done = epoch
+                if code == _STOP:
+                    result.stopped_early = True
+                    break
+                continue
+            try:
+                metrics, is_best, best, best_epoch = _end_of_epoch(
+                    config, task, run_dir, model, val_loader, device, optimizer, scheduler, columns, rows,
+                    epoch, t0, stats, best, best_epoch, config_dict, dist_info,
+                )  # fmt: skip
+            except BaseException:
+                if dist_info.enabled:
+                    _from_main(_FAILED, device)
+                raise
             result.epochs_done = epoch
             replacement.commit()  # --exist-ok: the new run has a checkpoint, the old one can go
             echo(_epoch_line(task, metrics, config.epochs, is_best))
-            if config.patience and best_epoch is not None and epoch - best_epoch >= config.patience:
+            stop = bool(config.patience and best_epoch is not None and epoch - best_epoch >= config.patience)
+            if dist_info.enabled:
+                _from_main(_STOP if stop else _GO_ON, device)
+            if stop:
                 echo(f"no better {task.best_metric} for {config.patience} epochs: stopping early")
                 result.stopped_early = True
                 break
@@ -663,12 +786,82 @@ def _run_epochs(
     return result
 
 
-def _train_loader(task: Task, dataset, config: TrainConfig, epoch: int) -> DataLoader:
-    """The epoch's loader: shuffled by a generator seeded from ``(seed, epoch)``, so resume replays it."""
+def _end_of_epoch(
+    config, task, run_dir, model, val_loader, device, optimizer, scheduler, columns, rows,
+    epoch, t0, stats, best, best_epoch, config_dict, dist_info,
+):  # fmt: skip
+    """Validate, append the ``metrics.csv`` row and write the checkpoints (process 0 only).
+
+    Returns ``(metrics, is_best, best, best_epoch)``.
+    """
+    val = task.evaluate(model, val_loader, config, device)  # fp32: the calibration must fit fp32 inference
+    if not math.isfinite(val["val_loss"]):
+        raise NonFiniteLoss(
+            f"validation loss is {val['val_loss']} after epoch {epoch} (learning rate {stats['lr']:.3g}); "
+            "the run diverged: lower --lr, or check the annotations' boxes; last.pt keeps the last good epoch"
+        )
+    metrics = {"epoch": epoch, **stats, **val, "seconds": time.perf_counter() - t0}
+    metrics.pop("images", None)
+    rows.append({c: metrics.get(c, math.nan) for c in columns})
+    _write_metrics(run_dir / "metrics.csv", columns, rows)
+
+    value = float(val.get(task.best_metric, math.nan))
+    is_best = _is_better(value, best)
+    if is_best:
+        best, best_epoch = value, epoch
+    weights = make_checkpoint(
+        model,
+        epoch=epoch,
+        metrics=metrics,
+        config=config_dict,
+        input_size=config.imgsz,
+        best_metric=best,
+        best_epoch=best_epoch,
+    )
+    weights["state_dict"] = _state_dict(model)
+    if (
+        weights["model"]["task"] == "detect"
+    ):  # which detector classes are white cells (two-stage prediction classifies only those)
+        weights["model"]["cell_classes"] = default_cell_classes(weights["model"]["class_names"])
+    weights.update(task.checkpoint_extras())
+    if getattr(task, "cells", None):  # how a classifier's inputs were made (predict/evaluate redo it)
+        weights["model"]["cells"] = task.cells
+    if config.save_period > 0 and epoch % config.save_period == 0:
+        save_checkpoint(weights, run_dir / f"epoch_{epoch:03d}.pt")  # weights only
+    if is_best:
+        save_checkpoint(weights, run_dir / "best.pt")
+    full = dict(
+        weights,
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        rng=get_rng_state(),
+        world_size=dist_info.world_size,  # steps per epoch differ with another number of processes
+    )
+    save_checkpoint(full, run_dir / "last.pt")
+    return metrics, is_best, best, best_epoch
+
+
+def _train_loader(task: Task, dataset, config: TrainConfig, epoch: int, dist_info: DistInfo | None = None) -> DataLoader:
+    """The epoch's loader: shuffled by a generator seeded from ``(seed, epoch)``, so resume replays it.
+
+    In a process group each process takes its share: a :class:`DistributedSampler` (seeded with
+    the run's seed, ``set_epoch`` each epoch) for a plain shuffle, or its share of the task's own
+    sampler's draw (:class:`ShardedSampler`; the class-balanced draw is the same on every process).
+    """
     dataset.set_epoch(epoch)
     g = torch.Generator()
     g.manual_seed(config.seed * 1_000_003 + epoch)
     sampler = task.train_sampler(dataset, g)
+    if dist_info is not None and dist_info.enabled:
+        if sampler is None:
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(
+                dataset, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=config.seed
+            )
+            sampler.set_epoch(epoch)
+        else:
+            sampler = ShardedSampler(sampler, rank=dist_info.rank, world_size=dist_info.world_size)
     return DataLoader(
         dataset,
         batch_size=config.batch,
