@@ -275,7 +275,7 @@ def test_auto_classifier_probabilities_match_torch(classifier_ckpt, capsys):
         np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-4)
 
 
-def test_auto_falls_back_to_torch_without_onnxruntime(coco_ckpt, monkeypatch, tmp_path, capsys):
+def test_auto_falls_back_to_torch_without_onnxruntime(coco_ckpt, bccd, monkeypatch, tmp_path, capsys):
     from blastscope.inference.predictor import TorchBackend
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
@@ -285,8 +285,11 @@ def test_auto_falls_back_to_torch_without_onnxruntime(coco_ckpt, monkeypatch, tm
     assert len(lines) == 1 and "onnxruntime is not installed, running with torch" in lines[0]
     assert not (tmp_path / "cache").exists()  # nothing exported
     # the CLI default is auto: it still predicts, with the same one line
-    rc = main(["predict", str(coco_ckpt), str(tmp_path), "--out", str(tmp_path / "o"), "--imgsz", "128", "--no-progress"])
-    assert rc in (0, 1) and "running with torch" in capsys.readouterr().err
+    image = bccd / "JPEGImages" / BCCD_IMAGES[0]
+    rc = main(["predict", str(coco_ckpt), str(image), "--out", str(tmp_path / "o"), "--imgsz", "128", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "running with torch" in err, err
+    assert (tmp_path / "o" / "predictions.csv").is_file()
 
 
 def test_auto_falls_back_to_torch_when_export_fails(coco_ckpt, monkeypatch, capsys):
