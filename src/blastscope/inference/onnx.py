@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -520,9 +521,11 @@ def quantize_int8(fp32: bytes, calibration: Iterable[np.ndarray]) -> tuple[bytes
     with tempfile.TemporaryDirectory(prefix="blastscope-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(fp32)
+        quiet = logging.root.manager.disable
+        logging.disable(logging.WARNING)  # the quantizer logs its pre-processing advice to the root logger
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # onnxruntime's pre-processing advice and deprecations
+                warnings.simplefilter("ignore")  # deprecation notices of the quantizer
                 quantize_static(
                     str(src),
                     str(dst),
@@ -539,6 +542,8 @@ def quantize_int8(fp32: bytes, calibration: Iterable[np.ndarray]) -> tuple[bytes
             if reader.count == 0:
                 raise BlastscopeError("int8 quantization: no calibration images; give a manifest with training images") from None
             raise BlastscopeError(f"int8 quantization failed ({first_line(e)}); export without --int8") from None
+        finally:
+            logging.disable(quiet)
         data = dst.read_bytes()
     return with_metadata(data, meta), reader.count
 
