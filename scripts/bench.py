@@ -7,7 +7,9 @@ One run measures, at one input size (416 px by default) and on real BCCD smears:
     SGD), images already in memory; in fp32, fp32 with channels-last memory, bf16 autocast, and bf16
     with channels-last (``--quick``: fp32 and bf16 with channels-last only);
 (b) inference with the torch back-end at batch 1 and at the configured batch;
-(c) inference with the onnxruntime back-end (the same weights exported with ``blastscope export``);
+(c) inference with the onnxruntime back-end (the same weights exported with ``blastscope export``),
+    fp32 and statically quantized to int8 (``export --int8``'s quantizer, calibrated on the BCCD
+    frames; no accuracy check here: the COCO classes mean nothing on smears);
 (d) OpenCV DNN (``cv2.dnn.readNetFromDarknet``) running Darknet's own COCO yolov3-tiny ``.cfg`` and
     ``.weights``, an independent reference implementation of the same network.
 
@@ -232,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="blastscope-bench-") as tmp:
         ckpt = Path(tmp) / "yolov3-tiny-coco.pt"
         save_checkpoint(make_checkpoint(model, epoch=0, input_size=size), ckpt)
-        torch_pred = Predictor.from_checkpoint(ckpt, imgsz=size)
-        onnx_pred, onnx_note = None, ""
+        torch_pred = Predictor.from_checkpoint(ckpt, imgsz=size, backend="torch")
+        onnx_pred, onnx_note, int8_pred, int8_note = None, "", None, ""
         try:
             from blastscope.inference.onnx import export_model_onnx
 
@@ -244,6 +246,18 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 - a missing onnxruntime must not stop the other numbers
             onnx_note = f"skipped: {str(e).splitlines()[0]}"
             say(f"onnxruntime {onnx_note}")
+        if onnx_pred is not None:
+            try:
+                from blastscope.inference.onnx import quantize_int8
+
+                say(f"quantizing to int8 (static, QDQ, per-channel), calibrated on {len(frames)} BCCD frames")
+                int8, n_calib = quantize_int8(export.path.read_bytes(), (x_all[i : i + 1] for i in range(len(x_all))))
+                (Path(tmp) / "yolov3-tiny-coco.int8.onnx").write_bytes(int8)
+                int8_pred = Predictor.from_checkpoint(Path(tmp) / "yolov3-tiny-coco.int8.onnx", backend="onnx")
+                int8_note = f"static int8, QDQ, per-channel, calibrated on {n_calib} BCCD frames"
+            except Exception as e:  # noqa: BLE001 - a failed quantization must not stop the other numbers
+                int8_note = f"skipped: {str(e).splitlines()[0]}"
+                say(f"int8 {int8_note}")
 
         for b in sorted({1, batch}):
             n_it = iters if b == 1 else max(3, iters // 2)
@@ -258,18 +272,15 @@ def main(argv: list[str] | None = None) -> int:
             results.append(
                 row("(b) torch, end to end", b, timeit(lambda: torch_pred.predict_batch(frames[:b]), warmup=warmup, iters=n_it))
             )
-            if onnx_pred is not None:
-                runner = onnx_pred.backend.onnx_model
-                results.append(row("(c) onnxruntime, network", b, timeit(lambda: runner(x.numpy()), warmup=warmup, iters=n_it)))
-                results.append(
-                    row(
-                        "(c) onnxruntime, end to end",
-                        b,
-                        timeit(lambda: onnx_pred.predict_batch(frames[:b]), warmup=warmup, iters=n_it),
-                    )
-                )
-            else:
-                results.append(row("(c) onnxruntime", b, None, onnx_note))
+            for label, pred, note in (("(c) onnxruntime", onnx_pred, onnx_note), ("(c) onnxruntime int8", int8_pred, int8_note)):
+                if pred is None:
+                    results.append(row(label, b, None, note))
+                    continue
+                runner = pred.backend.onnx_model
+                net = row(f"{label}, network", b, timeit(lambda: runner(x.numpy()), warmup=warmup, iters=n_it))
+                e2e = row(f"{label}, end to end", b, timeit(lambda: pred.predict_batch(frames[:b]), warmup=warmup, iters=n_it))
+                e2e["note"] = f"{e2e['images_per_s'] / net['images_per_s']:.0%} of the network-only rate"
+                results += [net, e2e]
             results.append(bench_opencv(x_all[:b], warmup, n_it, resolve_weights))
 
     meta = {

@@ -105,3 +105,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_onnx_cache(tmp_path_factory):
+    """ONNX exports made on the fly (``--backend auto``, the default) go to one folder per test
+    session, reused by later tests of the same checkpoint, never to the user's cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("BLASTSCOPE_ONNX_CACHE", str(tmp_path_factory.mktemp("onnx-cache")))
+    yield
+    patch.undo()

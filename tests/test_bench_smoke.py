@@ -22,7 +22,7 @@ def test_bench_quick_runs_and_writes_every_row(bccd, tmp_path):
     rows = json.loads((out / "bench.json").read_text())
     rows = rows["results"]
     names = " ".join(r["what"] for r in rows)
-    for part in ("training", "torch, end to end", "onnxruntime, end to end"):
+    for part in ("training", "torch, end to end", "onnxruntime, end to end", "onnxruntime int8, end to end"):
         assert part in names, names
     assert all(float(r["images_per_s"]) > 0 for r in rows if "images_per_s" in r)
     assert (out / "bench.md").read_text().count("\n|") >= len(rows)

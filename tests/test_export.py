@@ -36,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     """On-the-fly exports go to a per-test cache, never to the user's."""
-    monkeypatch.setenv("BLASTSCOPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("BLASTSCOPE_ONNX_CACHE", str(tmp_path / "cache" / "onnx"))
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_export_prints_parity_and_writes_sibling(exported):
 
 def test_onnx_backend_matches_torch_on_real_images(exported, coco_ckpt, real_images, tmp_path):
     onnx_path, _ = exported
-    torch_p = Predictor.from_checkpoint(coco_ckpt, conf=0.01)
+    torch_p = Predictor.from_checkpoint(coco_ckpt, conf=0.01, backend="torch")
     onnx_direct = Predictor.from_checkpoint(onnx_path, conf=0.01, backend="onnx")
     onnx_sibling = Predictor.from_checkpoint(coco_ckpt, conf=0.01, backend="onnx")  # finds coco.onnx
     assert not (tmp_path / "cache").exists()  # the sibling was used, nothing exported
@@ -150,7 +150,7 @@ def test_static_batch_export_refuses_overwrite_and_runs_batches(coco_ckpt, real_
     assert out.read_bytes() == before
     # a batch-1 graph is run image by image for a larger batch
     p = Predictor.from_checkpoint(out, conf=0.01, backend="onnx")
-    ref = Predictor.from_checkpoint(coco_ckpt, conf=0.01)
+    ref = Predictor.from_checkpoint(coco_ckpt, conf=0.01, backend="torch")
     images = [im for _, im in real_images[:2]]
     for a, b in zip(ref.predict_batch(images), p.predict_batch(images)):
         assert _compare(a, b) < 1.0
@@ -165,7 +165,7 @@ def test_pt_without_sibling_exports_into_cache_once(coco_ckpt, real_images, tmp_
     assert len(cached) == 1 and read_onnx_metadata(cached[0])["input_size"] == 320
     Predictor.from_checkpoint(coco_ckpt, conf=0.05, backend="onnx", imgsz=320)
     assert "exporting" not in capsys.readouterr().err
-    ref = Predictor.from_checkpoint(coco_ckpt, conf=0.05, imgsz=320)
+    ref = Predictor.from_checkpoint(coco_ckpt, conf=0.05, imgsz=320, backend="torch")
     assert _compare(ref.predict(real_images[0][1]), p.predict(real_images[0][1])) < 1.0
 
 
@@ -183,8 +183,8 @@ def test_bad_files_are_clear_errors(exported, coco_ckpt, tmp_path, capsys):
         torch.onnx.export(torch.nn.Conv2d(3, 4, 3), (torch.zeros(1, 3, 32, 32),), str(foreign), dynamo=False)
     with pytest.raises(BlastscopeError, match=r"foreign\.onnx: .*no blastscope metadata.*blastscope export"):
         Predictor.from_checkpoint(foreign, backend="onnx")
-    with pytest.raises(BlastscopeError, match=r"coco\.onnx: .*add --backend onnx"):
-        Predictor.from_checkpoint(exported[0])
+    with pytest.raises(BlastscopeError, match=r"coco\.onnx: .*use --backend onnx"):
+        Predictor.from_checkpoint(exported[0], backend="torch")
     with pytest.raises(BlastscopeError, match=r"exported at 416 px.*--imgsz 320"):
         Predictor.from_checkpoint(exported[0], backend="onnx", imgsz=320)
     with pytest.raises(BlastscopeError, match=r"already an ONNX model"):
@@ -234,3 +234,141 @@ def test_parity_failure_writes_nothing(classifier_ckpt, tmp_path):
     with pytest.raises(BlastscopeError, match=r"never\.onnx: not written, the ONNX model disagrees with PyTorch"):
         export_onnx(classifier_ckpt, out, output_atol=-1.0)  # an impossible tolerance
     assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+# ---------------------------------------------------------------------------------------------
+# backend auto: onnx where onnxruntime is, torch (saying why) where it is not
+
+
+def test_auto_picks_onnx_and_matches_torch(coco_ckpt, real_images, tmp_path, capsys):
+    """``auto`` exports once (parity-checked) into the cache and runs onnxruntime; its detections
+    are torch's. A classifier (alone) under auto gives torch's probabilities."""
+    from blastscope.inference.onnx import OnnxBackend
+
+    auto = Predictor.from_checkpoint(coco_ckpt, conf=0.05, imgsz=128, backend="auto")
+    err = capsys.readouterr().err
+    assert isinstance(auto.backend, OnnxBackend) and "exporting" in err and "parity with PyTorch" in err
+    assert len(list((tmp_path / "cache" / "onnx").glob("*-128.onnx"))) == 1
+    again = Predictor.from_checkpoint(coco_ckpt, conf=0.05, imgsz=128)  # auto is the default; the cache is reused
+    assert isinstance(again.backend, OnnxBackend) and "exporting" not in capsys.readouterr().err
+    ref = Predictor.from_checkpoint(coco_ckpt, conf=0.05, imgsz=128, backend="torch")
+    counts = []
+    for _, image in real_images:
+        a = ref.predict(image)
+        assert _compare(a, auto.predict(image)) < 0.1
+        counts.append(len(a.detections))
+    assert sum(counts) > 0, counts
+
+
+def test_auto_classifier_probabilities_match_torch(classifier_ckpt, capsys):
+    from blastscope.inference.onnx import OnnxModel
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (50, 40, 3), dtype=np.uint8) for _ in range(3)]
+    auto = Predictor.from_checkpoint(classifier_ckpt, backend="auto")
+    assert isinstance(auto.classifier.model, OnnxModel)
+    ref = Predictor.from_checkpoint(classifier_ckpt, backend="torch")
+    assert isinstance(ref.classifier.model, torch.nn.Module)
+    for image in images:
+        (a,), (b,) = ref.predict(image).classifications, auto.predict(image).classifications
+        assert a.class_name == b.class_name
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-4)
+
+
+def test_auto_falls_back_to_torch_without_onnxruntime(coco_ckpt, bccd, monkeypatch, tmp_path, capsys):
+    from blastscope.inference.predictor import TorchBackend
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    p = Predictor.from_checkpoint(coco_ckpt, imgsz=128, backend="auto")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert isinstance(p.backend, TorchBackend)
+    assert len(lines) == 1 and "onnxruntime is not installed, running with torch" in lines[0]
+    assert not (tmp_path / "cache").exists()  # nothing exported
+    # the CLI default is auto: it still predicts, with the same one line
+    image = bccd / "JPEGImages" / BCCD_IMAGES[0]
+    rc = main(["predict", str(coco_ckpt), str(image), "--out", str(tmp_path / "o"), "--imgsz", "128", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "running with torch" in err, err
+    assert (tmp_path / "o" / "predictions.csv").is_file()
+
+
+def test_auto_falls_back_to_torch_when_export_fails(coco_ckpt, monkeypatch, capsys):
+    import blastscope.inference.onnx as onnx_mod
+    from blastscope.inference.predictor import TorchBackend
+
+    def broken(*a, **k):
+        raise BlastscopeError("coco.pt: ONNX export failed at opset 17 (simulated)")
+
+    monkeypatch.setattr(onnx_mod, "onnx_for_checkpoint", broken)
+    p = Predictor.from_checkpoint(coco_ckpt, imgsz=128, backend="auto")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert isinstance(p.backend, TorchBackend) and len(lines) == 1
+    assert "running with torch, the ONNX export of coco.pt failed" in lines[0] and "simulated" in lines[0]
+    with pytest.raises(BlastscopeError, match="simulated"):  # chosen by hand, onnx does not fall back
+        Predictor.from_checkpoint(coco_ckpt, imgsz=128, backend="onnx")
+
+
+# ---------------------------------------------------------------------------------------------
+# export --int8: static quantization with the accuracy check
+
+
+@pytest.fixture(scope="module")
+def smear_manifest(tmp_path_factory) -> Path:
+    """Six synthetic smears (VOC boxes of ALL/HEM cells): four train, two val."""
+    from blastscope._problems import ProblemLog
+    from blastscope.data.importer import import_dataset
+    from blastscope.data.manifest import write_manifest
+    from blastscope.data.synth import generate_smears
+
+    root = tmp_path_factory.mktemp("smears")
+    voc = generate_smears(root, 6, seed=3, cells_per_image=(2, 4), size=(160, 128))
+    df = import_dataset(voc, progress=False, log=ProblemLog(stream=None))
+    df["split"] = ["train"] * 4 + ["val"] * 2
+    return write_manifest(df, root / "splits.csv")
+
+
+@pytest.fixture(scope="module")
+def int8_export(toy_detector_ckpt, smear_manifest, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("int8") / "det.int8.onnx"
+    err = io.StringIO()
+    args = ["export", str(toy_detector_ckpt), "--int8", "--data", str(smear_manifest), "--imgsz", "128", "--out", str(out)]
+    with contextlib.redirect_stderr(err):
+        rc = main([*args, "--int8-tolerance", "1"])
+    assert rc == 0, err.getvalue()
+    return out, err.getvalue()
+
+
+def test_int8_export_records_both_scores(int8_export):
+    import onnx
+
+    out, err = int8_export
+    assert "fp32" in err and "int8" in err and "map50_voc on split 'val' (2 images)" in err
+    meta = read_onnx_metadata(out)
+    assert meta["precision"] == "int8" and meta["int8_metric"] == "map50_voc" and meta["int8_split"] == "val"
+    fp32, int8 = float(meta["fp32_score"]), float(meta["int8_score"])
+    assert 0.0 <= fp32 <= 1.0 and 0.0 <= int8 <= 1.0
+    assert f"fp32 {fp32:.4f}  int8 {int8:.4f}" in err  # printed side by side
+    assert int(meta["calibration_images"]) == 4
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
+    weights = [n for n in onnx.load(str(out)).graph.node if n.op_type == "DequantizeLinear"]
+    assert any(a.name == "axis" for n in weights for a in n.attribute)  # per-channel weight scales
+
+
+def test_predict_runs_on_the_int8_model(int8_export, toy_detector_ckpt, smear_manifest, tmp_path, capsys):
+    out, _ = int8_export
+    images = smear_manifest.parent / "synthetic_smears" / "JPEGImages"
+    rc = main(["predict", str(out), str(images), "--out", str(tmp_path / "p"), "--backend", "onnx", "--no-progress", "--no-draw"])
+    assert rc == 0, capsys.readouterr().err
+    rows = (tmp_path / "p" / "predictions.csv").read_text().splitlines()
+    assert len(rows) >= 1 + 6 and "det.int8.onnx (yolov3-tiny)" in rows[1]
+
+
+def test_int8_refuses_beyond_the_tolerance(toy_detector_ckpt, smear_manifest, tmp_path, capsys):
+    out = tmp_path / "never.int8.onnx"
+    args = ["export", str(toy_detector_ckpt), "--int8", "--data", str(smear_manifest), "--imgsz", "128", "--out", str(out)]
+    rc = main([*args, "--int8-tolerance", "-1"])  # no model can lose less than -1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and not out.exists() and not list(tmp_path.glob(".*.tmp"))
+    assert err[-1].startswith("error: ") and "never.int8.onnx: not written, int8 loses" in err[-1]
+    assert "fp32 " in err[-1] and "--int8-tolerance -1" in err[-1] and "--force" in err[-1]

@@ -151,6 +151,7 @@ def test_classify_checkpoint_alone_or_as_detector(classifier_ckpt, detector_ckpt
         Predictor.from_checkpoint(classifier_ckpt, classifier=classifier_ckpt)
     with pytest.raises(BlastscopeError, match=r"det\.pt: .*'detect' checkpoint.*not a cell classifier"):
         Predictor.from_checkpoint(detector_ckpt, classifier=detector_ckpt)
+    capsys.readouterr()  # the export messages of the first predictor (backend auto)
     rc, err = _run(
         ["predict", str(classifier_ckpt), str(tmp_path), "--classifier", str(classifier_ckpt), "--out", str(tmp_path / "o")],
         capsys,
@@ -213,7 +214,7 @@ def test_predict_onnx_backend_matches_torch_on_the_real_sample(cnmc_sample, dete
     """``predict --backend onnx`` (exported on the fly into the cache) gives the torch rows: same
     classes, boxes within 1 pixel, confidences within 1e-3."""
     pytest.importorskip("onnxruntime")
-    monkeypatch.setenv("BLASTSCOPE_CACHE", str(tmp_path / "cache"))  # the on-the-fly export goes here
+    monkeypatch.setenv("BLASTSCOPE_ONNX_CACHE", str(tmp_path / "cache"))  # the on-the-fly export goes here
     out = {}
     for backend in ("torch", "onnx"):
         out[backend] = tmp_path / backend

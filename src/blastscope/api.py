@@ -206,12 +206,14 @@ def load(
     iou: float = 0.45,
     imgsz: int | None = None,
     device: str = "cpu",
-    backend: str = "torch",
+    backend: str = "auto",
 ) -> Model:
     """Load a blastscope checkpoint (detector or classifier), optionally with a second-stage classifier.
 
     A classifier alone classifies each frame as one cell (its whole image); a detector finds cells,
-    and with ``classifier`` each detected cell is classified from its square crop.
+    and with ``classifier`` each detected cell is classified from its square crop. ``backend``
+    ``"auto"`` runs the networks with onnxruntime when it is installed (exported once into the
+    cache, checked against PyTorch), else with torch; ``"torch"`` and ``"onnx"`` choose by hand.
     """
     predictor = Predictor.from_checkpoint(
         checkpoint, conf=conf, iou=iou, imgsz=imgsz, device=device, backend=backend, classifier=classifier
@@ -257,15 +259,19 @@ def evaluate(
     classifier: PathLike | None = None,
     out: PathLike | None = None,
     progress: bool = False,
+    backend: str = "auto",
     **kwargs: Any,
 ) -> Metrics:
     """Score a checkpoint on one split of a manifest; the same numbers as ``blastscope evaluate``.
 
     With ``out``, ``metrics.json``, ``predictions.csv`` and ``report.html`` are written there.
     Other keyword arguments go to :func:`blastscope.engine.evaluate.evaluate_checkpoint`
-    (``conf``, ``iou``, ``min_score``, ``positive``, ``patient_rule``, ``cell_conf``, ...).
+    (``conf``, ``iou``, ``min_score``, ``positive``, ``patient_rule``, ``cell_conf``, ...);
+    ``backend`` as in :func:`load`.
     """
-    result = evaluate_checkpoint(checkpoint, data, split=split, classifier=classifier, progress=progress, **kwargs)
+    result = evaluate_checkpoint(
+        checkpoint, data, split=split, classifier=classifier, progress=progress, backend=backend, **kwargs
+    )
     if out is not None:
         write_report(result, out)
     return Metrics(result, None if out is None else Path(out))

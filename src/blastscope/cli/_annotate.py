@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.detector is not None:
         from blastscope.inference.predictor import Predictor
 
-        detector = Predictor.from_checkpoint(args.detector, conf=args.conf, device=args.device)
+        detector = Predictor.from_checkpoint(args.detector, conf=args.conf, device=args.device, backend="torch")
         if detector.task != "detect":
             raise BlastscopeError(
                 f"{args.detector}: a cell classifier checkpoint, not a detector; give --detector a "

@@ -79,6 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--positive", default="ALL", help="class of interest for sensitivity, specificity and ROC (default ALL)")
     a("--device", default="cpu", help="torch device (default cpu)")
     a(
+        "--backend",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="inference back-end: auto (default: onnxruntime when installed, exported once into the cache, else "
+        "torch), torch, or onnx",
+    )
+    a(
         "--predictions",
         type=Path,
         default=None,
@@ -100,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, split=args.split, classifier=args.classifier, conf=args.conf, iou=args.iou,
         min_score=args.min_score, imgsz=args.imgsz, batch=args.batch, positive=args.positive,
         patient_rule=args.patient_rule, cell_conf=args.cell_conf, white_cell_classes=args.cell_classes, progress=args.progress,
-        device=args.device, predictions=args.predictions, blast_threshold=args.blast_threshold,
+        device=args.device, backend=args.backend, predictions=args.predictions, blast_threshold=args.blast_threshold,
     )  # fmt: skip
     report = write_report(result, args.out)
     n = len(result.predictions)

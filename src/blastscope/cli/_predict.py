@@ -60,10 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames / images")
     parser.add_argument(
         "--backend",
-        choices=("torch", "onnx"),
-        default="torch",
-        help="inference back-end: torch, or onnx (onnxruntime, the 'onnx' extra; a .pt uses its "
-        "sibling .onnx or exports one into the cache)",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="inference back-end: auto (default: onnx when onnxruntime is installed and the export passes its "
+        "parity check, else torch, saying why), torch, or onnx (onnxruntime, the 'onnx' extra; a .pt uses its "
+        "sibling .onnx or exports one into the cache once)",
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--batch", type=int, default=1, help="frames per network call (default 1)")

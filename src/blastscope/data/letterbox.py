@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["PAD_VALUE", "Geometry", "letterbox_array", "letterbox_geometry", "resize"]
+__all__ = ["PAD_VALUE", "Geometry", "letterbox_array", "letterbox_geometry", "letterbox_resized", "resize"]
 
 # Darknet pads with mid-grey (0.5); 127 keeps the padding neutral after scaling to [0, 1].
 PAD_VALUE = 127
@@ -91,6 +91,30 @@ def letterbox_geometry(h: int, w: int, size: int) -> Geometry:
     return Geometry(int(h), int(w), int(size), new_w, new_h, (size - new_w) // 2, (size - new_h) // 2)
 
 
+def _check_rgb(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image of shape {image.shape} and dtype {image.dtype}; expected (H, W, 3) uint8 RGB")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image of shape {image.shape} is empty")
+    return image
+
+
+def letterbox_resized(image: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
+    """The letterbox without its canvas: the image resized to its place (one ``cv2.resize``) and the
+    :class:`Geometry` that says where it goes (``[pad_y:pad_y+new_h, pad_x:pad_x+new_w]``).
+
+    The padding is left to the caller, which can write it straight into a network input instead of
+    building the uint8 canvas first (:meth:`blastscope.data.preprocess.Preprocess.__call__`);
+    ``letterbox_array`` is this plus the grey canvas.
+    """
+    image = _check_rgb(image)
+    g = letterbox_geometry(*image.shape[:2], size)
+    return resize(image, g.new_w, g.new_h), g
+
+
 def letterbox_array(image: np.ndarray, size: int, pad_value: int = PAD_VALUE) -> tuple[np.ndarray, Geometry]:
     """Resize ``image`` so its longer side is ``size`` and centre it on a grey ``size x size`` canvas.
 
@@ -116,15 +140,7 @@ def letterbox_array(image: np.ndarray, size: int, pad_value: int = PAD_VALUE) ->
     >>> canvas.shape, g.pad_x, g.pad_y
     ((416, 416, 3), 0, 104)
     """
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image of shape {image.shape} and dtype {image.dtype}; expected (H, W, 3) uint8 RGB")
-    h, w = image.shape[:2]
-    if h == 0 or w == 0:
-        raise ValueError(f"image of shape {image.shape} is empty")
-    g = letterbox_geometry(h, w, size)
+    resized, g = letterbox_resized(image, size)
     canvas = np.full((size, size, 3), pad_value, dtype=np.uint8)
-    canvas[g.pad_y : g.pad_y + g.new_h, g.pad_x : g.pad_x + g.new_w] = resize(image, g.new_w, g.new_h)
+    canvas[g.pad_y : g.pad_y + g.new_h, g.pad_x : g.pad_x + g.new_w] = resized
     return canvas, g

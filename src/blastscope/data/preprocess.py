@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from blastscope.data.crops import DEFAULT_MARGIN, square_crops
-from blastscope.data.letterbox import PAD_VALUE, Geometry, letterbox_array
+from blastscope.data.letterbox import PAD_VALUE, Geometry, letterbox_resized
 
 __all__ = ["Preprocess"]
 
@@ -130,11 +130,31 @@ class Preprocess:
         return (images - mean) / std
 
     def __call__(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[Geometry]]:
-        """Letterbox frames (any sizes) into one batch; returns the tensor and each frame's geometry."""
+        """Letterbox frames (any sizes) into one batch; returns the tensor and each frame's geometry.
+
+        The same numbers as :func:`~blastscope.data.letterbox.letterbox_array` then :meth:`normalize`,
+        without the intermediate uint8 canvas and float copies: per frame one ``cv2.resize`` and
+        one ``np.divide`` that scales the resized pixels straight into their place in the
+        preallocated ``(B, 3, S, S)`` batch (channels first); the padding is filled with the
+        normalised grey.
+        """
         if self.kind != "letterbox":
             raise ValueError("a crop pre-processing takes cells: call .cells(image, boxes)")
-        pairs = [letterbox_array(im, self.size, self.pad_value) for im in images]
-        return self.normalize(np.stack([c for c, _ in pairs])), [g for _, g in pairs]
+        s = self.size
+        out = np.empty((len(images), 3, s, s), np.float32)
+        pad = ((np.float32(self.pad_value) / np.float32(255.0) - np.float32(self.mean)) / np.float32(self.std)).reshape(3, 1, 1)
+        geometries = []
+        for x, image in zip(out, images):
+            resized, g = letterbox_resized(image, s)
+            y0, y1, x0, x1 = g.pad_y, g.pad_y + g.new_h, g.pad_x, g.pad_x + g.new_w
+            x[:, :y0], x[:, y1:], x[:, y0:y1, :x0], x[:, y0:y1, x1:] = pad, pad, pad, pad  # the border only
+            region = x[:, y0:y1, x0:x1]
+            np.divide(resized.transpose(2, 0, 1), np.float32(255.0), out=region, dtype=np.float32)
+            if not self.is_identity_norm:
+                region -= np.float32(self.mean).reshape(3, 1, 1)
+                region /= np.float32(self.std).reshape(3, 1, 1)
+            geometries.append(g)
+        return torch.from_numpy(out), geometries
 
     def cells(self, image: np.ndarray, boxes: np.ndarray, margin: float | None = None) -> torch.Tensor:
         """Square crops of ``boxes`` (``(N, 4)`` xyxy frame pixels) of one frame as a batch.

@@ -74,7 +74,7 @@ from blastscope.data.images import read_image
 from blastscope.data.manifest import manifest_classes, read_manifest
 from blastscope.engine.tasks import get_task
 from blastscope.inference.finder import MERGE_IOU, agnostic_nms, cell_classes_of, resolve_cell_classes
-from blastscope.inference.predictor import CropClassifier, Predictor, TorchBackend
+from blastscope.inference.predictor import CropClassifier, Predictor, make_backend, select_runner
 from blastscope.metrics.calibration import expected_calibration_error, reliability_bins, softmax
 from blastscope.metrics.calls import BLAST_THRESHOLD, image_calls
 from blastscope.metrics.classification import (
@@ -844,7 +844,8 @@ def predict_rows(
 ) -> Predictions:
     """Run the model (and a second-stage classifier) over the rows of ``truth``: the prediction table.
 
-    The only function of the evaluation that runs a network; :func:`score` turns its output and the
+    ``model`` is the detector's torch module or an ``OnnxModel`` of it (see
+    :func:`blastscope.inference.predictor.select_runner`). The only function of the evaluation that runs a network; :func:`score` turns its output and the
     truth into metrics. With two stages only the detector's white-cell classes are classified:
     ``white_cell_classes`` (``--cell-classes``), else the checkpoint's ``cell_classes`` record, else
     every class not named like red cells or platelets.
@@ -854,7 +855,7 @@ def predict_rows(
     if task == "classify":
         dets, cells, probs = _classify_rows(stage2, truth, positive, progress, log, box_fn=cell_box_function(meta.get("cells")))
         return Predictions("classify", classes, list(stage2.class_names), positive, dets, cells, probs)
-    backend = TorchBackend(model, conf=float(conf), iou=float(iou), device=device, max_det=MAX_DET)
+    backend = make_backend(model, conf=float(conf), iou=float(iou), device=device, max_det=MAX_DET)
     predictor = Predictor(
         backend,
         classes,
@@ -1146,13 +1147,16 @@ def score(
 # the whole evaluation: load -> predict -> score
 
 
-def _setup(checkpoint: Path, classifier, model, meta: dict, device: str, calibration: dict | None = None):
-    """The second stage: the ``classifier`` checkpoint, or the checkpoint itself for a classifier."""
+def _setup(checkpoint: Path, classifier, model, meta: dict, device: str, calibration: dict | None = None, backend: str = "torch"):
+    """The second stage: the ``classifier`` checkpoint, or the checkpoint itself for a classifier
+    (``model``: its torch module or ``OnnxModel``)."""
     task, classes = meta["task"], [str(c) for c in meta["class_names"]]
     if classifier is not None:
         if task != "detect":
             raise BlastscopeError(f"{checkpoint}: --classifier needs a detector as CHECKPOINT, this is a '{task}' checkpoint")
-        return CropClassifier.from_checkpoint(classifier, device=device, margin=CROP_MARGIN, band=False)
+        return CropClassifier.from_checkpoint(
+            classifier, device=device, margin=CROP_MARGIN, band=False, backend=backend if isinstance(backend, str) else "torch"
+        )
     if task == "classify":  # metrics at the checkpoint's operating point, no uncertain band
         return CropClassifier(
             model,
@@ -1196,6 +1200,7 @@ def evaluate_checkpoint(
     predictions: str | Path | pd.DataFrame | None = None,
     blast_threshold: float = BLAST_THRESHOLD,
     white_cell_classes: Sequence[str] | str | None = None,
+    backend: str = "torch",
 ) -> EvaluationResult:
     """Run a checkpoint over one split of a manifest and compute every metric that applies.
 
@@ -1208,6 +1213,8 @@ def evaluate_checkpoint(
     APs; ``positive`` is the class of interest; ``cell_conf`` makes a detection a cell;
     ``white_cell_classes`` (``--cell-classes``) names the detector classes that a second-stage
     classifier classifies (see :func:`predict_rows`); see the module docstring for the rules.
+    ``backend`` (``"torch"``, ``"onnx"``, ``"auto"``, or a ready ``OnnxModel`` of this checkpoint)
+    runs the network(s), see :func:`blastscope.inference.predictor.select_runner`.
 
     Raises
     ------
@@ -1222,7 +1229,9 @@ def evaluate_checkpoint(
     meta = ckpt["model"]
     task, classes = meta["task"], [str(c) for c in meta["class_names"]]
     log, notes = ProblemLog(), []
-    stage2 = _setup(checkpoint, classifier, model, meta, device, ckpt.get("calibration"))
+    if predictions is None:  # a rescore runs no network
+        model = select_runner(backend, checkpoint, model, meta, imgsz=imgsz, device=device)
+    stage2 = _setup(checkpoint, classifier, model, meta, device, ckpt.get("calibration"), backend)
     cell_classes = list(stage2.class_names) if stage2 is not None else classes
     truth = load_truth(rows, task, classes, cell_classes, manifest_classes(df) or None, log, notes)
     if predictions is None:

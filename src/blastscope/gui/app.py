@@ -303,7 +303,7 @@ class MainWindow(QMainWindow):
         self.model_label.setText(f"loading {path.name}…")
         cls_path = Path(classifier) if classifier else None
         self._loading_classifier = cls_path
-        worker = CallWorker(lambda: (Predictor.from_checkpoint(path, conf=conf, classifier=cls_path), path, conf))
+        worker = CallWorker(lambda: (Predictor.from_checkpoint(path, conf=conf, classifier=cls_path, backend="auto"), path, conf))
         worker.done.connect(self._on_model_loaded)
         worker.failed.connect(self._on_model_failed)
         thread = start_in_thread(worker)

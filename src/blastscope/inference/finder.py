@@ -138,7 +138,7 @@ class DetectorFinder:
         cell_classes: Sequence[str] | None = None,
     ) -> DetectorFinder:
 
-        predictor = Predictor.from_checkpoint(path, conf=conf, iou=iou, device=device)
+        predictor = Predictor.from_checkpoint(path, conf=conf, iou=iou, device=device, backend="torch")
         if getattr(predictor, "task", "detect") != "detect":
             raise BlastscopeError(
                 f"{path}: a cell classifier checkpoint, not a detector; give --finder 'stain' or a "

@@ -7,8 +7,11 @@
 - :func:`export_onnx` is ``blastscope export``: the graph, then **parity = the same Predictor run
   with both back-ends on the same frames** (raw outputs and final boxes in image pixels), written
   only when they agree.
-- :func:`onnx_for_checkpoint` is the export cache of ``predict --backend onnx`` (keyed by the
-  checkpoint's sha256 and input size).
+- :func:`onnx_for_checkpoint` is the export cache of ``predict --backend onnx`` / ``auto`` (keyed
+  by the checkpoint's sha256 and input size).
+- :func:`quantize_int8` is the static int8 quantization of an exported graph (onnxruntime's
+  ``quantize_static``, QDQ, per-channel weights); ``blastscope export --int8`` adds the
+  calibration images and the accuracy check (:mod:`blastscope.engine.quantize`).
 
 Examples
 --------
@@ -21,10 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,8 +64,12 @@ __all__ = [
     "export_model_onnx",
     "read_onnx_metadata",
     "onnx_for_checkpoint",
+    "onnx_cache_dir",
     "require_onnxruntime",
     "check_images",
+    "export_checked",
+    "quantize_int8",
+    "with_metadata",
 ]
 
 OUTPUT_ATOL = 1e-3  # largest allowed |onnx - torch| of raw outputs (logits); float noise is ~1e-5
@@ -173,6 +183,7 @@ class OnnxModel:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 source if isinstance(source, bytes) else str(self.path),
@@ -418,6 +429,125 @@ class ExportResult:
     seconds: float
 
 
+def export_checked(
+    model,
+    info: dict[str, Any] | None = None,
+    *,
+    imgsz: int | None = None,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = False,
+    images: Sequence[tuple[str, np.ndarray]] | None = None,
+    output_atol: float = OUTPUT_ATOL,
+    box_atol: float = BOX_ATOL_PX,
+    source: Path | None = None,
+    source_sha256: str | None = None,
+    name: Path | str = "model.onnx",
+) -> tuple[bytes, dict[str, str], ParityReport]:
+    """The ONNX graph of ``model`` that passed the parity check (nothing written): ``(bytes,
+    metadata, parity)``. See :func:`export_model_onnx` for the parameters; ``name`` is the file the
+    error message names when the check fails."""
+    require_onnxruntime("checking the export")
+    info = dict(info) if info is not None else dataclasses.asdict(model.info)
+    model = model.cpu().eval()
+    data, meta = export_graph(
+        model, info, imgsz=imgsz, opset=opset, dynamic_batch=dynamic_batch, source=source, source_sha256=source_sha256
+    )
+    imgsz = int(meta["input_size"])
+    runner = OnnxModel(data, threads=torch.get_num_threads())
+    parity = _parity(model, info, runner, imgsz, list(images) if images is not None else check_images())
+    if not parity.ok(output_atol, box_atol):
+        raise BlastscopeError(
+            f"{name}: not written, the ONNX model disagrees with PyTorch ({parity.line()}; tolerances "
+            f"{output_atol:g} and {box_atol:g} px); try another --opset, or report it with this line"
+        )
+    return data, meta, parity
+
+
+def with_metadata(data: bytes, extra: dict[str, str]) -> bytes:
+    """The serialised ONNX model ``data`` with ``extra`` added to (or replacing in) its ``metadata_props``."""
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.update({str(k): str(v) for k, v in extra.items()})
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return proto.SerializeToString()
+
+
+def quantize_int8(fp32: bytes, calibration: Iterable[np.ndarray]) -> tuple[bytes, int]:
+    """Static int8 quantization of an exported fp32 graph with onnxruntime.
+
+    ``onnxruntime.quantization.quantize_static`` in QDQ format (QuantizeLinear/DequantizeLinear
+    pairs, which onnxruntime's CPU provider fuses into int8 kernels), int8 weights per output
+    channel and int8 activations whose ranges are the min/max seen on ``calibration``.
+
+    Parameters
+    ----------
+    fp32 : bytes
+        A graph from :func:`export_checked` (with a dynamic batch when the calibration batches
+        differ in size); its blastscope metadata is kept.
+    calibration : iterable of ndarray
+        Network inputs ``(B, 3, S, S)`` float32, exactly as the model sees them in use
+        (:class:`~blastscope.data.preprocess.Preprocess`).
+
+    Returns
+    -------
+    (bytes, int)
+        The int8 model and the number of calibration images (rows of the batches) it saw.
+    """
+    require_onnxruntime("int8 quantization")
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    proto = onnx.load_from_string(fp32)
+    input_name = proto.graph.input[0].name
+    meta = {p.key: p.value for p in proto.metadata_props}
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches, self.count = iter(calibration), 0
+
+        def get_next(self):
+            x = next(self.batches, None)
+            if x is None:
+                return None
+            self.count += len(x)
+            return {input_name: np.ascontiguousarray(x, dtype=np.float32)}
+
+    reader = _Reader()
+    with tempfile.TemporaryDirectory(prefix="blastscope-int8-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(fp32)
+        quiet = logging.root.manager.disable
+        logging.disable(logging.WARNING)  # the quantizer logs its pre-processing advice to the root logger
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # deprecation notices of the quantizer
+                quantize_static(
+                    str(src),
+                    str(dst),
+                    reader,
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                )
+        except BlastscopeError:
+            raise
+        except Exception as e:  # noqa: BLE001 - onnxruntime's quantizer raises many kinds
+            if reader.count == 0:
+                raise BlastscopeError("int8 quantization: no calibration images; give a manifest with training images") from None
+            raise BlastscopeError(f"int8 quantization failed ({first_line(e)}); export without --int8") from None
+        finally:
+            logging.disable(quiet)
+        data = dst.read_bytes()
+    return with_metadata(data, meta), reader.count
+
+
 def export_model_onnx(
     model,
     out: str | os.PathLike,
@@ -471,20 +601,19 @@ def export_model_onnx(
     t0 = time.perf_counter()
     out = Path(out)
     refuse_overwrite(out, overwrite)
-    require_onnxruntime("checking the export")
-    info = dict(info) if info is not None else dataclasses.asdict(model.info)
-    model = model.cpu().eval()
-    data, meta = export_graph(
-        model, info, imgsz=imgsz, opset=opset, dynamic_batch=dynamic_batch, source=source, source_sha256=source_sha256
+    data, meta, parity = export_checked(
+        model,
+        info,
+        imgsz=imgsz,
+        opset=opset,
+        dynamic_batch=dynamic_batch,
+        images=images,
+        output_atol=output_atol,
+        box_atol=box_atol,
+        source=source,
+        source_sha256=source_sha256,
+        name=out,
     )
-    imgsz = int(meta["input_size"])
-    runner = OnnxModel(data, threads=torch.get_num_threads())
-    parity = _parity(model, info, runner, imgsz, list(images) if images is not None else check_images())
-    if not parity.ok(output_atol, box_atol):
-        raise BlastscopeError(
-            f"{out}: not written, the ONNX model disagrees with PyTorch ({parity.line()}; tolerances "
-            f"{output_atol:g} and {box_atol:g} px); try another --opset, or report it with this line"
-        )
     with atomic_write(out, "wb") as f:
         f.write(data)
     return ExportResult(out, meta, parity, time.perf_counter() - t0)
@@ -531,6 +660,12 @@ def export_onnx(
     )
 
 
+def onnx_cache_dir() -> Path:
+    """Where exports made on the fly are kept: ``$BLASTSCOPE_ONNX_CACHE``, else ``<blastscope cache>/onnx``."""
+    env = os.environ.get("BLASTSCOPE_ONNX_CACHE")
+    return Path(env).expanduser() if env else default_cache_dir() / "onnx"
+
+
 def onnx_for_checkpoint(
     checkpoint: str | os.PathLike,
     model,
@@ -552,7 +687,8 @@ def onnx_for_checkpoint(
     imgsz : int
         Input size the predictor runs at.
     cache_dir : path, optional
-        Default ``<blastscope cache>/onnx`` (see :func:`blastscope.models.weights.default_cache_dir`).
+        Default ``$BLASTSCOPE_ONNX_CACHE``, else ``<blastscope cache>/onnx`` (see
+        :func:`blastscope.models.weights.default_cache_dir`).
     say : callable, optional
         Receives one-line messages (default: print to stderr).
     """
@@ -573,7 +709,7 @@ def onnx_for_checkpoint(
                 say(f"onnx: ignoring {sibling}: exported at {meta['input_size']} px, running at {imgsz} px")
             else:
                 return sibling
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "onnx"
+    cache = Path(cache_dir) if cache_dir is not None else onnx_cache_dir()
     cached = cache / f"{checkpoint.stem}-{sha[:16]}-{imgsz}.onnx"
     if cached.is_file():
         try:

@@ -15,14 +15,18 @@ which is the identity for YOLO) and returning per image a dict with ``boxes`` ``
 xyxy in letterboxed input pixels, ``scores`` ``(N,)`` and ``labels`` ``(N,)`` int class indices
 (tensors or arrays), after confidence filtering and NMS (see :class:`Backend`). ``"torch"`` is
 :class:`TorchBackend`; ``"onnx"`` is :class:`OnnxBackend` (onnxruntime runs the exported network,
-decoding and NMS are the torch back-end's code); :func:`_make_backend` picks one.
+decoding and NMS are the torch back-end's code); ``"auto"`` (the default of ``predict``,
+``evaluate``, the GUI and :func:`blastscope.load`) is onnx on the CPU when onnxruntime is installed
+and the export passes its parity check, else torch with one line on stderr saying why.
+:func:`select_runner` picks what runs the network, :func:`make_backend` wraps it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,9 +40,21 @@ from blastscope.data.preprocess import Preprocess
 from blastscope.inference.sources import Frame, FrameSource, open_source
 from blastscope.models.checkpoint import load_model
 
-__all__ = ["Detection", "Classification", "FrameResult", "Backend", "TorchBackend", "Predictor"]
+__all__ = [
+    "BACKENDS",
+    "Detection",
+    "Classification",
+    "FrameResult",
+    "Backend",
+    "TorchBackend",
+    "Predictor",
+    "CropClassifier",
+    "select_runner",
+    "make_backend",
+]
 
-BACKENDS = ("torch", "onnx")
+#: ``auto``: onnxruntime where it is installed (CPU), else torch
+BACKENDS = ("auto", "torch", "onnx")
 #: the call of a cell inside the uncertain band around a classifier's operating threshold
 UNCERTAIN = "uncertain"
 
@@ -230,48 +246,110 @@ def _as_int_size(value, what: str) -> int:
     return size
 
 
-def _make_backend(
-    name: str, model, path: Path, *, conf: float, iou: float, device: str, imgsz: int | None = None, info: dict | None = None
-) -> Backend:
-    """The back-end ``name`` for a loaded checkpoint.
+def _is_onnx(runner) -> bool:
+    """``runner`` is an :class:`blastscope.inference.onnx.OnnxModel` (without importing onnxruntime)."""
+    onnx_mod = sys.modules.get("blastscope.inference.onnx")
+    return onnx_mod is not None and isinstance(runner, onnx_mod.OnnxModel)
 
-    ``model`` is the torch module of a ``.pt`` checkpoint, or an ``OnnxModel`` when ``path`` is an
-    ``.onnx`` file. For ``"onnx"`` with a ``.pt``, the sibling ``.onnx`` exported from it at
-    ``imgsz`` is used, else one is exported into the cache (see
-    :func:`blastscope.inference.onnx.onnx_for_checkpoint`).
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def select_runner(
+    backend: str,
+    path: str | os.PathLike,
+    model,
+    info: dict | None = None,
+    *,
+    imgsz: int | None = None,
+    device: str = "cpu",
+    say: Callable[[str], None] | None = None,
+):
+    """What runs the network of a loaded ``.pt`` checkpoint: its torch module or an ONNX export of it.
+
+    Parameters
+    ----------
+    backend : {"auto", "torch", "onnx"} or OnnxModel
+        ``"torch"`` returns ``model``; an ``OnnxModel`` is returned as it is. ``"onnx"`` returns an
+        :class:`~blastscope.inference.onnx.OnnxModel` of the checkpoint's export (the sibling
+        ``.onnx`` exported from these bytes at ``imgsz``, else one made once into the cache and
+        checked for parity with PyTorch then, see
+        :func:`blastscope.inference.onnx.onnx_for_checkpoint`); a missing onnxruntime or a failed
+        export is a :class:`BlastscopeError`. ``"auto"`` is ``"onnx"`` on the CPU, falling back to
+        ``model`` with one line to ``say`` when onnxruntime is missing or the export fails; on a
+        GPU it is ``"torch"``.
+    path : path
+        The checkpoint file (its sha256 keys the cache).
+    model : nn.Module
+        The loaded model; ``info`` its checkpoint ``model`` record (default ``model.info``).
+    imgsz : int, optional
+        Input size the network runs at (default the record's ``input_size``).
+    device : str
+        ``"cpu"`` or ``"cuda[:N]"``.
+    say : callable, optional
+        Receives the one-line messages (default: stderr).
+
+    Returns
+    -------
+    nn.Module or OnnxModel
+        Give it to :func:`make_backend` (detectors) or :class:`CropClassifier` (classifiers).
     """
-    if name == "torch":
-        return TorchBackend(model, conf=conf, iou=iou, device=device)
-    if name == "onnx":
-        from blastscope.inference.onnx import (  # optional part
-            OnnxBackend,
-            OnnxModel,
-            onnx_for_checkpoint,
-            require_onnxruntime,
-        )
+    if not isinstance(backend, str):  # a ready runner (an OnnxModel), e.g. the int8 check of an export
+        return backend
+    if backend not in BACKENDS:
+        raise BlastscopeError(f"backend={backend!r}: unknown backend; use one of {', '.join(BACKENDS)}")
+    if backend == "torch" or (backend == "auto" and str(device) != "cpu"):
+        return model
+    say = say or _stderr
+    info = dict(info) if info is not None else dataclasses.asdict(model.info)
+    size = int(imgsz if imgsz is not None else info.get("input_size") or model.info.input_size)
+    import torch
 
+    from blastscope.inference.onnx import (  # optional part
+        OnnxModel,
+        onnx_for_checkpoint,
+        require_onnxruntime,
+    )
+
+    if backend == "onnx":
         require_onnxruntime()
-        if isinstance(model, OnnxModel):
-            return OnnxBackend(model, conf=conf, iou=iou)
-        if imgsz is None:
-            imgsz = int((info or {}).get("input_size") or model.info.input_size)
-        onnx_path = onnx_for_checkpoint(path, model, info if info is not None else dataclasses.asdict(model.info), imgsz=imgsz)
-        import torch
-
-        return OnnxBackend(
-            OnnxModel(onnx_path, device=device, threads=torch.get_num_threads()),
-            conf=conf,
-            iou=iou,
-            postprocess=model.cpu().eval().decoder(),
+        return OnnxModel(
+            onnx_for_checkpoint(path, model, info, imgsz=size, say=say), device=device, threads=torch.get_num_threads()
         )
-    raise BlastscopeError(f"backend={name!r}: unknown backend; use one of {', '.join(BACKENDS)}")
+    try:
+        require_onnxruntime()
+    except BlastscopeError:
+        say(
+            "backend auto: onnxruntime is not installed, running with torch (pip install 'blastscope[onnx]' for the faster onnx backend)"
+        )
+        return model
+    try:
+        onnx_path = onnx_for_checkpoint(path, model, info, imgsz=size, say=say)
+        return OnnxModel(onnx_path, device=device, threads=torch.get_num_threads())
+    except Exception as e:  # noqa: BLE001 - any export problem means torch, said in one line
+        from blastscope.models.export import first_line
+
+        say(f"backend auto: running with torch, the ONNX export of {Path(path).name} failed ({first_line(e)})")
+        return model
+
+
+def make_backend(runner, *, conf: float, iou: float, device: str = "cpu", max_det: int = 300) -> Backend:
+    """The detector :class:`Backend` over ``runner`` (from :func:`select_runner`): a torch module
+    gives :class:`TorchBackend`, an ``OnnxModel`` gives :class:`~blastscope.inference.onnx.OnnxBackend`
+    (decoding from the file's metadata, the same :class:`~blastscope.models.yolo.YoloDecoder`)."""
+    if _is_onnx(runner):
+        from blastscope.inference.onnx import OnnxBackend
+
+        return OnnxBackend(runner, conf=conf, iou=iou, max_det=max_det)
+    return TorchBackend(runner, conf=conf, iou=iou, device=device, max_det=max_det)
 
 
 def _load_onnx(path: Path, backend: str, device: str):
     """An ``.onnx`` CHECKPOINT: (OnnxModel, metadata dict shaped like a checkpoint's ``model``)."""
-    if backend != "onnx":
+    if backend == "torch":
         raise BlastscopeError(
-            f"{path}: an ONNX model runs with the onnx backend; add --backend onnx, "
+            f"{path}: an ONNX model runs with the onnx backend; use --backend onnx (or auto), "
             "or give the .pt checkpoint it was exported from"
         )
 
@@ -352,9 +430,10 @@ class Predictor:
         iou: float = 0.45,
         imgsz: int | None = None,
         device: str = "cpu",
-        backend: str = "torch",
+        backend: str = "auto",
         classifier: str | os.PathLike | None = None,
         cell_classes: Sequence[str] | str | None = None,
+        say: Callable[[str], None] | None = None,
     ) -> Predictor:
         """Load a detector checkpoint written by blastscope (``models.checkpoint`` format).
 
@@ -371,15 +450,19 @@ class Predictor:
             Network input size; default the checkpoint's ``input_size``. A multiple of 32.
         device : str
             Torch device (``"cpu"``, ``"cuda:0"``).
-        backend : {"torch", "onnx"}
-            What runs the network. ``"onnx"`` with a ``.pt`` uses the sibling ``.onnx`` exported
-            from it at ``imgsz``, else exports one into the cache once (a message says so).
+        backend : {"torch", "onnx", "auto"}
+            What runs the network(s), see :func:`select_runner`. ``"onnx"`` with a ``.pt`` uses
+            the sibling ``.onnx`` exported from it at ``imgsz``, else exports one into the cache
+            once (a message says so); ``"auto"`` is that when onnxruntime is there and the export
+            passes, else torch (a message says why). The classifier follows the same choice.
         classifier : path, optional
             A classifier checkpoint (``task == "classify"``) for two-stage prediction.
         cell_classes : sequence of str or comma-separated str, optional
             Detector classes that are white cells (only they are classified); default the
             checkpoint's ``cell_classes`` record, else every class not named like red cells or
             platelets.
+        say : callable, optional
+            Receives the back-end's one-line messages (default: stderr).
 
         Raises
         ------
@@ -401,7 +484,7 @@ class Predictor:
                 Preprocess("crop", info.get("input_size", 224)).size,
                 model_name=f"{path.name} ({info.get('arch', '?')})",
                 classifier=CropClassifier(
-                    model,
+                    select_runner(backend, path, model, info, device=device, say=say),
                     info["class_names"],
                     info.get("input_size", 224),
                     info.get("mean", (0.485, 0.456, 0.406)),
@@ -427,10 +510,12 @@ class Predictor:
                 f"{path}: exported at {info['input_size']} px, asked to run at {size} px; "
                 f"drop --imgsz or re-export with --imgsz {size}"
             )
-        runner = _make_backend(backend, model, path, conf=float(conf), iou=float(iou), device=device, imgsz=size, info=info)
+        if path.suffix.lower() != ".onnx":
+            model = select_runner(backend, path, model, info, imgsz=size, device=device, say=say)
+        runner = make_backend(model, conf=float(conf), iou=float(iou), device=device)
         hook = None
         if classifier is not None:
-            hook = CropClassifier.from_checkpoint(classifier, device=device)
+            hook = CropClassifier.from_checkpoint(classifier, device=device, backend=backend, say=say)
         from blastscope.inference.finder import cell_classes_of, resolve_cell_classes
 
         cells = (
@@ -634,8 +719,9 @@ class CropClassifier:
 
     Parameters
     ----------
-    model : nn.Module
-        Classifier returning logits ``(B, n_classes)``.
+    model : nn.Module or OnnxModel
+        Classifier returning logits ``(B, n_classes)``: the torch module, or its ONNX export
+        (:func:`select_runner`).
     class_names : sequence of str
     input_size : int
         Square classifier input in pixels.
@@ -659,7 +745,7 @@ class CropClassifier:
         band: bool = True,
         cells: dict | None = None,
     ):
-        self.model = model.to(device).eval()
+        self.model = model if _is_onnx(model) else model.to(device).eval()
         self.class_names = [str(c) for c in class_names]
         # the checkpoint's record of how its crops were made: its stain normalisation, if any
         self.preprocess = Preprocess.from_info(
@@ -694,8 +780,16 @@ class CropClassifier:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, *, device: str = "cpu", margin: float = DEFAULT_MARGIN, band: bool = True
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str = "cpu",
+        margin: float = DEFAULT_MARGIN,
+        band: bool = True,
+        backend: str = "auto",
+        say: Callable[[str], None] | None = None,
     ) -> CropClassifier:
+        """A classifier checkpoint (``.pt``); ``backend`` as in :func:`select_runner`."""
         path = Path(path)
         model, info = _load(path)
         if info.get("task") != "classify":
@@ -704,7 +798,7 @@ class CropClassifier:
                 "pass a classifier checkpoint with --classifier"
             )
         return cls(
-            model,
+            select_runner(backend, path, model, info, device=device, say=say),
             info["class_names"],
             info.get("input_size", 224),
             info.get("mean", (0.485, 0.456, 0.406)),
@@ -732,7 +826,8 @@ class CropClassifier:
             return []
         batch = self.preprocess.cells(image, boxes, margin)
         with torch.inference_mode():  # the temperature fitted on the validation cells (1 without one)
-            logits = self.model(batch.to(self.device)).float() / self.temperature
+            logits = torch.from_numpy(self.model(batch.numpy())[0]) if _is_onnx(self.model) else self.model(batch.to(self.device))
+            logits = logits.float() / self.temperature
             if self.prior_shift is not None:
                 logits = logits + torch.from_numpy(self.prior_shift).to(logits.device)
             probs = torch.softmax(logits, dim=1).cpu().numpy()

@@ -30,6 +30,8 @@ Everything needed to use the file without its checkpoint is stored as ONNX ``met
     outputs        JSON list of the output names, in ``forward`` order
     batch          "dynamic" or "1"
     opset          the ONNX opset
+    precision      "fp32", or "int8" for ``export --int8``, which adds ``int8_metric``,
+                   ``fp32_score``, ``int8_score``, ``int8_split``, ``calibration_images``
     source, source_sha256   checkpoint file name and the sha256 of its bytes
     blastscope_version
 """
@@ -92,6 +94,7 @@ def _metadata(
         "outputs": json.dumps(list(outputs)),
         "batch": "dynamic" if dynamic_batch else "1",
         "opset": str(int(opset)),
+        "precision": "fp32",
         "source": source.name if source is not None else "",
         "source_sha256": source_sha256 or "",
         "blastscope_version": __version__,

@@ -171,24 +171,46 @@ class YoloDecoder:
         ``conf`` is the minimum score (objectness x class probability of the best class), ``iou``
         the per-class NMS threshold, ``max_det`` the most detections kept per image.
 
+        Only the cells whose objectness exceeds ``conf`` are decoded (a score is at most its
+        objectness, so no detection is lost): at ``conf=0.25`` that is a few dozen of the 2,535
+        predictions of a 416 px input, which keeps this step small next to the network. One
+        :func:`~torchvision.ops.batched_nms` call covers the whole batch (image and class make
+        the NMS group).
+
         Returns
         -------
         list of dict, one per image
             ``boxes`` (M, 4) float32 xyxy input pixels clipped to the input, ``scores`` (M,)
-            float32, ``labels`` (M,) int64.
+            float32, ``labels`` (M,) int64, highest score first.
         """
         raw = [torch.as_tensor(r) for r in raw]
         height = raw[0].shape[2] * self.strides[0]
         width = raw[0].shape[3] * self.strides[0]
+        n_img, k = raw[0].shape[0], self.num_classes
+        parts = []
+        for level, r in enumerate(raw):
+            b, _, h, w = r.shape
+            p = r.float().view(b, 3, 5 + k, h * w)  # (image, anchor, channel, cell)
+            img, anc, cell = torch.nonzero(p[:, :, 4].sigmoid() > conf, as_tuple=True)
+            v = p[img, anc, :, cell]  # (M, 5 + K) raw values of the candidates
+            stride = float(self.strides[level])
+            gx, gy = (cell % w).to(v.dtype), torch.div(cell, w, rounding_mode="floor").to(v.dtype)
+            wh = v[:, 2:4].clamp(max=_MAX_LOG_WH).exp() * self.anchors.to(v.device)[list(self.masks[level])][anc].to(v.dtype)
+            cx, cy = (v[:, 0].sigmoid() + gx) * stride, (v[:, 1].sigmoid() + gy) * stride
+            boxes = torch.stack([cx - wh[:, 0] / 2, cy - wh[:, 1] / 2, cx + wh[:, 0] / 2, cy + wh[:, 1] / 2], 1)
+            scores, labels = (v[:, 4:5].sigmoid() * v[:, 5:].sigmoid()).max(1)
+            parts.append((img, boxes, scores, labels))
+        img, boxes, scores, labels = (torch.cat(t) for t in zip(*parts))
+        keep = scores > conf
+        img, boxes, scores, labels = img[keep], boxes[keep], scores[keep], labels[keep]
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        keep = batched_nms(boxes, scores, img * k + labels, iou)  # sorted by score, highest first
+        img = img[keep]
         results = []
-        for det in self.decode(raw).float():
-            scores, labels = (det[:, 4:5] * det[:, 5:]).max(1)
-            keep = scores > conf
-            boxes, scores, labels = det[keep, :4], scores[keep], labels[keep]
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-            keep = batched_nms(boxes, scores, labels, iou)[:max_det]
-            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        for i in range(n_img):  # per image, not per box
+            sel = keep[img == i][:max_det]
+            results.append({"boxes": boxes[sel], "scores": scores[sel], "labels": labels[sel]})
         return results
 
 
