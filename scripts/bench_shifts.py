@@ -105,6 +105,19 @@ def import_folder(folder: Path, split: str | None = None):
     return df
 
 
+def _resolved(config):
+    """``config`` with ``precision``/``channels_last`` as this machine resolves "auto" (a run records them resolved)."""
+    import torch
+
+    from blastscope.engine._accel import resolve_channels_last, resolve_precision
+
+    device = torch.device("cpu")
+    precision = resolve_precision(config.precision, device)
+    return dataclasses.replace(
+        config, precision=precision, channels_last=resolve_channels_last(config.channels_last, precision, device)
+    )
+
+
 def train_variant(name: str, work: Path, manifest: Path, args) -> tuple[Path, float]:
     """Train ``name`` (or reuse an identical earlier run); returns ``(best.pt, seconds)``."""
     from blastscope.engine.config import config_from_dict, load_config, merge_cli
@@ -136,7 +149,7 @@ def train_variant(name: str, work: Path, manifest: Path, args) -> tuple[Path, fl
         if (set(dataclasses.asdict(config)) - set(written)) - NEUTRAL_NEW_SETTINGS:
             continue
         old = load_config(other / "config.yaml")
-        if dataclasses.replace(old, out=config.out) == dataclasses.replace(config, data=old.data):
+        if _resolved(dataclasses.replace(old, out=config.out)) == _resolved(dataclasses.replace(config, data=old.data)):
             print(f"{name}: reusing {done}", flush=True)
             return done, float(json.loads((other / "bench_time.json").read_text())["seconds"])
     done = run_dir / "best.pt"

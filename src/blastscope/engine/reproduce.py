@@ -129,7 +129,10 @@ REPORTED_COLUMN = "paper reported"
 
 _SYN = "SYNTHETIC"
 # training settings that must match for a finished sub-run to be reused
-_RUNTIME_KEYS = ("out", "device", "workers", "patience")
+#: settings that do not make another run: where it goes, what it runs on, and the speed settings
+#: (``precision``/``channels_last``: bf16 and fp32 agree within the tolerance tests/test_train_fast.py states;
+#: a run records what "auto" resolved to)
+_RUNTIME_KEYS = ("out", "device", "workers", "patience", "precision", "channels_last")
 _RERUN = "  run the same 'blastscope reproduce' command again to resume from the last completed epoch"
 
 
