@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "--tent", action="store_true", help="with --adapt: also each weight followed by TENT (BatchNorm affine, entropy)"
     )
     ap.add_argument("--tent-steps", type=int, default=1, help="passes of TENT over each set's cells (default 1)")
+    ap.add_argument("--tent-lr", type=float, default=1e-4, help="Adam learning rate of TENT (default 1e-4, adapt's default)")
     ap.add_argument("--prior", action="store_true", help="with --adapt: also each row with the EM class-prior correction")
     ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PT", help="also score an existing checkpoint")
     args = ap.parse_args(argv)
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         rows = [(f"AdaBN w={w:g}", w, False) for w in weights]
         if args.tent:
-            rows += [(f"AdaBN w={w:g} + TENT", w, True) for w in weights]
+            rows += [(f"AdaBN w={w:g} + TENT lr {args.tent_lr:g}", w, True) for w in weights]
         labels = [f"{base_name} + {r[0]}" for r in rows] + ([f"{base_name} + {r[0]} + prior" for r in rows] if args.prior else [])
         for label in labels:
             results[label] = {}
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                 adapted = mix_statistics(copy.deepcopy(model), src, target, w)
                 if use_tent:
                     torch.manual_seed(0)
-                    tent(adapted, loader, steps=args.tent_steps)
+                    tent(adapted, loader, steps=args.tent_steps, lr=args.tent_lr)
                 y, p = classify_manifest(adapted, df, classes, box_fn=boxes or None, cells=meta["model"].get("cells"))
                 results[f"{base_name} + {name}"][key] = float((p.argmax(1) == y).mean())
                 if args.prior:  # the calibrated probabilities moved to the set's EM-estimated class mix

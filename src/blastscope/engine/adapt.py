@@ -130,7 +130,7 @@ def _normaliser(model: nn.Module, device):
     return lambda images: (images.to(device) - mean) / std
 
 
-def tent(model: nn.Module, loader, *, steps: int = 1, lr: float = 1e-3, device: str | torch.device = "cpu") -> nn.Module:
+def tent(model: nn.Module, loader, *, steps: int = 1, lr: float = 1e-4, device: str | torch.device = "cpu") -> nn.Module:
     """Entropy minimisation of the BatchNorm affine parameters on ``loader``'s cells (in place; returned).
 
     The model stays in eval mode, so its BatchNorm layers normalise with their running statistics
@@ -277,7 +277,7 @@ def adapt_checkpoint(
     weight: float = 0.5,
     method: str = "adabn",
     tent_steps: int = 1,
-    tent_lr: float = 1e-3,
+    tent_lr: float = 1e-4,
     prior: bool = False,
     batch: int = 32,
     overwrite: bool = False,
