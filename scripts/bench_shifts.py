@@ -175,7 +175,8 @@ class CachedBoxes:
         from blastscope.annotate.finder import cell_box_function
 
         self.fn = cell_box_function(cells)
-        key = hashlib.sha256(json.dumps(cells, sort_keys=True).encode()).hexdigest()[:16]
+        finder = {k: v for k, v in (cells or {}).items() if k != "stain_norm"}  # the boxes do not depend on it
+        key = hashlib.sha256(json.dumps(finder, sort_keys=True).encode()).hexdigest()[:16]
         self.path = work / f"boxes-{key}.json"
         self.boxes = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.new = 0
