@@ -1,7 +1,8 @@
 # blastscope: two commands do all set-up on a fresh machine.
 #   make demo   - create .venv, install, fetch pretrained weights, run the demo pipeline
 #   make test   - create .venv, install, run the test suite (under 10 minutes on 2 CPU cores)
-#   make bench  - opt-in long runs and benchmarks (pytest -m slow, training/inference speed)
+#   make bench  - opt-in long runs and benchmarks (pytest -m slow, training/inference speed, whole
+#                 processes, and the paper arm of 'blastscope reproduce': tens of minutes)
 #   make bench-shifts - PBC classifier under fixed lab shifts (about 1 hour on 2 shared cores)
 
 PYTHON ?= python3
@@ -46,7 +47,7 @@ test: weights browser lint
 
 bench: weights
 	$(BIN)/python -m pytest -q -m slow -s
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench.py --paper
 
 # White-cell finders on TXL-PBC per source (stain finder: test split and all images; add
 # --detector SOURCE=PATH for leave-one-source-out detectors). About 5 minutes on 2 CPU cores.

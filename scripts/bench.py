@@ -11,7 +11,20 @@ One run measures, at one input size (416 px by default) and on real BCCD smears:
     fp32 and statically quantized to int8 (``export --int8``'s quantizer, calibrated on the BCCD
     frames; no accuracy check here: the COCO classes mean nothing on smears);
 (d) OpenCV DNN (``cv2.dnn.readNetFromDarknet``) running Darknet's own COCO yolov3-tiny ``.cfg`` and
-    ``.weights``, an independent reference implementation of the same network.
+    ``.weights``, an independent reference implementation of the same network;
+(e) the two-stage pipeline's cell classifier (MobileNetV2, ImageNet-pretrained, a new 7-class head)
+    on 224 px crops of real PBC cells, at batch 1 and 32 (``--quick``: 8), in torch, onnxruntime and onnxruntime
+    int8 (calibrated on other PBC cells): "network" on the ready crops, "end to end"
+    :class:`CropClassifier` (crop, normalise, network, softmax) on one PBC image or a frame tiled
+    with that many PBC cells;
+(f) whole processes, what a user waits for: wall time and peak resident memory (``RUSAGE_CHILDREN``
+    of a small launcher) of ``blastscope predict CKPT FOLDER --no-draw`` (default backend) and of
+    ``scripts/opencv_dnn_predict.py`` (OpenCV DNN alone, the same weights, letterbox, NMS, a CSV)
+    on the first 120 BCCD smears; each run twice, the least wall time and the least peak memory
+    count (warm file cache; the first blastscope run may also export ONNX to its cache);
+(g) with ``--paper``: the wall time of the paper arm of ``blastscope reproduce`` (300 SYNTHETIC
+    cells, 25 epochs, ``--imgsz``), from process start to the end of that arm's evaluation (the
+    process is stopped there, before the patient arm).
 
 For (b) and (c), "network" is the forward pass on the ready input tensor, "end to end" is
 :meth:`Predictor.predict_batch` on decoded RGB frames (letterbox, network, decoding, NMS, boxes back
@@ -23,7 +36,8 @@ Writes ``bench_out/bench.json`` and ``bench_out/bench.md`` (``--out``) and print
 
 Usage::
 
-    python scripts/bench.py            # full run (about 2 minutes on 2 CPU cores)
+    python scripts/bench.py            # full run without (g) (a few minutes on 2 CPU cores)
+    python scripts/bench.py --paper    # and (g) (``make bench``; tens of minutes on 2 CPU cores)
     python scripts/bench.py --quick    # a few iterations of each, for a smoke test
 """
 
@@ -31,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -43,7 +58,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_BCCD = Path(os.environ.get("BLASTSCOPE_SHARED_DATA", REPO.parent / "shared" / "data")) / "bccd"
+SHARED_DATA = Path(os.environ.get("BLASTSCOPE_SHARED_DATA", REPO.parent / "shared" / "data"))
+DEFAULT_BCCD, DEFAULT_PBC = SHARED_DATA / "bccd", SHARED_DATA / "pbc-sample"
 
 
 def cpu_model() -> str:
@@ -185,12 +201,28 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=None, help="threads for torch, onnxruntime and OpenCV (default: torch's default)"
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_BCCD, help=f"BCCD folder (default {DEFAULT_BCCD})")
+    parser.add_argument("--pbc", type=Path, default=DEFAULT_PBC, help=f"PBC folder, for (e) (default {DEFAULT_PBC})")
+    parser.add_argument(
+        "--process-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="BCCD smears of the whole-process rows (f) (default 120, --quick 8)",
+    )
+    parser.add_argument(
+        "--paper",
+        action="store_true",
+        help="also time the paper arm of 'blastscope reproduce' (g): 300 SYNTHETIC cells, 25 epochs, --imgsz "
+        "(many minutes; with --quick: 20 cells, 1 epoch)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench_out", help="output folder (default bench_out)")
     args = parser.parse_args(argv)
     if args.imgsz % 32:
         parser.error(f"--imgsz {args.imgsz}: must be a multiple of 32")
     if not (args.data / "JPEGImages").is_dir():
         parser.error(f"{args.data}: BCCD not found (JPEGImages/ missing); pass --data or set BLASTSCOPE_SHARED_DATA")
+    if not (args.pbc / "train" / "images").is_dir():
+        parser.error(f"{args.pbc}: PBC not found (train/images/ missing); pass --pbc or set BLASTSCOPE_SHARED_DATA")
 
     import cv2
     import torch
@@ -283,6 +315,26 @@ def main(argv: list[str] | None = None) -> int:
                 results += [net, e2e]
             results.append(bench_opencv(x_all[:b], warmup, n_it, resolve_weights))
 
+        # the second stage: the cell classifier on real PBC cells
+        clf_batches = (1, 8) if args.quick else (1, 32)
+        results += bench_classifier(Path(args.pbc), Path(tmp), clf_batches, warmup, iters, 8 if args.quick else 32, say)
+
+        # whole processes, as a user starts them: blastscope predict next to an OpenCV-only script
+        n_proc = args.process_images or (8 if args.quick else 120)
+        try:
+            rows_f, process_ratio = bench_processes(
+                ckpt, args.data, n_proc, 1 if args.quick else 2, size, Path(tmp), args.threads, say
+            )
+            results += rows_f
+        except RuntimeError as e:
+            process_ratio = None
+            results.append(row(f"(f) whole processes, {n_proc} BCCD smears", n_proc, None, f"failed: {e}"))
+
+    if args.paper:
+        with tempfile.TemporaryDirectory(prefix="blastscope-bench-paper-") as tmp:
+            epochs, per_class = (1, 10) if args.quick else (25, 150)
+            results.append(bench_paper(Path(tmp), epochs=epochs, imgsz=size, per_class=per_class, say=say))
+
     meta = {
         "imgsz": size,
         "cpu": cpu_model(),
@@ -295,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_1min_end": _loadavg(),
         "quick": bool(args.quick),
         "onnx_export": onnx_note,
+        "classifier": f"{CLASSIFIER} (ImageNet-pretrained, new 7-class head), {CROP} px crops of real PBC cells",
+        "process_images": n_proc,
+        "process_ratio_blastscope_over_opencv": process_ratio,
+        "paper": bool(args.paper),
         "versions": versions(),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
@@ -341,6 +397,286 @@ def bench_opencv(x: np.ndarray, warmup: int, iters: int, resolve_weights) -> dic
         return row(what, b, None, f"failed: {str(e).strip().splitlines()[-1]}")
 
 
+#: the two-stage pipeline's cell classifier (``blastscope train --task classify``'s default) and its crop size
+CLASSIFIER, CROP = "mobilenet_v2", 224
+
+
+def pbc_cells(root: Path, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n`` real PBC cells evenly spread over the sorted train images (all seven classes): each an
+    (HxWx3 uint8 RGB image, (1, 4) xyxy pixel box from its YOLO label; the whole image without one)."""
+    from blastscope.data.images import read_image
+
+    paths = sorted((root / "train" / "images").glob("*.jpg"))
+    cells = []
+    for i in np.linspace(0, len(paths) - 1, min(n, len(paths))).round().astype(int):
+        image = read_image(paths[i])
+        h, w = image.shape[:2]
+        label = root / "train" / "labels" / f"{paths[i].stem}.txt"
+        fields = label.read_text().split()[1:5] if label.is_file() else []
+        if len(fields) == 4:
+            cx, cy, bw, bh = map(float, fields)
+            box = np.array([[(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]], np.float32)
+        else:
+            box = np.array([[0, 0, w, h]], np.float32)
+        cells.append((image, box))
+    return cells
+
+
+def mosaic(cells: list[tuple[np.ndarray, np.ndarray]], columns: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """One frame holding all ``cells`` in a grid (black between them) and their boxes in it: a
+    smear-sized frame with ``len(cells)`` white cells for the classifier's batch."""
+    th, tw = max(c[0].shape[0] for c in cells), max(c[0].shape[1] for c in cells)
+    rows = -(-len(cells) // columns)
+    frame = np.zeros((rows * th, min(columns, len(cells)) * tw, 3), np.uint8)
+    boxes = []
+    for k, (image, box) in enumerate(cells):
+        y, x = (k // columns) * th, (k % columns) * tw
+        frame[y : y + image.shape[0], x : x + image.shape[1]] = image
+        boxes.append(box + np.array([x, y, x, y], np.float32))
+    return frame, np.concatenate(boxes)
+
+
+def bench_classifier(
+    pbc: Path, tmp: Path, batches: tuple[int, ...], warmup: int, iters: int, n_calib: int, say: Callable[[str], None]
+) -> list[dict]:
+    """(e): the cell classifier in torch, onnxruntime and onnxruntime int8, network and end to end."""
+    import torch
+
+    from blastscope.inference.predictor import CropClassifier
+    from blastscope.models import create_model
+
+    torch.manual_seed(0)  # the new 7-class head
+    model = create_model(CLASSIFIER, num_classes=7, pretrained=True).eval()
+    info = model.info
+
+    def classifier(runner) -> CropClassifier:
+        return CropClassifier(runner, info.class_names, CROP, info.mean, info.std)
+
+    cells = pbc_cells(pbc, 2 * max(max(batches), n_calib))
+    timed, calib = cells[0::2], cells[1::2][:n_calib]
+    runtimes: list[tuple[str, CropClassifier | None, str]] = [("torch", classifier(model), "")]
+    try:
+        from blastscope.inference.onnx import OnnxModel, export_model_onnx, quantize_int8
+
+        say(f"classifier: exporting {CLASSIFIER} to ONNX (dynamic batch) with the parity check")
+        export = export_model_onnx(model, tmp / f"{CLASSIFIER}.onnx", imgsz=CROP, dynamic_batch=True)
+        runtimes.append(("onnxruntime", classifier(OnnxModel(export.path)), export.parity.line()))
+    except Exception as e:  # noqa: BLE001 - a missing onnxruntime must not stop the other numbers
+        runtimes.append(("onnxruntime", None, f"skipped: {str(e).splitlines()[0]}"))
+    if runtimes[-1][1] is not None:
+        try:
+            say(f"classifier: quantizing to int8, calibrated on {len(calib)} PBC cells")
+            pre = runtimes[0][1].preprocess
+            int8, n = quantize_int8(export.path.read_bytes(), (pre.cells(image, box).numpy() for image, box in calib))
+            (tmp / f"{CLASSIFIER}.int8.onnx").write_bytes(int8)
+            int8_clf = classifier(OnnxModel(tmp / f"{CLASSIFIER}.int8.onnx"))
+            frame, boxes = mosaic(timed)
+            same = sum(
+                a.class_id == b.class_id for a, b in zip(runtimes[1][1](frame, boxes), int8_clf(frame, boxes), strict=True)
+            )
+            note = f"static int8, QDQ, per-channel, calibrated on {n} PBC cells; top class = fp32's on {same}/{len(boxes)} cells"
+            runtimes.append(("onnxruntime int8", int8_clf, note))
+        except Exception as e:  # noqa: BLE001 - a failed quantization must not stop the other numbers
+            runtimes.append(("onnxruntime int8", None, f"skipped: {str(e).splitlines()[0]}"))
+
+    results = []
+    for b in batches:
+        frame, boxes = (timed[0][0], timed[0][1]) if b == 1 else mosaic(timed[:b])
+        n_it = iters if b == 1 else max(3, iters // 2)
+        say(f"classifier at batch {b}: {warmup} warm-up + {n_it} timed iterations per runtime")
+        x = runtimes[0][1].preprocess.cells(frame, boxes)
+        what = f"(e) classifier {CLASSIFIER} {CROP} px, {{}}, {{}} (cells/s)"
+        for label, clf, note in runtimes:
+            if clf is None:
+                results.append(row(what.format(label, "skipped"), b, None, note))
+                continue
+            if label == "torch":
+
+                def net() -> None:
+                    with torch.inference_mode():
+                        model(x)
+
+            else:
+                runner, xn = clf.model, x.numpy()
+
+                def net() -> None:
+                    runner(xn)
+
+            net_row = row(what.format(label, "network"), b, timeit(net, warmup=warmup, iters=n_it), note)
+            e2e = row(what.format(label, "end to end"), b, timeit(lambda: clf(frame, boxes), warmup=warmup, iters=n_it))
+            where = "one PBC image" if b == 1 else f"a mosaic frame of {b} PBC cells"
+            e2e["note"] = (
+                f"crop, normalise, network, softmax on {where}; {e2e['images_per_s'] / net_row['images_per_s']:.0%} "
+                "of the network-only rate"
+            )
+            results += [net_row, e2e]
+    return results
+
+
+#: starts ``argv[2:]`` from a small interpreter and writes that one child's peak RSS (``RUSAGE_CHILDREN``)
+#: to ``argv[1]``: a child forked from this big process would inherit its high-water mark
+_LAUNCHER = (
+    "import os, resource, sys; code = os.spawnv(os.P_WAIT, sys.argv[2], sys.argv[2:]); "
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(code)"
+)
+
+
+def run_process(cmd: list[str], log: Path, env: dict[str, str]) -> tuple[float, float | None]:
+    """Run ``cmd`` (``cmd[0]`` an executable path) to its end; (wall seconds, peak resident memory of
+    that process in MiB, or None where the OS has no ``resource``). Its stdout and stderr go to ``log``."""
+    import subprocess
+
+    rss_file = log.with_suffix(".maxrss")
+    try:
+        import resource  # noqa: F401 - POSIX only
+
+        argv = [sys.executable, "-c", _LAUNCHER, str(rss_file), *cmd]
+    except ImportError:
+        argv = cmd
+    with open(log, "w") as f:
+        t0 = time.perf_counter()
+        code = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        wall = time.perf_counter() - t0
+    if code:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... exited with {code}: {tail[0]}")
+    if not rss_file.is_file():
+        return wall, None
+    return wall, int(rss_file.read_text()) / (2**20 if sys.platform == "darwin" else 2**10)  # bytes on macOS, KiB on Linux
+
+
+def bench_processes(
+    ckpt: Path, data: Path, n: int, runs: int, imgsz: int, tmp: Path, threads: int | None, say: Callable[[str], None]
+) -> tuple[list[dict], dict]:
+    """(f): wall time and peak memory of ``blastscope predict`` and of ``scripts/opencv_dnn_predict.py``
+    on the first ``n`` BCCD smears, each process run ``runs`` times (the least time and memory count)."""
+    import shutil
+
+    from blastscope.models import resolve_weights
+
+    folder = tmp / f"bccd-{n}"
+    folder.mkdir()
+    for p in sorted((data / "JPEGImages").glob("*.jpg"))[:n]:
+        try:
+            (folder / p.name).symlink_to(p.resolve())
+        except OSError:
+            shutil.copyfile(p, folder / p.name)
+    env = dict(os.environ, BLASTSCOPE_ONNX_CACHE=str(tmp / "onnx-cache"), PYTHONUNBUFFERED="1")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    cfg, weights = resolve_weights("yolov3-tiny-coco-cfg"), resolve_weights("yolov3-tiny-coco")
+    jobs = {
+        "blastscope predict": lambda k: [
+            *(sys.executable, "-m", "blastscope", "predict", str(ckpt), str(folder)),
+            *("--out", str(tmp / f"predict-{k}"), "--imgsz", str(imgsz), "--no-draw", "--no-progress"),
+        ],
+        "scripts/opencv_dnn_predict.py": lambda k: [
+            *(sys.executable, str(REPO / "scripts" / "opencv_dnn_predict.py"), str(cfg), str(weights), str(folder)),
+            *("--out", str(tmp / f"opencv-{k}.csv"), "--imgsz", str(imgsz)),
+            *(("--threads", str(threads)) if threads else ()),
+        ],
+    }
+    walls: dict[str, list[float]] = {name: [] for name in jobs}
+    rss: dict[str, list[float]] = {name: [] for name in jobs}
+    for k in range(runs):
+        for name, cmd in jobs.items():
+            say(f"process {k + 1}/{runs}: {name} on {n} BCCD smears")
+            wall, mem = run_process(cmd(k), tmp / f"{name.split('/')[-1]}-{k}.log", env)
+            walls[name].append(wall)
+            if mem is not None:
+                rss[name].append(mem)
+    a, b = jobs
+    ratio = {
+        "wall": min(walls[a]) / min(walls[b]),
+        "max_rss": min(rss[a]) / min(rss[b]) if rss[a] and rss[b] else None,
+    }
+    what = {
+        a: f"(f) process: blastscope predict --no-draw (default backend), {n} BCCD smears",
+        b: f"(f) process: scripts/opencv_dnn_predict.py (OpenCV DNN darknet), {n} BCCD smears",
+    }
+    results = []
+    for name in jobs:
+        best = min(walls[name])
+        peak = min(rss[name]) if rss[name] else None
+        runs_note = (
+            f"the least of {runs} runs ({', '.join(f'{t:.1f} s' for t in walls[name])}; "
+            f"{', '.join(f'{m:.0f}' for m in rss[name])} MiB)"
+            if runs > 1
+            else "one run"
+        )
+        note = f"whole process: start, imports, model load, {n} JPEGs read, detect, CSV; peak RSS " + (
+            f"{peak:.0f} MiB" if peak is not None else "n/a"
+        )
+        note += f"; {runs_note}"
+        if name == a:
+            note += "; the first run also exports ONNX to the cache when the backend is onnx"
+            note += f"; {ratio['wall']:.2f}x the wall time" + (
+                f" and {ratio['max_rss']:.2f}x the peak RSS of the OpenCV script" if ratio["max_rss"] else " of the OpenCV script"
+            )
+        results.append(
+            {
+                "what": what[name],
+                "batch": n,
+                "images_per_s": n / best,
+                "ms_per_batch": 1000 * best,
+                "iters": runs,
+                "times_s": walls[name],
+                "max_rss_mib": peak,
+                "max_rss_mib_runs": rss[name],
+                "note": note,
+            }
+        )
+    return results, ratio
+
+
+def bench_paper(tmp: Path, *, epochs: int, imgsz: int, per_class: int, say: Callable[[str], None]) -> dict:
+    """(g): wall time of the paper arm of ``blastscope reproduce`` on SYNTHETIC cells: the process is
+    started as a user would and stopped when it reaches the patient arm ("[5/6]")."""
+    import re
+    import subprocess
+
+    cmd = [
+        *(sys.executable, "-m", "blastscope", "reproduce", "--out", str(tmp / "reproduce")),
+        *("--epochs", str(epochs), "--imgsz", str(imgsz), "--per-class", str(per_class), "--no-progress"),
+    ]
+    what = f"(g) blastscope reproduce, paper arm only: {2 * per_class} SYNTHETIC cells, {epochs} epoch{'s' * (epochs != 1)}, {imgsz} px"
+    say(f"paper protocol: {' '.join(cmd[2:])} (stopped at the patient arm)")
+    marks: dict[int, float] = {}
+    log = tmp / "reproduce.stderr"
+    with open(log, "w") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        try:
+            for line in proc.stdout:
+                step = re.match(r"\[(\d)/6\]", line)
+                if step:
+                    marks[int(step.group(1))] = time.perf_counter() - t0
+                    if int(step.group(1)) >= 5:
+                        break
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait()
+    if 5 not in marks:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        return row(what, 2 * per_class, None, f"failed: {tail[0]}")
+    wall = marks[5]
+    note = (
+        f"wall {wall:.1f} s from process start to the end of the paper arm's evaluation: "
+        f"start, data, draw and VOC boxes {marks.get(4, math.nan):.1f} s, training and evaluation {wall - marks.get(4, math.nan):.1f} s"
+    )
+    return {
+        "what": what,
+        "batch": 2 * per_class,
+        "images_per_s": None,
+        "ms_per_batch": 1000 * wall,
+        "iters": 1,
+        "wall_s": wall,
+        "phases_s": {str(k): v for k, v in sorted(marks.items())},
+        "note": note,
+    }
+
+
 def markdown(results: list[dict], meta: dict) -> str:
     v = meta["versions"]
     lines = [
@@ -352,6 +688,8 @@ def markdown(results: list[dict], meta: dict) -> str:
         f"onnxruntime {v['onnxruntime']}, opencv {v['opencv']}, numpy {v['numpy']}",
         f"- ONNX export: {meta['onnx_export']}",
         f"- images/s = batch / median time per iteration, warm-up excluded; total run {meta['seconds']} s",
+        f"- (e) the cell classifier, {meta['classifier']}: an image is one cell",
+        "- (f), (g) whole processes: batch = images in the run, ms / batch = the process's wall time",
         f"- load average (1 min): {meta['loadavg_1min_start']} before the run, {meta['loadavg_1min_end']} at its end"
         + (
             " (other processes were busy on this CPU: the rates are lower bounds, compare rows of one run only)"
