@@ -105,6 +105,25 @@ def import_folder(folder: Path, split: str | None = None):
     return df
 
 
+def label_only(df):
+    """The manifest with each single-cell image's box removed (its class kept as the image label).
+
+    Scored so, the cell is found by the checkpoint's own rule (the stain finder) instead of the
+    dataset's box: the whole pipeline as a new lab runs it.
+    """
+    from blastscope.data.formats import load_annotation
+
+    out = df.copy()
+    labels = []
+    for spec in out["annotation"].astype(str):
+        ann = load_annotation(spec, classes=PBC_NAMES)
+        if len(ann.labels) != 1:
+            raise SystemExit(f"{spec}: {len(ann.labels)} boxes; --test-boxes finder needs single-cell images")
+        labels.append(str(ann.labels[0]))
+    out["label"], out["annotation"] = labels, ""
+    return out
+
+
 def _resolved(config):
     """``config`` with ``precision``/``channels_last`` as this machine resolves "auto" (a run records them resolved)."""
     import torch
@@ -263,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     shifts_root = ensure_shifts(args.work, sys.executable)
     sets = read_shift_index(shifts_root)
     manifests = {(s.shift, s.level): import_folder(s.folder) for s in sets}
+    if args.test_boxes == "finder":
+        manifests = {k: label_only(df) for k, df in manifests.items()}
     train_csv = write_manifest(import_folder(SHARED / "data" / "pbc-sample", "train"), args.work / "pbc-train.csv")
 
     checkpoints = {}
@@ -277,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[tuple[str, int], float]] = {}
     eval_times = {}
     for name, ckpt in checkpoints.items():
-        cache = Path(ckpt).with_name(Path(ckpt).stem + ".shifts.json")  # scores of this very file, reused
+        suffix = ".shifts.json" if args.test_boxes == "labels" else ".shifts-finder.json"
+        cache = Path(ckpt).with_name(Path(ckpt).stem + suffix)  # scores of this very file, reused
         digest = _sha256(Path(ckpt))
         has_cells = (torch.load(ckpt, map_location="cpu", weights_only=False)["model"].get("cells") or {}).get("mode") == "finder"
         saved = json.loads(cache.read_text()) if cache.is_file() else {}
@@ -389,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     note = (
         f"\nMobileNetV2 (ImageNet-pretrained), {args.imgsz} px, {args.epochs} epochs, seed {args.seed}, trained on the "
         f"{len(import_folder(SHARED / 'data' / 'pbc-sample', 'train'))} clean pbc-sample train cells (10% carved as val); "
-        "accuracy on the 280 test cells, clean and under each lab_shifts.py shift at levels 1/2/3.\n"
+        "accuracy on the 280 test cells, clean and under each lab_shifts.py shift at levels 1/2/3; each test cell cut "
+        f"{'around its labelled box' if args.test_boxes == 'labels' else 'around the white cell the stain finder finds'}.\n"
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "shifts.md").write_text(table + note)

@@ -199,7 +199,7 @@ def export_int8(
         rows; the fp32 export fails its parity check; int8 loses more than ``tolerance`` (the
         message names both scores and ``--force``); a score cannot be computed (without ``force``).
     """
-    from blastscope.inference.onnx import OnnxModel, export_checked, quantize_int8, with_metadata
+    from blastscope.inference.onnx import OnnxModel, export_checked, output_convolutions, quantize_int8, with_metadata
 
     t0 = time.perf_counter()
     say = say or (lambda msg: print(msg, file=sys.stderr))
@@ -238,7 +238,10 @@ def export_int8(
     size = int(meta["input_size"])
     log = ProblemLog(stream=None)
     say(f"int8: calibrating on {len(train)} training images of {df.attrs.get('manifest_path', 'the manifest')}")
-    int8, n_calib = quantize_int8(fp32, _calibration_batches(train, info, size, log))
+    # the last convolution before each output (the detection heads, a classifier's last layer) stays fp32:
+    # on a BCCD detector it halved int8's loss of val WBC AP@0.5 (0.030 -> 0.014; README)
+    heads = output_convolutions(fp32)
+    int8, n_calib = quantize_int8(fp32, _calibration_batches(train, info, size, log), keep_fp32=heads)
 
     metric = _metric_of(info)
     scores = {}
@@ -262,7 +265,8 @@ def export_int8(
         int8,
         {
             "precision": "int8",
-            "quantization": "onnxruntime quantize_static, QDQ, per-channel int8 weights, int8 activations (MinMax)",
+            "quantization": "onnxruntime quantize_static, QDQ, per-channel int8 weights, int8 activations (MinMax); "
+            f"kept in fp32: {', '.join(heads) or 'none'}",
             "calibration_images": str(n_calib),
             "int8_metric": metric,
             "fp32_score": repr(res.fp32),

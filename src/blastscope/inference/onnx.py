@@ -477,7 +477,14 @@ def with_metadata(data: bytes, extra: dict[str, str]) -> bytes:
     return proto.SerializeToString()
 
 
-def quantize_int8(fp32: bytes, calibration: Iterable[np.ndarray]) -> tuple[bytes, int]:
+def quantize_int8(
+    fp32: bytes,
+    calibration: Iterable[np.ndarray],
+    *,
+    method: str = "minmax",
+    keep_fp32: Sequence[str] = (),
+    activations: str = "int8",
+) -> tuple[bytes, int]:
     """Static int8 quantization of an exported fp32 graph with onnxruntime.
 
     ``onnxruntime.quantization.quantize_static`` in QDQ format (QuantizeLinear/DequantizeLinear
@@ -492,6 +499,15 @@ def quantize_int8(fp32: bytes, calibration: Iterable[np.ndarray]) -> tuple[bytes
     calibration : iterable of ndarray
         Network inputs ``(B, 3, S, S)`` float32, exactly as the model sees them in use
         (:class:`~blastscope.data.preprocess.Preprocess`).
+
+    method : {"minmax", "percentile", "entropy"}
+        How activation ranges are taken from the calibration inputs (onnxruntime's calibrators).
+    keep_fp32 : sequence of str
+        Names of graph nodes left in fp32 (:func:`output_convolutions` names the last
+        convolution before each output: the detection heads, whose box and objectness values
+        lose most from int8).
+    activations : {"int8", "uint8"}
+        Type of the quantized activations.
 
     Returns
     -------
@@ -532,9 +548,14 @@ def quantize_int8(fp32: bytes, calibration: Iterable[np.ndarray]) -> tuple[bytes
                     reader,
                     quant_format=QuantFormat.QDQ,
                     per_channel=True,
-                    activation_type=QuantType.QInt8,
+                    activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax,
+                    calibrate_method={
+                        "minmax": CalibrationMethod.MinMax,
+                        "percentile": CalibrationMethod.Percentile,
+                        "entropy": CalibrationMethod.Entropy,
+                    }[method],
+                    nodes_to_exclude=list(keep_fp32),
                 )
         except BlastscopeError:
             raise
@@ -546,6 +567,29 @@ def quantize_int8(fp32: bytes, calibration: Iterable[np.ndarray]) -> tuple[bytes
             logging.disable(quiet)
         data = dst.read_bytes()
     return with_metadata(data, meta), reader.count
+
+
+def output_convolutions(fp32: bytes) -> list[str]:
+    """Names of the convolutions (or fully connected layers) nearest each graph output, walking back through the rest."""
+    import onnx
+
+    graph = onnx.load_from_string(fp32).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    found: list[str] = []
+    for output in graph.output:
+        stack, seen = [output.name], set()
+        while stack:
+            name = stack.pop()
+            node = producer.get(name)
+            if node is None or node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type in ("Conv", "Gemm", "MatMul"):
+                if node.name not in found:
+                    found.append(node.name)
+                continue
+            stack.extend(node.input)
+    return found
 
 
 def export_model_onnx(
