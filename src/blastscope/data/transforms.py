@@ -81,8 +81,8 @@ class AugmentConfig:
     gamma: float = 0.8  # log-gamma range (0.8: gamma 0.45..2.2) and brightness +- gamma / 4
     white_balance: float = 0.3  # red x (1 + t), blue x (1 - t), t in +- white_balance
     downscale: float = 0.25  # probability of a resolution loss: down by 0.5..1 and back up
-    blur: float = 0.3  # probability of a Gaussian defocus blur of sigma 0..blur_sigma pixels
-    blur_sigma: float = 4.0  # largest blur sigma in pixels of the source image (0..10)
+    blur: float = 0.5  # probability of a Gaussian defocus blur of sigma 0..blur_sigma pixels
+    blur_sigma: float = 6.0  # largest blur sigma in pixels of the source image (0..10)
     jpeg: float = 0.3  # probability of JPEG compression at quality jpeg_quality..95
     jpeg_quality: int = 10  # lowest JPEG quality drawn (1..95)
 
