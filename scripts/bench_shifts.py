@@ -252,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
         help="shift levels on which --adapt is scored (0 is clean; fewer levels, less time)",
     )
     ap.add_argument(
+        "--test-boxes",
+        choices=("labels", "finder"),
+        default="labels",
+        help="cut each test cell around its labelled box (default), or let the checkpoint's cell finder find it",
+    )
+    ap.add_argument(
         "--tent", action="store_true", help="with --adapt: also each weight followed by TENT (BatchNorm affine, entropy)"
     )
     ap.add_argument("--tent-steps", type=int, default=1, help="passes of TENT over each set's cells (default 1)")
