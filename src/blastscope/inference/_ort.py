@@ -231,19 +231,23 @@ def existing_export(
     *,
     cache_dir: str | os.PathLike | None = None,
     say: Callable[[str], None] | None = None,
+    read_metadata: Callable[[Path], dict[str, Any]] | None = None,
 ) -> Path | None:
     """The export of ``checkpoint`` already on disk, without making one (and without torch).
 
     The sibling ``.onnx`` when its metadata names these very bytes (``source_sha256``) and ``imgsz``,
     else the cache file (:func:`cached_onnx_path`) when it names these bytes; ``None`` otherwise.
-    ``say`` receives why a sibling is not used (default: nothing).
+    ``say`` receives why a sibling is not used (default: nothing). ``read_metadata`` reads a file's
+    metadata, raising :class:`BlastscopeError` for a bad file (default :func:`read_onnx_metadata`;
+    the lean predict path opens the session itself, which spares importing ``onnx``).
     """
     say = say or (lambda msg: None)
+    read_onnx_metadata_ = read_metadata or read_onnx_metadata
     checkpoint = Path(checkpoint)
     sibling = checkpoint.with_suffix(".onnx")
     if sibling.is_file():
         try:
-            meta = read_onnx_metadata(sibling)
+            meta = read_onnx_metadata_(sibling)
         except BlastscopeError as e:
             say(f"onnx: ignoring {sibling} ({e})")
         else:
@@ -256,7 +260,7 @@ def existing_export(
     cached = cached_onnx_path(checkpoint, sha256, imgsz, cache_dir)
     if cached.is_file():
         try:
-            if read_onnx_metadata(cached).get("source_sha256") == sha256:
+            if read_onnx_metadata_(cached).get("source_sha256") == sha256:
                 return cached
         except BlastscopeError:
             pass

@@ -290,20 +290,26 @@ def lean_predictor(
     if not path.is_file():
         return None
     messages: list[str] = []
-    if path.suffix.lower() == ".onnx":
-        onnx_path = path
-    else:
-        record = read_model_record(path)
-        if record is None or record.get("task") != "detect":
-            return None
-        size = _valid_size(imgsz if imgsz is not None else record.get("input_size"))
-        if size is None:
-            return None
-        onnx_path = existing_export(path, sha256_of(path), size, say=messages.append)
-        if onnx_path is None:
-            return None
+    opened: dict[Path, OnnxModel] = {}
+
+    def metadata_of(onnx_path: Path) -> dict:
+        opened[onnx_path] = OnnxModel(onnx_path, device=device)  # the session that runs it, if it is the one
+        return opened[onnx_path].metadata
+
     try:
-        model = OnnxModel(onnx_path, device=device)
+        if path.suffix.lower() == ".onnx":
+            model = OnnxModel(path, device=device)
+        else:
+            record = read_model_record(path)
+            if record is None or record.get("task") != "detect":
+                return None
+            size = _valid_size(imgsz if imgsz is not None else record.get("input_size"))
+            if size is None:
+                return None
+            onnx_path = existing_export(path, sha256_of(path), size, say=messages.append, read_metadata=metadata_of)
+            if onnx_path is None:
+                return None
+            model = opened[onnx_path]
     except BlastscopeError:
         return None
     meta = model.metadata
