@@ -191,3 +191,22 @@ def test_no_cached_export_falls_back_and_caches(toy_detector_ckpt, smears, tmp_p
     err = capsys.readouterr().err
     assert rc == 0 and "exporting" not in err, err
     _assert_same_rows(_csv(tmp_path / "first" / "predictions.csv"), _csv(tmp_path / "second" / "predictions.csv"))
+
+
+def test_lean_path_uses_the_sibling_export(toy_detector_ckpt, tmp_path, monkeypatch):
+    """``blastscope export``'s sibling .onnx (exported from these bytes) is what the lean path runs,
+    with an empty cache; a sibling of another version of the checkpoint is ignored, with a message."""
+    from blastscope.inference.onnx import export_onnx
+
+    monkeypatch.setenv("BLASTSCOPE_ONNX_CACHE", str(tmp_path / "empty-cache"))
+    ckpt = tmp_path / "det.pt"
+    shutil.copyfile(toy_detector_ckpt, ckpt)
+    export_onnx(ckpt)
+    lean = lean_predictor(ckpt)
+    assert isinstance(lean, LitePredictor) and lean.onnx_model.path == ckpt.with_suffix(".onnx")
+    assert lean.model_name == "det.pt (yolov3-tiny)" and lean.output_classes == ["ALL", "HEM"]
+    with open(ckpt, "ab") as f:  # another version of the checkpoint (zip readers ignore trailing bytes)
+        f.write(b"\0")
+    said: list[str] = []
+    assert lean_predictor(ckpt, say=said.append) is None and not said  # nothing cached for these bytes
+    assert read_model_record(ckpt) is not None
