@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="inference back-end: auto (default: onnx when onnxruntime is installed and the export passes its "
         "parity check, else torch, saying why), torch, or onnx (onnxruntime, the 'onnx' extra; a .pt uses its "
-        "sibling .onnx or exports one into the cache once)",
+        "sibling .onnx or exports one into the cache once; a detector alone whose export exists then runs without "
+        "importing torch)",
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--batch", type=int, default=1, help="frames per network call (default 1)")
