@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="inference back-end: auto (default: onnx when onnxruntime is installed and the export passes its "
         "parity check, else torch, saying why), torch, or onnx (onnxruntime, the 'onnx' extra; a .pt uses its "
-        "sibling .onnx or exports one into the cache once)",
+        "sibling .onnx or exports one into the cache once; a detector alone whose export exists then runs without "
+        "importing torch)",
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--batch", type=int, default=1, help="frames per network call (default 1)")
@@ -196,12 +197,37 @@ def _remove_earlier_outputs(out: Path) -> None:
             images.rmdir()
 
 
+def _predictor(args: argparse.Namespace):
+    """The torch-free predictor (:func:`blastscope.inference.lite.lean_predictor`: a detector whose
+    ONNX export exists, run by onnxruntime, no torch imported) when it can run, else the standard
+    :class:`~blastscope.inference.predictor.Predictor` (exports once, two stages, torch)."""
+    if args.classifier is None and args.cell_classes is None and args.adapt is None:
+        from blastscope.inference.lite import lean_predictor
+
+        lean = lean_predictor(
+            args.checkpoint, conf=args.conf, iou=args.iou, imgsz=args.imgsz, device=args.device, backend=args.backend
+        )
+        if lean is not None:
+            return lean
+    from blastscope.inference.predictor import Predictor
+
+    return Predictor.from_checkpoint(
+        args.checkpoint,
+        conf=args.conf,
+        iou=args.iou,
+        imgsz=args.imgsz,
+        device=args.device,
+        backend=args.backend,
+        classifier=args.classifier,
+        cell_classes=args.cell_classes,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from blastscope._atomic import refuse_overwrite
     from blastscope._problems import ProblemLog
-    from blastscope.inference.predictor import Predictor
     from blastscope.inference.sources import open_source
     from blastscope.inference.writers import (
         AnnotatedImageWriter,
@@ -217,16 +243,7 @@ def run(args: argparse.Namespace) -> int:
     if args.adapt is not None:
         args.checkpoint = _adapted(args)
 
-    predictor = Predictor.from_checkpoint(
-        args.checkpoint,
-        conf=args.conf,
-        iou=args.iou,
-        imgsz=args.imgsz,
-        device=args.device,
-        backend=args.backend,
-        classifier=args.classifier,
-        cell_classes=args.cell_classes,
-    )
+    predictor = _predictor(args)
     log = ProblemLog(stream=_TqdmLines())
     source = open_source(args.source, every=args.every, max_frames=args.max_frames, log=log, shard_spec=_shard_spec(args.shard))
 

@@ -25,13 +25,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from blastscope.data.crops import DEFAULT_MARGIN, square_crops
 from blastscope.data.letterbox import PAD_VALUE, Geometry, letterbox_resized
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Preprocess"]
 
@@ -116,6 +118,8 @@ class Preprocess:
 
     def normalize(self, canvases: np.ndarray) -> torch.Tensor:
         """``(B, S, S, 3)`` uint8 RGB -> ``(B, 3, S, S)`` float32, scaled to ``[0, 1]`` and normalised."""
+        import torch
+
         x = np.asarray(canvases, dtype=np.float32) / 255.0
         if not self.is_identity_norm:
             x = (x - np.float32(self.mean)) / np.float32(self.std)
@@ -123,6 +127,8 @@ class Preprocess:
 
     def normalize_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, S, S)`` float tensor in ``[0, 1]`` (a training batch, any device) -> normalised."""
+        import torch
+
         if self.is_identity_norm:
             return images
         mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
@@ -131,6 +137,17 @@ class Preprocess:
 
     def __call__(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[Geometry]]:
         """Letterbox frames (any sizes) into one batch; returns the tensor and each frame's geometry.
+
+        :meth:`letterbox_batch` as a torch tensor (sharing its memory).
+        """
+        import torch
+
+        x, geometries = self.letterbox_batch(images)
+        return torch.from_numpy(x), geometries
+
+    def letterbox_batch(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Geometry]]:
+        """Letterbox frames (any sizes) into one ``(B, 3, S, S)`` float32 array (torch-free); returns it
+        and each frame's geometry.
 
         The same numbers as :func:`~blastscope.data.letterbox.letterbox_array` then :meth:`normalize`,
         without the intermediate uint8 canvas and float copies: per frame one ``cv2.resize`` and
@@ -154,7 +171,7 @@ class Preprocess:
                 region -= np.float32(self.mean).reshape(3, 1, 1)
                 region /= np.float32(self.std).reshape(3, 1, 1)
             geometries.append(g)
-        return torch.from_numpy(out), geometries
+        return out, geometries
 
     def cells(self, image: np.ndarray, boxes: np.ndarray, margin: float | None = None) -> torch.Tensor:
         """Square crops of ``boxes`` (``(N, 4)`` xyxy frame pixels) of one frame as a batch.

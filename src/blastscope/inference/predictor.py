@@ -27,9 +27,8 @@ import dataclasses
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -37,6 +36,8 @@ from blastscope._problems import BlastscopeError
 from blastscope.annotate.finder import cell_box_function
 from blastscope.data.crops import DEFAULT_MARGIN
 from blastscope.data.preprocess import Preprocess
+from blastscope.inference.results import Classification, Detection, FrameResult, detections_from
+from blastscope.inference.results import check_image as _check_image
 from blastscope.inference.sources import Frame, FrameSource, open_source
 from blastscope.models.checkpoint import load_model
 
@@ -57,139 +58,6 @@ __all__ = [
 BACKENDS = ("auto", "torch", "onnx")
 #: the call of a cell inside the uncertain band around a classifier's operating threshold
 UNCERTAIN = "uncertain"
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One detected cell.
-
-    Attributes
-    ----------
-    class_name : str
-        Detector class (e.g. ``"ALL"`` or ``"HEM"``).
-    class_id : int
-        Index of ``class_name`` in the checkpoint's ``class_names``.
-    confidence : float
-        Detector score in ``[0, 1]`` (objectness x class probability for YOLO).
-    box : tuple of 4 float
-        ``(xmin, ymin, xmax, ymax)`` in continuous 0-based pixels of the original image, clipped
-        to ``[0, W] x [0, H]``.
-    """
-
-    class_name: str
-    class_id: int
-    confidence: float
-    box: tuple[float, float, float, float]
-
-
-@dataclass(frozen=True)
-class Classification:
-    """The second-stage classifier's verdict on one detected cell (two-stage prediction).
-
-    Attributes
-    ----------
-    class_name : str
-        Classifier class with the highest probability.
-    class_id : int
-        Its index in the classifier checkpoint's ``class_names``.
-    confidence : float
-        Its softmax probability.
-    probabilities : tuple of float
-        Softmax probability of every classifier class, in ``class_names`` order.
-    """
-
-    class_name: str
-    class_id: int
-    confidence: float
-    probabilities: tuple[float, ...] = ()
-
-
-@dataclass
-class FrameResult:
-    """Everything predicted for one frame.
-
-    Attributes
-    ----------
-    source : str
-        Image or video path, or ``"camera:<index>"`` (``""`` for a bare array).
-    frame : int
-        0-based frame index in ``source`` (0 for still images).
-    time_s : float or None
-        Seconds from the start of the video / since the camera opened; ``None`` for images.
-    detections : list of Detection
-        Detected cells, highest confidence first; boxes in original-image pixels.
-    image_size : tuple (height, width)
-        Size of the frame the boxes refer to.
-    model : str
-        Model name written to the CSV: the checkpoint file name and its architecture, e.g.
-        ``"best.pt (yolov3-tiny)"``.
-    classifications : list of (Classification or None), or None
-        With a second-stage classifier, one entry per detection (same order): the classifier's
-        verdict for a white cell, ``None`` for a detection of another detector class (red cells,
-        platelets), which keeps its detector class; ``None`` without a classifier.
-    image : ndarray or None
-        The RGB frame itself (not copied; for drawing and GUIs), excluded from ``repr`` and ``==``.
-    """
-
-    source: str
-    frame: int
-    time_s: float | None
-    detections: list[Detection]
-    image_size: tuple[int, int]
-    model: str
-    classifications: list[Classification] | None = None
-    image: np.ndarray | None = field(default=None, repr=False, compare=False)
-
-    def labels(self) -> list[tuple[str, float]]:
-        """Final ``(class, confidence)`` per detection: the classifier's when there is one, else the detector's."""
-        if self.classifications is not None:
-            return [
-                (c.class_name, c.confidence) if c is not None else (d.class_name, d.confidence)
-                for d, c in zip(self.detections, self.classifications, strict=True)
-            ]
-        return [(d.class_name, d.confidence) for d in self.detections]
-
-    def counts(self) -> dict[str, int]:
-        """Number of cells per final class (classes with no cell are absent)."""
-        out: dict[str, int] = {}
-        for name, _ in self.labels():
-            out[name] = out.get(name, 0) + 1
-        return out
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One dict per detection with the CSV fields (``class``, ``confidence``, ``xmin`` ...);
-        a frame without detections gives one row whose class and numbers are ``None``.
-
-        The keys are those of :data:`blastscope.inference.writers.CSV_COLUMNS`; values are Python
-        scalars (for a GUI table or a DataFrame).
-        """
-        base = {"source": self.source, "frame": self.frame, "time_s": self.time_s}
-        if not self.detections:
-            return [
-                {
-                    **base,
-                    "class": None,
-                    "confidence": None,
-                    "xmin": None,
-                    "ymin": None,
-                    "xmax": None,
-                    "ymax": None,
-                    "model": self.model,
-                }
-            ]
-        return [
-            {
-                **base,
-                "class": name,
-                "confidence": conf,
-                "xmin": d.box[0],
-                "ymin": d.box[1],
-                "xmax": d.box[2],
-                "ymax": d.box[3],
-                "model": self.model,
-            }
-            for d, (name, conf) in zip(self.detections, self.labels())
-        ]
 
 
 class Backend(Protocol):
@@ -612,14 +480,7 @@ class Predictor:
         results = []
         for f, g, out in zip(frames, geometries, outputs):
             h, w = f.image.shape[:2]
-            boxes = g.to_image(np.asarray(out["boxes"], dtype=np.float64))  # input pixels -> frame pixels, clipped
-            scores = np.asarray(out["scores"], dtype=np.float64).reshape(-1)
-            labels = np.asarray(out["labels"]).reshape(-1).astype(np.int64)
-            order = np.argsort(-scores, kind="stable")
-            dets = [
-                Detection(self._class_name(int(labels[i])), int(labels[i]), float(scores[i]), tuple(float(v) for v in boxes[i]))
-                for i in order
-            ]
+            dets = detections_from(out, g, self.class_names)
             cls = None
             if self.classifier is not None:
                 dets, cls = self._classify_white_cells(f.image, dets)
@@ -691,16 +552,6 @@ class Predictor:
             (c,) = self.classifier(f.image, box, margin=0.0)
         det = Detection("cell", 0, 1.0, tuple(float(v) for v in box[0]))
         return FrameResult(f.source, f.frame, f.time_s, [det], (h, w), self.model_name, [c], f.image)
-
-    def _class_name(self, index: int) -> str:
-        return self.class_names[index] if 0 <= index < len(self.class_names) else str(index)
-
-
-def _check_image(image: np.ndarray, source: str = "") -> np.ndarray:
-    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
-        got = f"{getattr(image, 'shape', None)} {getattr(image, 'dtype', type(image).__name__)}"
-        raise ValueError(f"{source or 'image'}: expected an (H, W, 3) uint8 RGB array, got {got}")
-    return image
 
 
 def _load(path: Path):

@@ -1,4 +1,4 @@
-"""Consumers of :class:`~blastscope.inference.predictor.FrameResult`: CSV files, drawing, annotated images and video.
+"""Consumers of :class:`~blastscope.inference.results.FrameResult`: CSV files, drawing, annotated images and video.
 
 The two CSV writers stream: they write the header at once and each frame's (or source's) rows as
 one ``write`` followed by ``flush``, so a run stopped with Ctrl-C (or killed) leaves a CSV that ends
@@ -20,7 +20,7 @@ import numpy as np
 
 from blastscope._atomic import atomic_write
 from blastscope._problems import BlastscopeError
-from blastscope.inference.predictor import FrameResult
+from blastscope.inference.results import FrameResult
 from blastscope.metrics.calls import BLAST_THRESHOLD, blast_fraction, count_call
 
 __all__ = [
@@ -108,7 +108,7 @@ class CsvWriter(_StreamingCsv):
     Examples
     --------
     >>> import tempfile, pathlib
-    >>> from blastscope.inference.predictor import FrameResult
+    >>> from blastscope.inference.results import FrameResult
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "p.csv"
     >>> with CsvWriter(p) as w:
     ...     w.write(FrameResult("a.png", 0, None, [], (4, 4), "m"))

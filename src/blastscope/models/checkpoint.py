@@ -35,6 +35,7 @@ import torch
 
 from blastscope._atomic import atomic_save_torch
 from blastscope._problems import BlastscopeError
+from blastscope.models.record import CHECKPOINT_FORMAT
 from blastscope.models.registry import create_model
 
 __all__ = [
@@ -47,7 +48,7 @@ __all__ = [
     "set_rng_state",
 ]
 
-FORMAT = "blastscope-checkpoint/1"
+FORMAT = CHECKPOINT_FORMAT
 
 
 def get_rng_state() -> dict[str, Any]:

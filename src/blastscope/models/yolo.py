@@ -42,6 +42,7 @@ from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss
 from blastscope.models._darknet import DarknetHeader, load_darknet_convs
 from blastscope.models.registry import register_model
 from blastscope.models.weights import resolve_weights
+from blastscope.models.yolo_spec import ANCHORS, MASKS, MAX_LOG_WH, STRIDES
 
 __all__ = [
     "YOLOv3Tiny",
@@ -51,10 +52,6 @@ __all__ = [
     "load_darknet_weights",
 ]
 
-# (w, h) in input pixels and the anchor indices of each head, from yolov3-tiny.cfg.
-ANCHORS: tuple[tuple[int, int], ...] = ((10, 14), (23, 27), (37, 58), (81, 82), (135, 169), (344, 319))
-MASKS: tuple[tuple[int, ...], ...] = ((3, 4, 5), (0, 1, 2))
-STRIDES: tuple[int, ...] = (32, 16)
 
 # The 80 class names of Darknet's coco.names, in index order.
 COCO_CLASSES: tuple[str, ...] = (
@@ -70,7 +67,7 @@ COCO_CLASSES: tuple[str, ...] = (
     "teddy bear", "hair drier", "toothbrush",
 )  # fmt: skip
 
-_MAX_LOG_WH = 8.0  # exp(8) ~ 3000 x anchor: keeps exp() finite on wild logits
+_MAX_LOG_WH = MAX_LOG_WH  # exp(8) ~ 3000 x anchor: keeps exp() finite on wild logits
 
 
 class ConvBNLeaky(nn.Module):
