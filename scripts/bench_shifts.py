@@ -115,8 +115,8 @@ def label_only(df):
 
     out = df.copy()
     labels = []
-    for spec in out["annotation"].astype(str):
-        ann = load_annotation(spec, classes=PBC_NAMES)
+    for spec, image in zip(out["annotation"].astype(str), out["image"].astype(str), strict=True):
+        ann = load_annotation(spec, classes=PBC_NAMES, image=image)
         if len(ann.labels) != 1:
             raise SystemExit(f"{spec}: {len(ann.labels)} boxes; --test-boxes finder needs single-cell images")
         labels.append(str(ann.labels[0]))
