@@ -105,7 +105,7 @@ def train(
         A manifest CSV (``blastscope import``); required unless ``resume``.
     task : {"detect", "classify"}, optional
         Default ``detect``. Settings not given take the task's defaults (for ``classify``:
-        MobileNetV2, 224 px, AdamW), then the packaged ``configs/default.yaml``.
+        MobileNetV2, 160 px, AdamW), then the packaged ``configs/default.yaml``.
     model : str, optional
         ``yolov3-tiny`` (detect), ``mobilenet_v2`` or ``efficientnet_lite0`` (classify).
     out : path, optional

@@ -3,7 +3,7 @@
 Settings: the packaged defaults (blastscope/configs/default.yaml), then --config FILE, then the
 flags below. The resolved settings are saved as RUN/config.yaml. The packaged defaults suit
 detection; with --task classify, the settings not given in --config or on the command line are
-the classifier's: --model mobilenet_v2 --imgsz 224 --batch 32 --epochs 12 --optimizer adamw
+the classifier's: --model mobilenet_v2 --imgsz 160 --batch 32 --epochs 12 --optimizer adamw
 --lr 0.001 --weight-decay 0.01 (momentum 0.9).
 
 Examples:
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--imgsz",
         type=int,
         default=None,
-        help="square input size in pixels; a multiple of 32 for detectors (default: 416; classify: 224)",
+        help="square input size in pixels; a multiple of 32 for detectors (default: 416; classify: 160)",
     )
     a("--batch", type=int, default=None, help="images per batch (default: 8; classify: 32)")
     a("--out", default=None, metavar="DIR", help="run folder (default: runs/train)")

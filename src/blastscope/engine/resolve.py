@@ -2,7 +2,7 @@
 
 One place for the layering of settings, used by the Python API (:func:`blastscope.train`) and the CLI
 alike: the packaged defaults (``configs/default.yaml``) <- a ``--config`` YAML file <- the task's own
-defaults (e.g. MobileNetV2 at 224 px with AdamW for ``classify``) for every key the user did not set
+defaults (e.g. MobileNetV2 at 160 px with AdamW for ``classify``) for every key the user did not set
 <- the settings given. Resuming takes the run's own ``config.yaml``, where only ``epochs``,
 ``patience``, ``workers``, ``device``, ``precision`` and ``channels_last`` may change.
 """
@@ -39,7 +39,7 @@ def resolve_config(config_file: str | Path | None = None, **settings: Any) -> Tr
     --------
     >>> cfg = resolve_config(task="classify", data="pbc.csv")
     >>> cfg.model, cfg.imgsz, cfg.optimizer
-    ('mobilenet_v2', 224, 'adamw')
+    ('mobilenet_v2', 160, 'adamw')
     """
     if settings.get("init"):  # fine-tuning: the checkpoint's architecture, task and size are the defaults
         meta = load_checkpoint(settings["init"])["model"]
