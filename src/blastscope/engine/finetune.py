@@ -40,9 +40,16 @@ COMPARED_METRICS = (
 )
 
 
-def _pick(metrics: dict[str, Any]) -> dict[str, float]:
+#: metrics of one positive class: compared only for two-class models (with more classes
+#: evaluate's binary metrics refer to whichever class it took as positive)
+BINARY_METRICS = ("sensitivity", "specificity", "roc_auc", "operating_threshold")
+
+
+def _pick(metrics: dict[str, Any], n_classes: int = 2) -> dict[str, float]:
     out = {}
     for key in COMPARED_METRICS:
+        if n_classes > 2 and key in BINARY_METRICS:
+            continue
         for name in (key, f"image.{key}", f"cell.{key}"):
             if name in metrics and isinstance(metrics[name], (int, float)):
                 out[key] = float(metrics[name])
@@ -80,7 +87,11 @@ def compare_init(run_dir: str | Path, init: str | Path, *, device: str = "cpu", 
         kw = {"split": split, "progress": progress, "device": device, "positive": positive}
         before = evaluate_checkpoint(init, splits, **kw)
         after = evaluate_checkpoint(best, splits, **kw)
-        out |= {"n": int(len(after.predictions)), "before": _pick(before.metrics), "after": _pick(after.metrics)}
+        out |= {
+            "n": int(len(after.predictions)),
+            "before": _pick(before.metrics, len(after_classes)),
+            "after": _pick(after.metrics, len(after_classes)),
+        }
     with atomic_write(run_dir / "init_comparison.json", "w") as f:
         json.dump(out, f, indent=1)
     with atomic_write(run_dir / "init_comparison.md", "w") as f:
