@@ -350,9 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         import numpy as np
         from torch.utils.data import DataLoader
 
-        from blastscope._problems import ProblemLog
-        from blastscope.data.dataset import ClassificationDataset
-        from blastscope.data.stain import stain_norm_target
+        from blastscope.annotate.finder import evaluation_cells
         from blastscope.engine.adapt import (
             estimate_prior,
             mix_statistics,
@@ -380,16 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, df in manifests.items():  # transductive: each set's own cells, labels unused
             if key[1] not in levels:
                 continue
-            ds = ClassificationDataset(
-                df,
-                None,
-                classes,
-                imgsz=int(model.info.input_size),
-                train=False,
-                log=ProblemLog(stream=None),
-                box_fn=boxes or None,
-                stain_norm=stain_norm_target((meta["model"].get("cells") or {}).get("stain_norm")),
-            )
+            ds = evaluation_cells(df, classes, model.info.input_size, meta["model"].get("cells"), box_fn=boxes or None)
             loader = DataLoader(ds, batch_size=32, shuffle=False)
             target = new_lab_statistics(model, loader)
             boxes.save()

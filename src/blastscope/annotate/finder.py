@@ -34,6 +34,7 @@ __all__ = [
     "centred_cell_box",
     "cell_box_function",
     "cells_record",
+    "evaluation_cells",
     "on_black",
     "CellFinder",
     "FoundCells",
@@ -437,3 +438,27 @@ def cell_box_function(record: dict[str, Any] | None):
         )
     finder = StainFinder.from_settings(record.get("settings"))
     return lambda image: centred_cell_box(image, finder)
+
+
+def evaluation_cells(manifest, classes, input_size: int, cells: dict[str, Any] | None, *, box_fn=None, log=None):
+    """The cells of ``manifest`` as a checkpoint's evaluation cuts them, as a ``ClassificationDataset``.
+
+    Rows with boxes give one cell per box; label-only images are cut around the white cell they are
+    centred on when the checkpoint's ``cells`` record says so (``box_fn`` overrides its finder, e.g. a
+    cached copy), and every crop gets the record's stain normalisation. Used by ``adapt`` and the
+    lab-shift benchmark, so both see the cells ``evaluate`` sees.
+    """
+    from blastscope._problems import ProblemLog
+    from blastscope.data.dataset import ClassificationDataset  # torch: only when a dataset is wanted
+    from blastscope.data.stain import stain_norm_target
+
+    return ClassificationDataset(
+        manifest,
+        None,
+        classes,
+        imgsz=int(input_size),
+        train=False,
+        log=log if log is not None else ProblemLog(stream=None),
+        box_fn=box_fn if box_fn is not None else cell_box_function(cells),
+        stain_norm=stain_norm_target((cells or {}).get("stain_norm")),
+    )

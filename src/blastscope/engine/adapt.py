@@ -42,11 +42,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from blastscope._problems import BlastscopeError, ProblemLog
-from blastscope.annotate.finder import cell_box_function
-from blastscope.data.dataset import ClassificationDataset
+from blastscope._problems import BlastscopeError
+from blastscope.annotate.finder import evaluation_cells
 from blastscope.data.manifest import new_manifest, read_manifest
-from blastscope.data.stain import stain_norm_target
 from blastscope.models.checkpoint import load_model, save_checkpoint
 
 __all__ = [
@@ -248,16 +246,7 @@ def _loader(model: nn.Module, manifest: pd.DataFrame, classes: Sequence[str], ba
 
     # boxes of classes the classifier does not know are left out (ClassificationDataset's rule);
     # label-only images are cut as the checkpoint's training cut them (``cells``)
-    ds = ClassificationDataset(
-        manifest,
-        None,
-        classes,
-        imgsz=int(model.info.input_size),
-        train=False,
-        log=ProblemLog(stream=None),
-        box_fn=cell_box_function(cells),
-        stain_norm=stain_norm_target((cells or {}).get("stain_norm")),
-    )
+    ds = evaluation_cells(manifest, classes, model.info.input_size, cells)
     return DataLoader(ds, batch_size=batch, shuffle=False), len(ds)
 
 

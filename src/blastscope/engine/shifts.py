@@ -26,10 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from blastscope._problems import BlastscopeError, ProblemLog
-from blastscope.annotate.finder import cell_box_function
-from blastscope.data.dataset import ClassificationDataset
-from blastscope.data.stain import stain_norm_target
+from blastscope._problems import BlastscopeError
+from blastscope.annotate.finder import evaluation_cells
 
 __all__ = ["ShiftSet", "classify_manifest", "markdown_table", "read_shift_index", "summarise"]
 
@@ -100,16 +98,7 @@ def classify_manifest(
     from torch.utils.data import DataLoader
 
     info = model.info
-    ds = ClassificationDataset(
-        manifest,
-        None,
-        classes,
-        imgsz=int(info.input_size),
-        train=False,
-        log=ProblemLog(stream=None),
-        box_fn=box_fn if box_fn is not None else cell_box_function(cells),
-        stain_norm=stain_norm_target((cells or {}).get("stain_norm")),
-    )
+    ds = evaluation_cells(manifest, classes, info.input_size, cells, box_fn=box_fn)
     mean = torch.tensor(info.mean, dtype=torch.float32).view(1, 3, 1, 1).to(device)
     std = torch.tensor(info.std, dtype=torch.float32).view(1, 3, 1, 1).to(device)
     ys, ps = [], []

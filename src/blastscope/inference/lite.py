@@ -39,7 +39,7 @@ from blastscope._problems import BlastscopeError
 from blastscope.data.preprocess import Preprocess
 from blastscope.inference._ort import OnnxModel, existing_export
 from blastscope.inference.results import FrameResult, check_image, detections_from
-from blastscope.inference.sources import Frame, FrameSource, open_source
+from blastscope.inference.sources import Frame, FrameSource, stream_batches
 from blastscope.models.record import read_model_record
 from blastscope.models.weights import sha256_of
 from blastscope.models.yolo_spec import ANCHORS, MASKS, MAX_LOG_WH, STRIDES
@@ -229,22 +229,7 @@ class LitePredictor:
 
     def stream(self, source: FrameSource | Iterable[Frame] | str | int, batch: int = 1) -> Iterator[FrameResult]:
         """Predict every frame of a source (as :meth:`Predictor.stream <blastscope.inference.predictor.Predictor.stream>`)."""
-        if batch < 1:
-            raise BlastscopeError(f"batch={batch}: must be >= 1")
-        owned = isinstance(source, (str, int, os.PathLike))
-        src = open_source(source) if owned else source
-        try:
-            pending: list[Frame] = []
-            for frame in src:
-                pending.append(frame)
-                if len(pending) >= batch:
-                    yield from self.predict_batch(pending)
-                    pending = []
-            if pending:
-                yield from self.predict_batch(pending)
-        finally:
-            if owned:
-                src.close()
+        yield from stream_batches(self.predict_batch, source, batch)
 
 
 def _valid_size(value) -> int | None:

@@ -38,7 +38,7 @@ from blastscope.data.crops import DEFAULT_MARGIN
 from blastscope.data.preprocess import Preprocess
 from blastscope.inference.results import Classification, Detection, FrameResult, detections_from
 from blastscope.inference.results import check_image as _check_image
-from blastscope.inference.sources import Frame, FrameSource, open_source
+from blastscope.inference.sources import Frame, FrameSource, stream_batches
 from blastscope.models.checkpoint import load_model
 
 __all__ = [
@@ -502,22 +502,7 @@ class Predictor:
         FrameResult
             In source order.
         """
-        if batch < 1:
-            raise BlastscopeError(f"batch={batch}: must be >= 1")
-        owned = isinstance(source, (str, int, os.PathLike))
-        src = open_source(source) if owned else source
-        try:
-            pending: list[Frame] = []
-            for frame in src:
-                pending.append(frame)
-                if len(pending) >= batch:
-                    yield from self.predict_batch(pending)
-                    pending = []
-            if pending:
-                yield from self.predict_batch(pending)
-        finally:
-            if owned:
-                src.close()
+        yield from stream_batches(self.predict_batch, source, batch)
 
     def _classify_white_cells(self, image: np.ndarray, dets: list[Detection]):
         """Two stages: class-agnostic NMS, then the classifier on the white cells only.

@@ -31,7 +31,7 @@ import numpy as np
 from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.data.images import IMAGE_SUFFIXES, is_image_file, read_image
 
-__all__ = ["Frame", "FrameSource", "open_source"]
+__all__ = ["Frame", "FrameSource", "open_source", "stream_batches"]
 
 _GLOB_CHARS = set("*?[")
 
@@ -399,3 +399,24 @@ def open_source(
     raise BlastscopeError(
         f"{text}: no such file or folder; pass an image, a folder, a glob pattern, a video file or a camera index"
     )
+
+
+def stream_batches(predict_batch, source, batch: int = 1):
+    """``predict_batch`` over the frames of ``source`` (a :class:`FrameSource`, an iterable of frames, or a
+    spec :func:`open_source` opens and closes), ``batch`` frames at a time; yields its results in order."""
+    if batch < 1:
+        raise BlastscopeError(f"batch={batch}: must be >= 1")
+    owned = isinstance(source, (str, int, os.PathLike))
+    src = open_source(source) if owned else source
+    try:
+        pending: list[Frame] = []
+        for frame in src:
+            pending.append(frame)
+            if len(pending) >= batch:
+                yield from predict_batch(pending)
+                pending = []
+        if pending:
+            yield from predict_batch(pending)
+    finally:
+        if owned:
+            src.close()
