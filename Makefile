@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch and torchvision: pinned, installed from this machine's disk where available
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[dev,onnx,gui,timm]'
+	$(BIN)/python -m pip install -q -e '.[dev,onnx,openvino,gui,timm]'
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -7,14 +7,15 @@ One run measures, at one input size (416 px by default) and on real BCCD smears:
     SGD), images already in memory; in fp32, fp32 with channels-last memory, bf16 autocast, and bf16
     with channels-last (``--quick``: fp32 and bf16 with channels-last only);
 (b) inference with the torch back-end at batch 1 and at the configured batch;
-(c) inference with the onnxruntime back-end (the same weights exported with ``blastscope export``),
-    fp32 and statically quantized to int8 (``export --int8``'s quantizer, calibrated on the BCCD
-    frames; no accuracy check here: the COCO classes mean nothing on smears);
+(c) inference with the onnxruntime and the OpenVINO back-ends (the same weights exported with
+    ``blastscope export``), fp32 (OpenVINO: bf16 where the CPU has it, after its parity check) and
+    statically quantized to int8 (``export --int8``'s quantizer, calibrated on the BCCD frames; no
+    accuracy check here: the COCO classes mean nothing on smears);
 (d) OpenCV DNN (``cv2.dnn.readNetFromDarknet``) running Darknet's own COCO yolov3-tiny ``.cfg`` and
     ``.weights``, an independent reference implementation of the same network;
 (e) the two-stage pipeline's cell classifier (MobileNetV2, ImageNet-pretrained, a new 7-class head)
-    on 224 px crops of real PBC cells, at batch 1 and 32 (``--quick``: 8), in torch, onnxruntime and onnxruntime
-    int8 (calibrated on other PBC cells): "network" on the ready crops, "end to end"
+    on 160 px crops of real PBC cells, at batch 1 and 32 (``--quick``: 8), in torch, onnxruntime,
+    OpenVINO and onnxruntime int8 (calibrated on other PBC cells): "network" on the ready crops, "end to end"
     :class:`CropClassifier` (crop, normalise, network, softmax) on one PBC image or a frame tiled
     with that many PBC cells;
 (f) whole processes, what a user waits for: wall time and peak resident memory (``RUSAGE_CHILDREN``
@@ -94,6 +95,12 @@ def versions() -> dict[str, str]:
         out["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         out["onnxruntime"] = "not installed"
+    try:
+        import openvino
+
+        out["openvino"] = openvino.__version__.split("-")[0]
+    except ImportError:
+        out["openvino"] = "not installed"
     return out
 
 
@@ -278,6 +285,19 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 - a missing onnxruntime must not stop the other numbers
             onnx_note = f"skipped: {str(e).splitlines()[0]}"
             say(f"onnxruntime {onnx_note}")
+        ov_pred, ov_note, ov8_pred, ov8_note = None, "", None, ""
+        if onnx_pred is not None:
+            try:
+                from blastscope.inference._openvino import require_openvino
+
+                require_openvino()
+                say("OpenVINO: compiling the export (bf16 where native, after its bf16 parity check)")
+                ov_pred = Predictor.from_checkpoint(export.path, backend="openvino")
+                runner = ov_pred.backend.onnx_model
+                ov_note = f"computes in {runner.precision}" + (f"; {runner.parity}" if runner.parity else "")
+            except Exception as e:  # noqa: BLE001 - a missing OpenVINO must not stop the other numbers
+                ov_note = f"skipped: {str(e).splitlines()[0]}"
+                say(f"openvino {ov_note}")
         if onnx_pred is not None:
             try:
                 from blastscope.inference.onnx import quantize_int8
@@ -290,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # noqa: BLE001 - a failed quantization must not stop the other numbers
                 int8_note = f"skipped: {str(e).splitlines()[0]}"
                 say(f"int8 {int8_note}")
+        if int8_pred is not None and ov_pred is not None:
+            ov8_pred = Predictor.from_checkpoint(Path(tmp) / "yolov3-tiny-coco.int8.onnx", backend="openvino")
+            ov8_note = f"the same int8 file; {ov8_pred.backend.onnx_model.precision} where not int8"
+        from blastscope.inference.predictor import open_export
+
+        default_runtime = type(open_export(export.path, "auto")).__name__ if onnx_pred is not None else "torch"
 
         for b in sorted({1, batch}):
             n_it = iters if b == 1 else max(3, iters // 2)
@@ -304,7 +330,12 @@ def main(argv: list[str] | None = None) -> int:
             results.append(
                 row("(b) torch, end to end", b, timeit(lambda: torch_pred.predict_batch(frames[:b]), warmup=warmup, iters=n_it))
             )
-            for label, pred, note in (("(c) onnxruntime", onnx_pred, onnx_note), ("(c) onnxruntime int8", int8_pred, int8_note)):
+            for label, pred, note in (
+                ("(c) onnxruntime", onnx_pred, onnx_note),
+                ("(c) onnxruntime int8", int8_pred, int8_note),
+                ("(c) openvino", ov_pred, ov_note),
+                ("(c) openvino int8", ov8_pred, ov8_note),
+            ):
                 if pred is None:
                     results.append(row(label, b, None, note))
                     continue
@@ -347,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_1min_end": _loadavg(),
         "quick": bool(args.quick),
         "onnx_export": onnx_note,
+        "default_runtime": default_runtime,
         "classifier": f"{CLASSIFIER} (ImageNet-pretrained, new 7-class head), {CROP} px crops of real PBC cells",
         "process_images": n_proc,
         "process_ratio_blastscope_over_opencv": process_ratio,
@@ -398,7 +430,7 @@ def bench_opencv(x: np.ndarray, warmup: int, iters: int, resolve_weights) -> dic
 
 
 #: the two-stage pipeline's cell classifier (``blastscope train --task classify``'s default) and its crop size
-CLASSIFIER, CROP = "mobilenet_v2", 224
+CLASSIFIER, CROP = "mobilenet_v2", 160
 
 
 def pbc_cells(root: Path, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -464,6 +496,15 @@ def bench_classifier(
     except Exception as e:  # noqa: BLE001 - a missing onnxruntime must not stop the other numbers
         runtimes.append(("onnxruntime", None, f"skipped: {str(e).splitlines()[0]}"))
     if runtimes[-1][1] is not None:
+        try:
+            from blastscope.inference._openvino import OpenVinoModel
+
+            ov = OpenVinoModel(export.path)
+            note = f"computes in {ov.precision}" + (f"; {ov.parity}" if ov.parity else "")
+            runtimes.append(("openvino", classifier(ov), note))
+        except Exception as e:  # noqa: BLE001 - a missing OpenVINO must not stop the other numbers
+            runtimes.append(("openvino", None, f"skipped: {str(e).splitlines()[0]}"))
+    if runtimes[1][1] is not None:
         try:
             say(f"classifier: quantizing to int8, calibrated on {len(calib)} PBC cells")
             pre = runtimes[0][1].preprocess
@@ -685,8 +726,10 @@ def markdown(results: list[dict], meta: dict) -> str:
         f"- CPU: {meta['cpu']} ({meta['cpu_count']} logical CPUs); threads: torch {meta['torch_threads']}, "
         f"onnxruntime {meta['onnxruntime_threads']}, OpenCV {meta['opencv_threads']}",
         f"- python {v['python']}, blastscope {v['blastscope']}, torch {v['torch']}, torchvision {v['torchvision']}, "
-        f"onnxruntime {v['onnxruntime']}, opencv {v['opencv']}, numpy {v['numpy']}",
+        f"onnxruntime {v['onnxruntime']}, openvino {v.get('openvino', 'n/a')}, opencv {v['opencv']}, numpy {v['numpy']}",
         f"- ONNX export: {meta['onnx_export']}",
+        f"- the default back-end (``--backend auto``) runs the export with: {meta['default_runtime']} "
+        "(OpenVinoModel: OpenVINO, rows '(c) openvino'; OnnxModel: onnxruntime)",
         f"- images/s = batch / median time per iteration, warm-up excluded; total run {meta['seconds']} s",
         f"- (e) the cell classifier, {meta['classifier']}: an image is one cell",
         "- (f), (g) whole processes: batch = images in the run, ms / batch = the process's wall time",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
@@ -30,9 +31,14 @@ def test_bench_quick_runs_and_writes_every_row(bccd, pbc_sample, tmp_path):
     names = " ".join(r["what"] for r in rows)
     for part in ("training", "torch, end to end", "onnxruntime, end to end", "onnxruntime int8, end to end"):
         assert part in names, names
-    for runtime in ("torch", "onnxruntime", "onnxruntime int8"):
+    runtimes = ["torch", "onnxruntime", "onnxruntime int8"]
+    if importlib.util.find_spec("openvino") is not None:
+        runtimes.append("openvino")
+        for part in ("(c) openvino, end to end", "(c) openvino int8, end to end"):
+            assert part in names, names
+    for runtime in runtimes:
         for kind in ("network", "end to end"):
-            assert f"(e) classifier mobilenet_v2 224 px, {runtime}, {kind} (cells/s)" in names, names
+            assert f"(e) classifier mobilenet_v2 160 px, {runtime}, {kind} (cells/s)" in names, names
     assert all(float(r["images_per_s"]) > 0 for r in rows if "images_per_s" in r)
     processes = [r for r in rows if r["what"].startswith("(f) process")]
     assert [r["batch"] for r in processes] == [4, 4], processes

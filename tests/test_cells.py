@@ -84,7 +84,7 @@ def test_classifier_made_with_the_finder_predicts_identically_from_the_checkpoin
     assert record["mode"] == "finder" and record["finder"] == "stain" and record["settings"]
 
     # the checkpoint alone reproduces the crop: finder -> centred box -> square crop -> classifier
-    predictor = Predictor.from_checkpoint(run / "best.pt")
+    predictor = Predictor.from_checkpoint(run / "best.pt", backend="torch")  # the crops, not the runtime, are tested
     model, ckpt = load_model(run / "best.pt")
     info = ckpt["model"]
     by_hand = CropClassifier(
@@ -113,6 +113,8 @@ def test_classifier_made_with_the_finder_predicts_identically_from_the_checkpoin
                 "test",
                 "--positive",
                 "LY",
+                "--backend",
+                "torch",
                 "--out",
                 str(out),
                 "--no-progress",

@@ -411,8 +411,8 @@ def test_evaluate_classifier_crops_annotated_rows_and_takes_label_only_rows_whol
         test.at[i, "annotation"] = str(xml)
     manifest = tmp_path / "mixed.csv"
     write_manifest(test, manifest)
-    r = evaluate_checkpoint(run_a / "best.pt", manifest, split="test", progress=False)
-    clf = CropClassifier.from_checkpoint(run_a / "best.pt")
+    r = evaluate_checkpoint(run_a / "best.pt", manifest, split="test", progress=False)  # torch, the default here
+    clf = CropClassifier.from_checkpoint(run_a / "best.pt", backend="torch")
     pos = clf.class_names.index("ALL")
     scores = dict(zip(r.predictions["image"], r.predictions["score"], strict=True))
     for i, row in test.iterrows():

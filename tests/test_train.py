@@ -478,3 +478,71 @@ def test_default_run_keeps_best_and_last_only(data, tmp_path):
     assert main(_args(data, out2, "--save-period", "2", epochs=2)) == 0  # the last flag wins
     assert sorted(p.name for p in out2.glob("*.pt")) == ["best.pt", "epoch_002.pt", "last.pt"]
     assert torch.load(out2 / "epoch_002.pt", weights_only=True).get("optimizer") is None
+
+
+# ----------------------------------------------------------------------------------------------
+# images kept in memory
+
+
+def test_cached_images_are_decoded_once_and_change_nothing(data, monkeypatch):
+    """A filled cache gives the same samples as reading the files, epoch after epoch, without
+    reading them again; the letterboxed validation samples are kept transformed."""
+    import blastscope.data.dataset as dataset_module
+    from blastscope.data.dataset import ClassificationDataset, DetectionDataset
+
+    df = read_manifest(data)
+    classes = ["ALL", "HEM"]
+    make = {
+        "train": lambda: DetectionDataset(
+            df, "train", classes, imgsz=IMGSZ, box_fn=cell_box, transform=T.build_transforms(IMGSZ, train=True), seed=3
+        ),
+        "val": lambda: DetectionDataset(df, "train", classes, imgsz=IMGSZ, box_fn=cell_box),
+        "cells": lambda: ClassificationDataset(df, "train", classes, imgsz=IMGSZ, train=True, seed=3),
+        "cells-val": lambda: ClassificationDataset(df, "train", classes, imgsz=IMGSZ),
+    }
+    reads = {"n": 0}
+    read_image = dataset_module.read_image
+
+    def counting(path):
+        reads["n"] += 1
+        return read_image(path)
+
+    monkeypatch.setattr(dataset_module, "read_image", counting)
+    for name, build in make.items():
+        plain, cached = build(), build()
+        assert cached.fill_cache() > 0
+        n_files = len(set(df["image"]))
+        for epoch in (1, 2):
+            plain.set_epoch(epoch)
+            cached.set_epoch(epoch)
+            reads["n"] = 0
+            got = [cached[i] for i in range(len(cached))]
+            assert reads["n"] == 0, name  # nothing read from disk once the cache is filled
+            want = [plain[i] for i in range(len(plain))]
+            assert reads["n"] == len(plain) >= n_files, name
+            for (a, ta), (b, tb) in zip(got, want, strict=True):
+                assert torch.equal(a, b), (name, epoch)
+                if isinstance(ta, dict):
+                    assert torch.equal(ta["boxes"], tb["boxes"]) and torch.equal(ta["labels"], tb["labels"])
+        if name in ("val", "cells-val"):  # nothing drawn: kept transformed, S x S x 3 per sample
+            assert cached.cache_bytes() == len(cached) * IMGSZ * IMGSZ * 3
+            assert 0 <= cached._cache.nbytes() - cached.cache_bytes() < 100 * len(cached)  # and the boxes
+
+
+def test_cache_setting(data, tmp_path, monkeypatch, capsys):
+    """``auto`` keeps the images when they fit in a quarter of the free memory, says so either way;
+    ``none`` gives the same metrics as the cached default run."""
+    from blastscope.engine import trainer
+
+    monkeypatch.setattr(trainer, "free_memory", lambda: 1 << 20)  # 1 MiB free: too little
+    assert main(_args(data, tmp_path / "small", epochs=1)) == 0
+    out = capsys.readouterr().out
+    assert "cache: not kept in memory" in out and "--cache ram keeps them anyway" in out
+    monkeypatch.setattr(trainer, "free_memory", lambda: 8 << 30)
+    assert main(_args(data, tmp_path / "auto", epochs=1)) == 0
+    assert "cache: decoded images kept in memory" in capsys.readouterr().out
+    assert main(_args(data, tmp_path / "none", "--cache", "none", epochs=1)) == 0
+    assert "cache:" not in capsys.readouterr().out
+    assert _without_seconds(_rows(tmp_path / "none")) == _without_seconds(_rows(tmp_path / "auto"))
+    assert _without_seconds(_rows(tmp_path / "small")) == _without_seconds(_rows(tmp_path / "auto"))
+    assert load_config(tmp_path / "none" / "config.yaml").cache == "none"

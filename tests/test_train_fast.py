@@ -7,6 +7,7 @@ The runs train the real YOLOv3-tiny (random init) for one epoch at 64 px on 16 s
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import subprocess
@@ -122,20 +123,47 @@ def test_fp32_and_bf16_runs_agree(cells, tmp_path, one_torch_thread):
     for k, v in ckpt["state_dict"].items():
         assert v.is_contiguous() and (v.dtype == torch.float32 or not v.is_floating_point()), k
 
-    # validation runs in fp32: the recorded val_loss and mAP are those of an fp32 evaluation of best.pt,
-    # and scoring under bf16 autocast instead would move them by less than the tolerances below
+    # a detector validates in the training precision: the recorded val_loss and mAP are those of a
+    # bf16 evaluation of best.pt, and an fp32 evaluation (what 'evaluate' runs) is within the tolerances below
     task = get_task("detect")
     df = read_manifest(runs["bf16"] / "splits.csv")
     _, val_ds = task.build_datasets(cfg, df, manifest_classes(df), ProblemLog(stream=None))
     loader = DataLoader(val_ds, batch_size=4, collate_fn=task.collate_fn)
-    fp32 = task.evaluate(model, loader, cfg, CPU)
-    for k in ("val_loss", *task.metric_names):
-        assert math.isclose(fp32[k], b[k], rel_tol=1e-4, abs_tol=1e-6), (k, fp32[k], b[k])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        bf16 = task.evaluate(model, loader, cfg, CPU)
+        bf16 = task.evaluate(model.to(memory_format=torch.channels_last), loader, cfg, CPU)
+    for k in ("val_loss", *task.metric_names):
+        assert math.isclose(bf16[k], b[k], rel_tol=1e-3, abs_tol=1e-6), (k, bf16[k], b[k])
+    fp32 = task.evaluate(model.to(memory_format=torch.contiguous_format), loader, cfg, CPU)
     assert math.isclose(fp32["val_loss"], bf16["val_loss"], rel_tol=1e-2), (fp32["val_loss"], bf16["val_loss"])
     for k in task.metric_names:
         assert abs(fp32[k] - bf16[k]) <= 0.02, (k, fp32[k], bf16[k])
+
+
+def test_freeze_keeps_the_first_layers_as_they_were(cells, tmp_path):
+    """``--freeze 1``: the first convolution's weights and batch-norm statistics stay the initial
+    ones (COCO's with pretrained weights), the rest trains; a classifier refuses it."""
+    from blastscope.models import create_model
+
+    out = tmp_path / "freeze"
+    assert main(_args(cells, out, "--freeze", "1")) == 0
+    torch.manual_seed(0)  # the trainer seeds torch, then builds the model: the same initial weights
+    init = create_model("yolov3-tiny", num_classes=2, pretrained=False, input_size=IMGSZ).state_dict()
+    after = torch.load(out / "last.pt", weights_only=True)["state_dict"]
+    first = [k for k in init if k.startswith("stem.0.")]
+    second = [k for k in init if k.startswith("stem.2.") and init[k].is_floating_point()]
+    assert first and second
+    for k in first:
+        assert torch.equal(init[k], after[k]), k
+    assert all(not torch.equal(init[k], after[k]) for k in second)
+    assert load_config(out / "config.yaml").freeze == 1
+    from blastscope.engine.trainer import train
+
+    config = dataclasses.replace(
+        load_config(), data=str(cells), out=str(tmp_path / "x"), freeze=9, auto_boxes=True, pretrained=False, imgsz=IMGSZ
+    )
+    with pytest.raises(BlastscopeError, match=r"--freeze 9: yolov3-tiny has 5 stem layers that can be frozen"):
+        train(config, progress=False, echo=lambda m: None)
+    assert not (tmp_path / "x").exists()  # refused before anything is written
 
 
 # ----------------------------------------------------------------------------------------------

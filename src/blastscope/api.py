@@ -212,8 +212,10 @@ def load(
 
     A classifier alone classifies each frame as one cell (its whole image); a detector finds cells,
     and with ``classifier`` each detected cell is classified from its square crop. ``backend``
-    ``"auto"`` runs the networks with onnxruntime when it is installed (exported once into the
-    cache, checked against PyTorch), else with torch; ``"torch"`` and ``"onnx"`` choose by hand.
+    ``"auto"`` runs the networks' ONNX export (made once into the cache, checked against PyTorch)
+    with OpenVINO on the CPU where it is installed (bf16 where the CPU has it, once a bf16 parity
+    check passed), else with onnxruntime when it is installed, else with torch; ``"torch"``,
+    ``"onnx"`` (onnxruntime) and ``"openvino"`` choose by hand.
     """
     predictor = Predictor.from_checkpoint(
         checkpoint, conf=conf, iou=iou, imgsz=imgsz, device=device, backend=backend, classifier=classifier

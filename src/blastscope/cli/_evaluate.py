@@ -80,10 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--device", default="cpu", help="torch device (default cpu)")
     a(
         "--backend",
-        choices=("auto", "torch", "onnx"),
+        choices=("auto", "torch", "onnx", "openvino"),
         default="auto",
-        help="inference back-end: auto (default: onnxruntime when installed, exported once into the cache, else "
-        "torch), torch, or onnx",
+        help="inference back-end: auto (default: on the CPU openvino when installed, else onnxruntime when installed, "
+        "exported once into the cache; else torch), torch, onnx or openvino",
     )
     a(
         "--predictions",

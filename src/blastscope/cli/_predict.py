@@ -60,12 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames / images")
     parser.add_argument(
         "--backend",
-        choices=("auto", "torch", "onnx"),
+        choices=("auto", "torch", "onnx", "openvino"),
         default="auto",
-        help="inference back-end: auto (default: onnx when onnxruntime is installed and the export passes its "
-        "parity check, else torch, saying why), torch, or onnx (onnxruntime, the 'onnx' extra; a .pt uses its "
-        "sibling .onnx or exports one into the cache once; a detector alone whose export exists then runs without "
-        "importing torch)",
+        help="inference back-end: auto (default: on the CPU openvino when installed, else onnx when onnxruntime is, "
+        "the export passing its parity check; else torch, saying why), torch, onnx (onnxruntime, the 'onnx' extra) "
+        "or openvino (the 'openvino' extra; bf16 where the CPU has it, after a one-time bf16 parity check); with "
+        "onnx or openvino a .pt uses its sibling .onnx or exports one into the cache once, and a detector alone "
+        "whose export exists then runs without importing torch",
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--batch", type=int, default=1, help="frames per network call (default 1)")
@@ -199,7 +200,7 @@ def _remove_earlier_outputs(out: Path) -> None:
 
 def _predictor(args: argparse.Namespace):
     """The torch-free predictor (:func:`blastscope.inference.lite.lean_predictor`: a detector whose
-    ONNX export exists, run by onnxruntime, no torch imported) when it can run, else the standard
+    ONNX export exists, run by OpenVINO or onnxruntime, no torch imported) when it can run, else the standard
     :class:`~blastscope.inference.predictor.Predictor` (exports once, two stages, torch)."""
     if args.classifier is None and args.cell_classes is None and args.adapt is None:
         from blastscope.inference.lite import lean_predictor

@@ -64,6 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--optimizer", choices=["sgd", "adamw"], default=None, help="optimizer (default: sgd; classify: adamw)")
     a("--weight-decay", type=float, default=None, help="weight decay (default: 0.0005; classify: 0.01)")
     a("--workers", type=int, default=None, help="data-loading processes (default: 0)")
+    a(
+        "--cache",
+        choices=("auto", "ram", "none"),
+        default=None,
+        help="keep the decoded images in memory for the run: auto (when they fit in a quarter of the free memory, "
+        "at most 8 GiB; the default), ram (always) or none",
+    )
     a("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
     a(
         "--precision",
@@ -106,6 +113,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="also keep every Nth epoch's weights as epoch_NNN.pt (default 0: only best.pt and last.pt)",
+    )
+    a(
+        "--freeze",
+        type=int,
+        default=None,
+        metavar="N",
+        help="detection: keep the first N darknet convolutions frozen (COCO weights) for the whole run (default 0)",
     )
     a("--freeze-backbone-epochs", type=int, default=None, metavar="N", help="train only neck and heads for the first N epochs")
     a(

@@ -26,6 +26,13 @@ its ``annotation`` gives one sample per box (the box's class is the label: PBC, 
 without annotation gives one sample of the whole image (the row's ``label``: C-NMC single cells).
 Both are cut by the one crop function :func:`blastscope.data.crops.square_crop`, that evaluation
 and the two-stage predictor use as well (a whole image is the box ``[0, 0, W, H]`` with no margin).
+
+Both keep decoded images in memory when asked (:meth:`~DetectionDataset.fill_cache`; the trainer's
+``cache`` setting decides from the images' size and the free memory): every file is decoded once per
+run instead of once per epoch, and a sample whose transform draws nothing (the letterbox of
+validation or of no-augment training, a validation crop) is kept ready, transformed. The arrays are
+read-only, so no transform can change the cached pixels; worker processes started after the fill
+share them.
 """
 
 from __future__ import annotations
@@ -54,11 +61,68 @@ from blastscope.data.transforms import (
 __all__ = ["DetectionDataset", "ClassificationDataset", "collate_fn"]
 
 
+class _ImageCache:
+    """Decoded images by path, and ready samples by index, once :meth:`enable` is called (read-only arrays)."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.images: dict[str, np.ndarray] = {}
+        self.samples: dict[int, object] = {}
+
+    def read(self, path: str) -> np.ndarray:
+        if not self.enabled:
+            return read_image(path)
+        image = self.images.get(path)
+        if image is None:
+            image = read_image(path)
+            image.flags.writeable = False
+            self.images[path] = image
+        return image
+
+    def nbytes(self) -> int:
+        images = sum(a.nbytes for a in self.images.values())
+        return images + sum(_nbytes(v) for v in self.samples.values())
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, tuple):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+def _frozen(sample: dict) -> dict:
+    """``sample`` with read-only arrays (a cached sample that no caller may change)."""
+    for v in sample.values():
+        if isinstance(v, np.ndarray):
+            v.flags.writeable = False
+    return sample
+
+
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 -> ``(3, H, W)`` float in [0, 1] (a new tensor; a cached array is only read)."""
+    image = np.ascontiguousarray(image)
+    if not image.flags.writeable:
+        image = image.copy()
+    return torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
+
+
+def _deterministic(transform) -> bool:
+    """Whether ``transform`` draws nothing from its ``rng`` (a letterbox alone)."""
+    if isinstance(transform, Compose):
+        return all(_deterministic(t) for t in transform.transforms)
+    return isinstance(transform, Letterbox)
+
+
 @dataclass
 class _Item:
     image: str
     boxes: np.ndarray  # (N, 4) float32 xyxy file pixels
     labels: np.ndarray  # (N,) int64
+    size: tuple[int, int] = (0, 0)  # (width, height) from the header
 
 
 def _load_split(manifest_df: pd.DataFrame, split: str | None, load_row: Callable, log: ProblemLog | None, noun: str) -> list:
@@ -142,16 +206,35 @@ class DetectionDataset(Dataset):
             return [] if item is None else [item]
 
         self.items: list[_Item] = _load_split(manifest_df, split, load, log, "images")
+        self._cache = _ImageCache()
+
+    def cache_bytes(self) -> int:
+        """Memory :meth:`fill_cache` takes: the letterboxed images when the transform draws nothing,
+        else the decoded files (from the headers; nothing is decoded)."""
+        if _deterministic(self.transform):
+            return len(self.items) * self.imgsz * self.imgsz * 3
+        sizes = {it.image: it.size for it in self.items}
+        return sum(w * h * 3 for w, h in sizes.values())
+
+    def fill_cache(self) -> int:
+        """Decode every image once and keep it in memory (see the module docstring); returns the bytes kept."""
+        self._cache.enabled = True
+        for i in range(len(self.items)):
+            self._sample(i)
+        return self._cache.nbytes()
 
     def _load_row(self, row, log: ProblemLog) -> _Item | None:
         image = str(row.image)
         try:  # the header only: a missing, corrupt or over-limit image is a problem now, not mid-epoch
-            image_size(image)
+            size = image_size(image)
         except BlastscopeError as e:
             log.add(image, str(e).removeprefix(f"{image}: "))
             return None
         if self.box_fn is not None:
-            return self._auto_box(row, log)
+            item = self._auto_box(row, log)
+            if item is not None:
+                item.size = size
+            return item
         spec = str(getattr(row, "annotation", "") or "")
         if not spec:
             log.add(
@@ -167,7 +250,7 @@ class DetectionDataset(Dataset):
             log.add(spec, f"annotation unusable ({e})", "fix or re-create it with 'blastscope annotate'")
             return None
         labels = np.array([self.classes.index(name) for name in ann.labels], dtype=np.int64)  # classes checked by the reader
-        return _Item(image, ann.boxes.astype(np.float32).reshape(-1, 4), labels)
+        return _Item(image, ann.boxes.astype(np.float32).reshape(-1, 4), labels, size)
 
     def _auto_box(self, row, log: ProblemLog) -> _Item | None:
         image, label = str(row.image), str(row.label)
@@ -201,20 +284,31 @@ class DetectionDataset(Dataset):
         it = self.items[index]
         return {"boxes": it.boxes.copy(), "labels": it.labels.copy()}
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _sample(self, index: int) -> tuple[dict, tuple[int, int]]:
+        """The transformed sample of ``index`` and the file's ``(height, width)``."""
+        cached = self._cache.samples.get(index)
+        if cached is not None:
+            return cached
         it = self.items[index]
-        image = read_image(it.image)
-        h, w = image.shape[:2]
+        image = self._cache.read(it.image)
+        shape = image.shape[:2]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         sample = self.transform({"image": image, "boxes": it.boxes.copy(), "labels": it.labels.copy()}, rng)
+        if self._cache.enabled and _deterministic(self.transform):  # the same every epoch: kept transformed
+            self._cache.samples[index] = (_frozen(sample), shape)
+            self._cache.images.pop(it.image, None)
+        return sample, shape
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        sample, (h, w) = self._sample(index)
         out = sample["image"]
         if out.shape != (self.imgsz, self.imgsz, 3):
             raise ValueError(f"transform returned an image of shape {out.shape}; expected ({self.imgsz}, {self.imgsz}, 3)")
-        tensor = torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).float().div_(255.0)
+        tensor = _to_tensor(out)
         scale, px, py = sample.get("letterbox", (float("nan"),) * 3)
         target = {
-            "boxes": torch.as_tensor(sample["boxes"], dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.as_tensor(sample["labels"], dtype=torch.int64).reshape(-1),
+            "boxes": torch.tensor(sample["boxes"], dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(sample["labels"], dtype=torch.int64).reshape(-1),
             "image_id": torch.tensor(index, dtype=torch.int64),
             "orig_size": torch.tensor([h, w], dtype=torch.int64),
             "letterbox": torch.tensor([scale, px, py], dtype=torch.float32),
@@ -322,6 +416,26 @@ class ClassificationDataset(Dataset):
         self.targets = np.array([c.label for c in self.cells], dtype=np.int64)
         self._transform = self._augmentations() if self.augment else None
         self._lab_jitter = self._source_augmentations() if self.augment else None
+        self._cache = _ImageCache()
+
+    def cache_bytes(self) -> int:
+        """Memory :meth:`fill_cache` takes: the crops when there is no augmentation, else the decoded
+        files (from the headers; nothing is decoded)."""
+        if not self.augment:
+            return len(self.cells) * self.imgsz * self.imgsz * 3
+        return sum(w * h * 3 for w, h in (image_size(p) for p in {c.image for c in self.cells}))
+
+    def fill_cache(self) -> int:
+        """Decode every image once and keep it in memory (see the module docstring); returns the bytes kept."""
+        self._cache.enabled = True
+        for i in range(len(self.cells)):
+            if self.augment:
+                self._cache.read(self.cells[i].image)
+            else:
+                self.crop(i)
+        if not self.augment:  # every crop is kept: the decoded files are not needed any more
+            self._cache.images.clear()
+        return self._cache.nbytes()
 
     def _load_row(self, row, log: ProblemLog) -> list[_Cell]:
         image = str(row.image)
@@ -388,9 +502,10 @@ class ClassificationDataset(Dataset):
 
     def crop(self, index: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """The ``(imgsz, imgsz, 3)`` uint8 crop of sample ``index``, augmented when ``rng`` is given."""
-
+        if rng is None and index in self._cache.samples:
+            return self._cache.samples[index]
         cell = self.cells[index]
-        image = read_image(cell.image)
+        image = self._cache.read(cell.image)
         box = cell.box
         if box is None and self.box_fn is not None:  # the white cell a label-only image is centred on
             if cell.image not in self._found:
@@ -421,12 +536,16 @@ class ClassificationDataset(Dataset):
             out = self._transform(sample, rng)["image"]
         if self.stain_norm is not None:  # as Preprocess.crop_pixels does at prediction time
             out = reinhard_normalise(np.ascontiguousarray(out), *self.stain_norm)
+        if rng is None and self._cache.enabled and not self.augment:  # a validation crop: the same every epoch
+            out = np.ascontiguousarray(out)
+            out.flags.writeable = False
+            self._cache.samples[index] = out
         return out
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.augment else None
         out = self.crop(index, rng)
-        tensor = torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).float().div_(255.0)
+        tensor = _to_tensor(out)
         return tensor, torch.tensor(self.cells[index].label, dtype=torch.int64)
 
     def __repr__(self) -> str:

@@ -61,6 +61,9 @@ class TrainConfig:
     final_lr_ratio: float = 0.01
     grad_clip: float = 10.0
     freeze_backbone_epochs: int = 0
+    #: detection: the first N darknet convolutions stay frozen (COCO weights, batch-norm statistics
+    #: kept) for the whole run; 0 trains every layer
+    freeze: int = 0
     patience: int = 0
     save_period: int = 0
     #: classify: images without a box are cut around the white cell a finder finds ("finder"), or
@@ -70,6 +73,9 @@ class TrainConfig:
     #: median LAB statistics of the training cells, recorded in the checkpoint; "none")
     stain_norm: str = "none"
     workers: int = 0
+    #: decoded images kept in memory for the run: "auto" (when they fit in a quarter of the free
+    #: memory, at most 8 GiB), "ram" (always), "none"; see blastscope.data.dataset
+    cache: str = "auto"
     seed: int = 0
     device: str = "auto"
     #: "auto" (bf16 where the CPU or GPU computes it natively, else fp32), "fp32" or "bf16" (autocast
@@ -110,11 +116,13 @@ class TrainConfig:
             (0 < self.final_lr_ratio <= 1, "final_lr_ratio", "in (0, 1]"),
             (self.grad_clip >= 0, "grad_clip", "0 (off) or more"),
             (self.freeze_backbone_epochs >= 0, "freeze_backbone_epochs", "0 or more"),
+            (self.freeze >= 0, "freeze", "0 (train every layer) or more"),
             (self.patience >= 0, "patience", "0 (off) or more"),
             (self.save_period >= 0, "save_period", "0 (best and last only) or more"),
             (self.cells in ("finder", "whole"), "cells", "'finder' or 'whole'"),
             (self.stain_norm in ("none", "reinhard"), "stain_norm", "'none' or 'reinhard'"),
             (self.workers >= 0, "workers", "0 or more"),
+            (self.cache in ("auto", "ram", "none"), "cache", "'auto', 'ram' or 'none'"),
             (0 < self.val_fraction < 1, "val_fraction", "between 0 and 1 (e.g. 0.1)"),
             (self.optimizer in ("sgd", "adamw"), "optimizer", "'sgd' or 'adamw'"),
             (self.precision in ("auto", "fp32", "bf16"), "precision", "'auto', 'fp32' or 'bf16'"),

@@ -16,9 +16,10 @@ A run folder (``config.out``, e.g. ``runs/NAME``) holds
 Speed (:mod:`blastscope.engine._accel`): ``precision`` bf16 runs the forward pass and the loss
 under ``torch.autocast`` (weights, gradients and optimizer stay fp32; ``auto`` picks bf16 only
 where the hardware has it), ``channels_last`` keeps model and inputs in channels-last memory; the
-resolved values are what ``config.yaml`` and the checkpoints record. Validation runs in fp32
-(no autocast): ``best.pt``, the metrics and a classifier's calibration (temperature, threshold)
-are those of the fp32 inference that ``predict`` and ``evaluate`` run. Started by ``torchrun --nproc-per-node N -m blastscope train ...``, every process
+resolved values are what ``config.yaml`` and the checkpoints record. A classifier validates in
+fp32 (no autocast): its metrics and calibration (temperature, threshold) are those of the fp32
+inference that ``predict`` and ``evaluate`` run; a detector validates in the training precision
+(the epoch's mAP only ranks the epochs; ``evaluate`` scores ``best.pt`` in fp32). Started by ``torchrun --nproc-per-node N -m blastscope train ...``, every process
 trains on its share of each epoch's shuffle (``batch`` is per process) through
 ``DistributedDataParallel``; process 0 alone validates, writes the run folder and decides on
 ``best.pt`` and early stopping, and tells the others. Checkpoints hold the unwrapped model, so
@@ -85,6 +86,7 @@ __all__ = [
     "WarmupCosine",
     "build_optimizer",
     "carve_val_split",
+    "fill_caches",
     "metrics_columns",
     "seed_everything",
 ]
@@ -518,6 +520,50 @@ def train(
             dist.destroy_process_group()
 
 
+#: ``cache: auto`` keeps the decoded images in memory when they take at most this share of the free
+#: memory, and at most :data:`CACHE_MAX_BYTES`
+CACHE_MEMORY_SHARE = 0.25
+CACHE_MAX_BYTES = 8 << 30
+
+
+def free_memory() -> int | None:
+    """Bytes of memory available to a new process (``MemAvailable`` on Linux), None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def fill_caches(mode: str, datasets, *, processes: int = 1) -> str:
+    """Decode the datasets' images into memory as ``mode`` (``TrainConfig.cache``) says; returns the
+    line to print ("" for ``none``).
+
+    ``auto`` caches when the decoded images of all ``datasets`` (times ``processes``, each of which
+    holds its own) fit in :data:`CACHE_MEMORY_SHARE` of the free memory and :data:`CACHE_MAX_BYTES`.
+    """
+    if mode == "none":
+        return ""
+    need = sum(ds.cache_bytes() for ds in datasets) * max(1, processes)
+    free = free_memory()
+    if mode == "auto":
+        budget = CACHE_MAX_BYTES if free is None else min(CACHE_MAX_BYTES, int(free * CACHE_MEMORY_SHARE))
+        if need > budget:
+            return (
+                f"cache: not kept in memory, the decoded images would take {need / 2**20:,.0f} MiB, over "
+                f"{budget / 2**20:,.0f} MiB (a quarter of the free memory, at most 8 GiB); --cache ram keeps them anyway"
+            )
+    t0 = time.perf_counter()
+    kept = sum(ds.fill_cache() for ds in datasets)
+    return f"cache: decoded images kept in memory, {kept / 2**20:,.0f} MiB ({time.perf_counter() - t0:.1f} s; --cache none turns it off)"
+
+
 def _quiet(message: str) -> None:
     """The ``echo`` of processes other than 0 in a process group (process 0 speaks for the run)."""
 
@@ -567,12 +613,25 @@ def _train(config, task, run_dir, old_run, device, dist_info: DistInfo, *, resum
     if len(log):
         echo(f"{len(log)} images skipped (see the 'skipped:' lines); training on the rest")
     echo(f"data: {len(train_ds)} train / {len(val_ds)} val {task.sample_noun}, classes {classes}")
+    cached = fill_caches(config.cache, (train_ds, val_ds), processes=dist_info.world_size)
+    if cached:
+        echo(cached)
     model = task.build_model(config, classes, pretrained=config.pretrained and ckpt is None and not config.init).to(device)
     if config.init and ckpt is None:
         echo(_init_from(model, config, classes))
     if config.freeze_backbone_epochs and not hasattr(model, "set_backbone_frozen"):
         raise BlastscopeError(f"{config.model}: has no backbone to freeze; drop --freeze-backbone-epochs")
-    echo(f"model: {config.model} ({'pretrained' if config.pretrained else 'random init'}), {config.imgsz} px, device {device}")
+    if config.freeze:
+        if not hasattr(model, "freeze_layers"):
+            raise BlastscopeError(f"--freeze {config.freeze}: {config.model} has no darknet layers to freeze; drop --freeze")
+        try:
+            model.freeze_layers(config.freeze)
+        except ValueError as e:
+            raise BlastscopeError(f"--freeze {config.freeze}: {e}") from None
+    frozen = f", first {config.freeze} layer{'s' * (config.freeze != 1)} frozen" if config.freeze else ""
+    echo(
+        f"model: {config.model} ({'pretrained' if config.pretrained else 'random init'}{frozen}), {config.imgsz} px, device {device}"
+    )
     speed = f"precision {precision}{', channels-last' if channels_last else ''}"
     if dist_info.enabled:
         speed += (
@@ -794,7 +853,9 @@ def _end_of_epoch(
 
     Returns ``(metrics, is_best, best, best_epoch)``.
     """
-    val = task.evaluate(model, val_loader, config, device)  # fp32: the calibration must fit fp32 inference
+    precision = config.precision if task.validate_in_training_precision else "fp32"  # a classifier: fp32 (calibration)
+    with autocast(device, precision):
+        val = task.evaluate(model, val_loader, config, device)
     if not math.isfinite(val["val_loss"]):
         raise NonFiniteLoss(
             f"validation loss is {val['val_loss']} after epoch {epoch} (learning rate {stats['lr']:.3g}); "

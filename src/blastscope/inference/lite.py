@@ -1,15 +1,16 @@
-"""The torch-free predict path: an exported detector under onnxruntime, decoded in NumPy.
+"""The torch-free predict path: an exported detector under OpenVINO or onnxruntime, decoded in NumPy.
 
 ``blastscope predict CKPT SOURCE`` with the default ``--backend auto`` (or ``onnx``) runs a
 detector's ONNX export whenever one exists; the export is made once with torch (the parity check
-needs it) and cached, but running it needs only NumPy, OpenCV and onnxruntime. :func:`lean_predictor`
+needs it) and cached, but running it needs only NumPy, OpenCV and OpenVINO or onnxruntime. :func:`lean_predictor`
 finds that export without torch (the checkpoint's ``model`` record is read by
 :func:`blastscope.models.record.read_model_record`, its sha256 is a hash of its bytes) and returns a
 :class:`LitePredictor`, which gives the same :class:`~blastscope.inference.results.FrameResult`
 objects as :class:`~blastscope.inference.predictor.Predictor` with the onnx back-end:
 
 - the same letterbox and normalisation (:meth:`blastscope.data.preprocess.Preprocess.letterbox_batch`),
-- the same onnxruntime session options (:class:`~blastscope.inference._ort.OnnxModel`),
+- the same runtime and options (:class:`~blastscope.inference._openvino.OpenVinoModel` or
+  :class:`~blastscope.inference._ort.OnnxModel`),
 - :func:`decode_yolo`, the NumPy twin of :meth:`blastscope.models.yolo.YoloDecoder.predict`
   (candidates whose objectness exceeds ``conf``, score = objectness x best class probability,
   boxes clipped to the input, class-wise greedy NMS at ``iou``, at most ``max_det`` per image),
@@ -252,8 +253,9 @@ def lean_predictor(
 ) -> LitePredictor | None:
     """A :class:`LitePredictor` for ``checkpoint`` when it can run without torch, else ``None``.
 
-    It can when ``backend`` is ``"onnx"`` (any device onnxruntime has) or ``"auto"`` on the CPU,
-    onnxruntime is installed, and ``checkpoint`` is a ``.onnx`` detector exported at ``imgsz`` or a
+    It can when ``backend`` is ``"onnx"`` (any device onnxruntime has, onnxruntime installed),
+    ``"openvino"`` (the CPU, OpenVINO installed) or ``"auto"`` on the CPU (OpenVINO where installed,
+    else onnxruntime), and ``checkpoint`` is a ``.onnx`` detector exported at ``imgsz`` or a
     detector ``.pt`` whose export at ``imgsz`` (default: its ``input_size``) is its sibling ``.onnx``
     or in the export cache (the lookup of
     :func:`~blastscope.inference.onnx.onnx_for_checkpoint`, without making one). Otherwise the
@@ -261,29 +263,41 @@ def lean_predictor(
     which exports (once) or reports the problem. ``say`` receives the lookup's messages when the
     lean path is taken (default: stderr).
     """
-    if backend not in ("auto", "onnx") or (backend == "auto" and str(device) != "cpu"):
+    if backend not in ("auto", "onnx", "openvino") or (backend != "onnx" and str(device) != "cpu"):
         return None
     if not (0.0 <= float(conf) <= 1.0 and 0.0 <= float(iou) <= 1.0):
         return None
     if imgsz is not None and _valid_size(imgsz) is None:
         return None
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
+    from blastscope.inference._openvino import OpenVinoModel, openvino_available
+
+    engine = "openvino" if backend == "openvino" or (backend == "auto" and openvino_available()) else "onnxruntime"
+    if engine == "openvino" and not openvino_available():
         return None
+    if engine == "onnxruntime":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return None
     path = Path(checkpoint)
     if not path.is_file():
         return None
+    say = say or (lambda msg: print(msg, file=sys.stderr))
     messages: list[str] = []
     opened: dict[Path, OnnxModel] = {}
 
+    def open_file(onnx_path: Path) -> OnnxModel:
+        if engine == "openvino":
+            return OpenVinoModel(onnx_path, device=device, say=messages.append)
+        return OnnxModel(onnx_path, device=device)
+
     def metadata_of(onnx_path: Path) -> dict:
-        opened[onnx_path] = OnnxModel(onnx_path, device=device)  # the session that runs it, if it is the one
+        opened[onnx_path] = open_file(onnx_path)  # the model that runs it, if it is the one
         return opened[onnx_path].metadata
 
     try:
         if path.suffix.lower() == ".onnx":
-            model = OnnxModel(path, device=device)
+            model = open_file(path)
         else:
             record = read_model_record(path)
             if record is None or record.get("task") != "detect":
@@ -300,7 +314,6 @@ def lean_predictor(
     meta = model.metadata
     if meta["task"] != "detect" or (imgsz is not None and int(imgsz) != int(meta["input_size"])):
         return None
-    say = say or (lambda msg: print(msg, file=sys.stderr))
     for msg in messages:
         say(msg)
     return LitePredictor(model, conf=conf, iou=iou, model_name=f"{path.name} ({meta.get('arch', '?')})")

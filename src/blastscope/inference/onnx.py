@@ -48,6 +48,7 @@ from blastscope.inference._ort import (
     read_onnx_metadata,
     require_onnxruntime,
 )
+from blastscope.inference._parity import check_images, match_boxes
 from blastscope.inference.predictor import Predictor, TorchBackend
 from blastscope.models.checkpoint import load_model
 from blastscope.models.export import DEFAULT_OPSET, export_graph, first_line
@@ -116,14 +117,6 @@ class OnnxBackend:
         return [{k: v.detach().cpu() for k, v in d.items()} for d in out]
 
 
-def check_images() -> list[tuple[str, np.ndarray]]:
-    """The default real images of the export parity check: scikit-image's cameraman and coffee cup."""
-    from skimage import data
-
-    camera = data.camera()
-    return [("skimage camera", np.repeat(camera[:, :, None], 3, axis=2)), ("skimage coffee", data.coffee()[:, :, :3])]
-
-
 @dataclass
 class ParityReport:
     """ONNX vs PyTorch on the check images.
@@ -168,27 +161,6 @@ class ParityReport:
         return text
 
 
-def _match_boxes(a: dict, b: dict) -> tuple[bool, float]:
-    """Pair detections of the same class greedily (highest score first, nearest box);
-    returns (same classes, largest coordinate difference of the pairs) for equal counts."""
-    if len(a["boxes"]) != len(b["boxes"]):
-        return sorted(np.asarray(a["labels"]).tolist()) == sorted(np.asarray(b["labels"]).tolist()), float("inf")
-    worst, used = 0.0, set()
-    for i in np.argsort(-np.asarray(a["scores"]), kind="stable"):
-        best, best_d = None, float("inf")
-        for j in range(len(b["boxes"])):
-            if j in used or int(b["labels"][j]) != int(a["labels"][i]):
-                continue
-            d = float(np.abs(np.asarray(a["boxes"][i]) - np.asarray(b["boxes"][j])).max())
-            if d < best_d:
-                best, best_d = j, d
-        if best is None:
-            return False, float("inf")
-        used.add(best)
-        worst = max(worst, best_d)
-    return True, worst
-
-
 def _parity(model, info: dict, runner: OnnxModel, imgsz: int, images: Sequence[tuple[str, np.ndarray]]) -> ParityReport:
     """ONNX vs PyTorch: the raw outputs on the same input tensors, and (detectors) the final boxes of
     the same :class:`Predictor` run with each back-end on the same frames, in image pixels."""
@@ -225,7 +197,7 @@ def _parity(model, info: dict, runner: OnnxModel, imgsz: int, images: Sequence[t
             report.output_max_abs = max(report.output_max_abs, float(np.abs(r.numpy() - g).max()))
         if detect:
             det_t, det_o = (_as_arrays(p.predict(image)) for p in (torch_pred, onnx_pred))
-            same, diff = _match_boxes(det_t, det_o)
+            same, diff = match_boxes(det_t, det_o)
             report.counts.append((len(det_t["boxes"]), len(det_o["boxes"])))
             report.same_classes &= same
             report.box_max_abs = max(report.box_max_abs, diff)

@@ -15,9 +15,11 @@ which is the identity for YOLO) and returning per image a dict with ``boxes`` ``
 xyxy in letterboxed input pixels, ``scores`` ``(N,)`` and ``labels`` ``(N,)`` int class indices
 (tensors or arrays), after confidence filtering and NMS (see :class:`Backend`). ``"torch"`` is
 :class:`TorchBackend`; ``"onnx"`` is :class:`OnnxBackend` (onnxruntime runs the exported network,
-decoding and NMS are the torch back-end's code); ``"auto"`` (the default of ``predict``,
-``evaluate``, the GUI and :func:`blastscope.load`) is onnx on the CPU when onnxruntime is installed
-and the export passes its parity check, else torch with one line on stderr saying why.
+decoding and NMS are the torch back-end's code); ``"openvino"`` is the same with OpenVINO running
+the exported file (bf16 on a CPU that has it, once its bf16 parity check passed, see
+:mod:`blastscope.inference._openvino`); ``"auto"`` (the default of ``predict``, ``evaluate``, the
+GUI and :func:`blastscope.load`) is openvino on the CPU when OpenVINO is installed, else onnx when
+onnxruntime is (the export passing its parity check), else torch with one line on stderr saying why.
 :func:`select_runner` picks what runs the network, :func:`make_backend` wraps it.
 """
 
@@ -52,10 +54,11 @@ __all__ = [
     "CropClassifier",
     "select_runner",
     "make_backend",
+    "open_export",
 ]
 
-#: ``auto``: onnxruntime where it is installed (CPU), else torch
-BACKENDS = ("auto", "torch", "onnx")
+#: ``auto``: on the CPU OpenVINO where it is installed, else onnxruntime where it is, else torch
+BACKENDS = ("auto", "torch", "onnx", "openvino")
 #: the call of a cell inside the uncertain band around a classifier's operating threshold
 UNCERTAIN = "uncertain"
 
@@ -116,7 +119,7 @@ def _as_int_size(value, what: str) -> int:
 
 def _is_onnx(runner) -> bool:
     """``runner`` is an :class:`blastscope.inference.onnx.OnnxModel` (without importing onnxruntime)."""
-    onnx_mod = sys.modules.get("blastscope.inference.onnx")
+    onnx_mod = sys.modules.get("blastscope.inference._ort")  # OpenVinoModel is one too
     return onnx_mod is not None and isinstance(runner, onnx_mod.OnnxModel)
 
 
@@ -138,15 +141,16 @@ def select_runner(
 
     Parameters
     ----------
-    backend : {"auto", "torch", "onnx"} or OnnxModel
+    backend : {"auto", "torch", "onnx", "openvino"} or OnnxModel
         ``"torch"`` returns ``model``; an ``OnnxModel`` is returned as it is. ``"onnx"`` returns an
-        :class:`~blastscope.inference.onnx.OnnxModel` of the checkpoint's export (the sibling
-        ``.onnx`` exported from these bytes at ``imgsz``, else one made once into the cache and
-        checked for parity with PyTorch then, see
-        :func:`blastscope.inference.onnx.onnx_for_checkpoint`); a missing onnxruntime or a failed
-        export is a :class:`BlastscopeError`. ``"auto"`` is ``"onnx"`` on the CPU, falling back to
-        ``model`` with one line to ``say`` when onnxruntime is missing or the export fails; on a
-        GPU it is ``"torch"``.
+        :class:`~blastscope.inference.onnx.OnnxModel` (onnxruntime) of the checkpoint's export (the
+        sibling ``.onnx`` exported from these bytes at ``imgsz``, else one made once into the cache
+        and checked for parity with PyTorch then, see
+        :func:`blastscope.inference.onnx.onnx_for_checkpoint`), ``"openvino"`` an
+        :class:`~blastscope.inference._openvino.OpenVinoModel` of the same file; a missing runtime
+        or a failed export is a :class:`BlastscopeError`. ``"auto"`` on the CPU is ``"openvino"``
+        when OpenVINO is installed, else ``"onnx"``, falling back to ``model`` with one line to
+        ``say`` when onnxruntime is missing or the export fails; on a GPU it is ``"torch"``.
     path : path
         The checkpoint file (its sha256 keys the cache).
     model : nn.Module
@@ -172,19 +176,16 @@ def select_runner(
     say = say or _stderr
     info = dict(info) if info is not None else dataclasses.asdict(model.info)
     size = int(imgsz if imgsz is not None else info.get("input_size") or model.info.input_size)
-    import torch
 
-    from blastscope.inference.onnx import (  # optional part
-        OnnxModel,
-        onnx_for_checkpoint,
-        require_onnxruntime,
-    )
+    from blastscope.inference.onnx import onnx_for_checkpoint, require_onnxruntime  # optional part
 
-    if backend == "onnx":
-        require_onnxruntime()
-        return OnnxModel(
-            onnx_for_checkpoint(path, model, info, imgsz=size, say=say), device=device, threads=torch.get_num_threads()
-        )
+    if backend != "auto":
+        if backend == "openvino":
+            from blastscope.inference._openvino import require_openvino
+
+            require_openvino()
+        require_onnxruntime("exporting the checkpoint (its parity check)")
+        return open_export(onnx_for_checkpoint(path, model, info, imgsz=size, say=say), backend, device=device, say=say)
     try:
         require_onnxruntime()
     except BlastscopeError:
@@ -194,12 +195,30 @@ def select_runner(
         return model
     try:
         onnx_path = onnx_for_checkpoint(path, model, info, imgsz=size, say=say)
-        return OnnxModel(onnx_path, device=device, threads=torch.get_num_threads())
+        return open_export(onnx_path, "auto", device=device, say=say)
     except Exception as e:  # noqa: BLE001 - any export problem means torch, said in one line
         from blastscope.models.export import first_line
 
         say(f"backend auto: running with torch, the ONNX export of {Path(path).name} failed ({first_line(e)})")
         return model
+
+
+def open_export(path: str | os.PathLike, backend: str, *, device: str = "cpu", say: Callable[[str], None] | None = None):
+    """The runner of an exported ``.onnx`` file: :class:`~blastscope.inference._openvino.OpenVinoModel`
+    for ``backend`` ``"openvino"`` (and ``"auto"`` on the CPU when OpenVINO is installed), else
+    :class:`~blastscope.inference._ort.OnnxModel` (onnxruntime); threads as torch's when torch is imported."""
+    from blastscope.inference._openvino import OpenVinoModel, openvino_available
+    from blastscope.inference._ort import OnnxModel
+
+    threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+    if backend == "openvino" or (backend == "auto" and str(device) == "cpu" and openvino_available()):
+        try:
+            return OpenVinoModel(path, device=device, threads=threads, say=say)
+        except BlastscopeError as e:
+            if backend == "openvino":
+                raise
+            (say or _stderr)(f"backend auto: OpenVINO cannot run {Path(path).name} ({e}); running with onnxruntime")
+    return OnnxModel(path, device=device, threads=threads)
 
 
 def make_backend(runner, *, conf: float, iou: float, device: str = "cpu", max_det: int = 300) -> Backend:
@@ -214,23 +233,19 @@ def make_backend(runner, *, conf: float, iou: float, device: str = "cpu", max_de
 
 
 def _load_onnx(path: Path, backend: str, device: str):
-    """An ``.onnx`` CHECKPOINT: (OnnxModel, metadata dict shaped like a checkpoint's ``model``)."""
+    """An ``.onnx`` CHECKPOINT: (runner, metadata dict shaped like a checkpoint's ``model``)."""
     if backend == "torch":
         raise BlastscopeError(
-            f"{path}: an ONNX model runs with the onnx backend; use --backend onnx (or auto), "
+            f"{path}: an ONNX model runs with the onnx or openvino backend; use --backend onnx (or auto), "
             "or give the .pt checkpoint it was exported from"
         )
+    from blastscope.inference._openvino import openvino_available
+    from blastscope.inference._ort import require_onnxruntime
 
-    from blastscope.inference.onnx import (  # optional part
-        OnnxModel,
-        require_onnxruntime,
-    )
-
-    require_onnxruntime()
-    import torch
-
-    onnx_model = OnnxModel(path, device=device, threads=torch.get_num_threads())
-    return onnx_model, dict(onnx_model.metadata)
+    if backend == "onnx" or (backend == "auto" and not (str(device) == "cpu" and openvino_available())):
+        require_onnxruntime()
+    runner = open_export(path, backend, device=device)
+    return runner, dict(runner.metadata)
 
 
 class Predictor:
@@ -308,7 +323,7 @@ class Predictor:
         Parameters
         ----------
         path : path
-            Detector checkpoint (``task == "detect"``), or with ``backend="onnx"`` also a ``.onnx``
+            Detector checkpoint (``task == "detect"``), or with an ONNX back-end also a ``.onnx``
             file written by ``blastscope export`` (its metadata replaces the checkpoint).
         conf : float
             Keep detections with confidence ``>= conf`` (0..1).
@@ -318,11 +333,12 @@ class Predictor:
             Network input size; default the checkpoint's ``input_size``. A multiple of 32.
         device : str
             Torch device (``"cpu"``, ``"cuda:0"``).
-        backend : {"torch", "onnx", "auto"}
-            What runs the network(s), see :func:`select_runner`. ``"onnx"`` with a ``.pt`` uses
-            the sibling ``.onnx`` exported from it at ``imgsz``, else exports one into the cache
-            once (a message says so); ``"auto"`` is that when onnxruntime is there and the export
-            passes, else torch (a message says why). The classifier follows the same choice.
+        backend : {"auto", "torch", "onnx", "openvino"}
+            What runs the network(s), see :func:`select_runner`. ``"onnx"`` and ``"openvino"`` with
+            a ``.pt`` use the sibling ``.onnx`` exported from it at ``imgsz``, else export one into
+            the cache once (a message says so); ``"auto"`` is openvino (where installed) or onnx
+            when onnxruntime is there and the export passes, else torch (a message says why). The
+            classifier follows the same choice.
         classifier : path, optional
             A classifier checkpoint (``task == "classify"``) for two-stage prediction.
         cell_classes : sequence of str or comma-separated str, optional

@@ -22,7 +22,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,7 @@ import numpy as np
 from blastscope._problems import BlastscopeError, ProblemLog
 from blastscope.data.images import IMAGE_SUFFIXES, is_image_file, read_image
 
-__all__ = ["Frame", "FrameSource", "open_source", "stream_batches"]
+__all__ = ["Frame", "FrameSource", "open_source", "prefetch", "stream_batches"]
 
 _GLOB_CHARS = set("*?[")
 
@@ -408,9 +408,10 @@ def stream_batches(predict_batch, source, batch: int = 1):
         raise BlastscopeError(f"batch={batch}: must be >= 1")
     owned = isinstance(source, (str, int, os.PathLike))
     src = open_source(source) if owned else source
+    frames = prefetch(src) if getattr(src, "kind", "") in ("folder", "video") else iter(src)
     try:
         pending: list[Frame] = []
-        for frame in src:
+        for frame in frames:
             pending.append(frame)
             if len(pending) >= batch:
                 yield from predict_batch(pending)
@@ -418,5 +419,62 @@ def stream_batches(predict_batch, source, batch: int = 1):
         if pending:
             yield from predict_batch(pending)
     finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
         if owned:
             src.close()
+
+
+#: frames :func:`prefetch` reads ahead
+PREFETCH_FRAMES = 4
+
+
+def prefetch(frames: Iterable[Frame], depth: int = PREFETCH_FRAMES) -> Iterator[Frame]:
+    """``frames`` read and decoded by a background thread, up to ``depth`` ahead, in order.
+
+    Decoding (PIL, OpenCV) and the network (OpenVINO, onnxruntime, torch) release the GIL, so the
+    next images are read while the current one is in the network. An error of the reader (an
+    unreadable file) is raised here, at the frame where it happened. A camera is not read ahead
+    (its frames must be the latest). Closing the generator stops the thread.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for frame in frames:
+                if not put(("frame", frame)):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            put(("error", e))
+            return
+        put(("end", end))
+
+    thread = threading.Thread(target=read, name="blastscope-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = q.get()
+            if kind == "frame":
+                yield item
+            elif kind == "error":
+                raise item
+            else:
+                return
+    finally:
+        stop.set()
+        thread.join(timeout=5)
