@@ -131,8 +131,8 @@ _SYN = "SYNTHETIC"
 # training settings that must match for a finished sub-run to be reused
 #: settings that do not make another run: where it goes, what it runs on, and the speed settings
 #: (``precision``/``channels_last``: bf16 and fp32 agree within the tolerance tests/test_train_fast.py states;
-#: a run records what "auto" resolved to)
-_RUNTIME_KEYS = ("out", "device", "workers", "patience", "precision", "channels_last")
+#: a run records what "auto" resolved to; ``cache``: the same metrics, tested in tests/test_train.py)
+_RUNTIME_KEYS = ("out", "device", "workers", "patience", "precision", "channels_last", "cache")
 _RERUN = "  run the same 'blastscope reproduce' command again to resume from the last completed epoch"
 
 

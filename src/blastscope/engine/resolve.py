@@ -4,7 +4,7 @@ One place for the layering of settings, used by the Python API (:func:`blastscop
 alike: the packaged defaults (``configs/default.yaml``) <- a ``--config`` YAML file <- the task's own
 defaults (e.g. MobileNetV2 at 160 px with AdamW for ``classify``) for every key the user did not set
 <- the settings given. Resuming takes the run's own ``config.yaml``, where only ``epochs``,
-``patience``, ``workers``, ``device``, ``precision`` and ``channels_last`` may change.
+``patience``, ``workers``, ``device``, ``precision``, ``channels_last`` and ``cache`` may change.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from blastscope.models.checkpoint import load_checkpoint
 __all__ = ["RESUMABLE", "resolve_config", "resume_config"]
 
 #: settings that may change when a run is resumed
-RESUMABLE = ("epochs", "patience", "workers", "device", "precision", "channels_last")
+RESUMABLE = ("epochs", "patience", "workers", "device", "precision", "channels_last", "cache")
 
 
 def resolve_config(config_file: str | Path | None = None, **settings: Any) -> TrainConfig:
