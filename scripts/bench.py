@@ -21,8 +21,8 @@ One run measures, at one input size (416 px by default) and on real BCCD smears:
 (f) whole processes, what a user waits for: wall time and peak resident memory (``RUSAGE_CHILDREN``
     of a small launcher) of ``blastscope predict CKPT FOLDER --no-draw`` (default backend) and of
     ``scripts/opencv_dnn_predict.py`` (OpenCV DNN alone, the same weights, letterbox, NMS, a CSV)
-    on the first 120 BCCD smears; each run twice, the least wall time and the least peak memory
-    count (warm file cache; the first blastscope run may also export ONNX to its cache);
+    on the first 120 BCCD smears; each run three times, the least wall time and the least peak memory
+    count (warm file cache; the first blastscope run also exports ONNX to its cache and checks it);
 (g) with ``--paper``: the wall time of the paper arm of ``blastscope reproduce`` (300 SYNTHETIC
     cells, 25 epochs, ``--imgsz``), from process start to the end of that arm's evaluation (the
     process is stopped there, before the patient arm).
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         n_proc = args.process_images or (8 if args.quick else 120)
         try:
             rows_f, process_ratio = bench_processes(
-                ckpt, args.data, n_proc, 1 if args.quick else 2, size, Path(tmp), args.threads, say
+                ckpt, args.data, n_proc, 1 if args.quick else 3, size, Path(tmp), args.threads, say
             )
             results += rows_f
         except RuntimeError as e:

@@ -17,6 +17,10 @@ runs in fp32.
 
 Measured on this project's 2-core AVX-512 BF16 CPU (yolov3-tiny, 416 px, batch 1, network only):
 OpenVINO bf16 137 images/s, OpenVINO fp32 73, onnxruntime fp32 67, OpenCV DNN 39.
+
+OpenVINO's own model cache (``CACHE_DIR``) keeps compiled models in ``<cache>/openvino-compiled``
+(about the export's size per model and precision); a process that finds one compiles in about 0.05 s
+instead of 0.15 s.
 """
 
 from __future__ import annotations
@@ -125,6 +129,12 @@ class OpenVinoModel(OnnxModel):
             threads = omp_threads()
         self.threads = int(threads) if threads else None
         self.core = ov.Core()
+        blobs = onnx_cache_dir() / "openvino-compiled"
+        try:  # OpenVINO keeps the compiled model there: a later process compiles in a third of the time
+            blobs.mkdir(parents=True, exist_ok=True)
+            self.core.set_property({"CACHE_DIR": str(blobs)})
+        except OSError:
+            pass  # a read-only cache: compiled each time
         try:  # the ONNX front-end alone (read_model would also try the others on a bad file, noisily)
             from openvino.frontend import FrontEndManager
 
