@@ -33,7 +33,6 @@ Two further label-free steps, each optional and measured on the lab-shift benchm
 from __future__ import annotations
 
 import copy
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from blastscope._problems import BlastscopeError
 from blastscope.annotate.finder import evaluation_cells
 from blastscope.data.manifest import new_manifest, read_manifest
 from blastscope.models.checkpoint import load_model, save_checkpoint
+from blastscope.models.weights import sha256_of
 
 __all__ = [
     "ADAPT_METHODS",
@@ -250,14 +250,6 @@ def _loader(model: nn.Module, manifest: pd.DataFrame, classes: Sequence[str], ba
     return DataLoader(ds, batch_size=batch, shuffle=False), len(ds)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def adapt_checkpoint(
     checkpoint: str | Path,
     images: str | Path,
@@ -318,7 +310,7 @@ def adapt_checkpoint(
         "images": str(Path(images).resolve()),
         "n_cells": int(n),
         "source_checkpoint": str(checkpoint.resolve()),
-        "source_sha256": _sha256(checkpoint),
+        "source_sha256": sha256_of(checkpoint),
     }
     if method == "tent":
         torch.manual_seed(0)

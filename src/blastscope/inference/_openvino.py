@@ -25,7 +25,6 @@ instead of 0.15 s.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -39,6 +38,7 @@ from blastscope._atomic import atomic_write
 from blastscope._problems import BlastscopeError
 from blastscope.inference._ort import OnnxModel, _check_file, _parse_metadata, omp_threads, onnx_cache_dir
 from blastscope.models.export import first_line
+from blastscope.models.weights import sha256_of
 
 __all__ = ["OpenVinoModel", "openvino_available", "require_openvino", "bf16_parity", "BF16_PROB_ATOL", "BF16_BOX_ATOL_PX"]
 
@@ -282,19 +282,11 @@ def bf16_parity(model: OpenVinoModel) -> tuple[bool, str]:
     return ok, line
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _cached_parity(model: OpenVinoModel, say: Callable[[str], None]) -> tuple[bool, str]:
     """:func:`bf16_parity` of ``model``'s file, from the cache when it was checked before."""
     import openvino
 
-    sha = _file_sha256(model.path)
+    sha = sha256_of(model.path)
     record = onnx_cache_dir() / f"{sha[:16]}.openvino-{openvino.__version__.split('-')[0]}.json"
     try:
         data = json.loads(record.read_text(encoding="utf-8"))
