@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 int8, n_calib = quantize_int8(export.path.read_bytes(), (x_all[i : i + 1] for i in range(len(x_all))))
                 (Path(tmp) / "yolov3-tiny-coco.int8.onnx").write_bytes(int8)
                 int8_pred = Predictor.from_checkpoint(Path(tmp) / "yolov3-tiny-coco.int8.onnx", backend="onnx")
-                int8_note = f"static int8, QDQ, per-channel, calibrated on {n_calib} BCCD frames"
+                int8_note = f"static int8 (uint8 activations), QDQ, per-channel, calibrated on {n_calib} BCCD frames"
             except Exception as e:  # noqa: BLE001 - a failed quantization must not stop the other numbers
                 int8_note = f"skipped: {str(e).splitlines()[0]}"
                 say(f"int8 {int8_note}")
@@ -531,7 +531,7 @@ def bench_classifier(
             same = sum(
                 a.class_id == b.class_id for a, b in zip(runtimes[1][1](frame, boxes), int8_clf(frame, boxes), strict=True)
             )
-            note = f"static int8, QDQ, per-channel, calibrated on {n} PBC cells; top class = fp32's on {same}/{len(boxes)} cells"
+            note = f"static int8 (uint8 activations), QDQ, per-channel, calibrated on {n} PBC cells; top class = fp32's on {same}/{len(boxes)} cells"
             runtimes.append(("onnxruntime int8", int8_clf, note))
         except Exception as e:  # noqa: BLE001 - a failed quantization must not stop the other numbers
             runtimes.append(("onnxruntime int8", None, f"skipped: {str(e).splitlines()[0]}"))

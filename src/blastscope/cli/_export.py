@@ -18,7 +18,7 @@ command fails. The file is written atomically; an existing one is kept without -
   blastscope export runs/exp/best.pt --format onnx --int8   writes runs/exp/best.int8.onnx
 
 --int8 quantizes the checked fp32 graph statically with onnxruntime (QDQ, per-channel int8 weights,
-int8 activations calibrated on up to --calib-images of the model's own training images from the
+uint8 activations calibrated on up to --calib-images of the model's own training images from the
 run's splits.csv or the manifest recorded in the checkpoint, or --data), then scores fp32 and int8
 on the val split (detectors: AP@0.5 of WBC, else mean AP@0.5; classifiers: accuracy), prints both
 side by side, and writes nothing when int8 loses more than --int8-tolerance (unless --force). Run

@@ -2,7 +2,7 @@
 
 1. The fp32 graph is exported and checked against PyTorch (:func:`blastscope.inference.onnx.export_checked`).
 2. It is quantized by onnxruntime (:func:`blastscope.inference.onnx.quantize_int8`: ``quantize_static``,
-   QDQ, per-channel int8 weights, int8 activations calibrated by min/max) on at most
+   QDQ, per-channel int8 weights, uint8 activations calibrated by min/max) on at most
    ``calib_images`` of the model's own **training** images, pre-processed exactly as in use.
 3. The fp32 and the int8 model are scored on the **validation** split by the evaluation code
    (:func:`blastscope.engine.evaluate.evaluate_checkpoint` with the ONNX model as back-end):
@@ -265,7 +265,7 @@ def export_int8(
         int8,
         {
             "precision": "int8",
-            "quantization": "onnxruntime quantize_static, QDQ, per-channel int8 weights, int8 activations (MinMax); "
+            "quantization": "onnxruntime quantize_static, QDQ, per-channel int8 weights, uint8 activations (MinMax); "
             f"kept in fp32: {', '.join(heads) or 'none'}",
             "calibration_images": str(n_calib),
             "int8_metric": metric,
