@@ -62,7 +62,7 @@ __all__ = ["DetectionDataset", "ClassificationDataset", "collate_fn"]
 
 
 class _ImageCache:
-    """Decoded images by path, and ready samples by index, once :meth:`enable` is called (read-only arrays)."""
+    """Decoded images by path and ready samples by index, kept once ``enabled`` (read-only arrays)."""
 
     def __init__(self) -> None:
         self.enabled = False

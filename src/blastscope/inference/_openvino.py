@@ -36,7 +36,7 @@ import numpy as np
 
 from blastscope._atomic import atomic_write
 from blastscope._problems import BlastscopeError
-from blastscope.inference._ort import OnnxModel, _check_file, _parse_metadata, omp_threads, onnx_cache_dir
+from blastscope.inference._ort import OnnxModel, _check_file, _parse_metadata, default_threads, onnx_cache_dir
 from blastscope.models.export import first_line
 from blastscope.models.weights import sha256_of
 
@@ -123,11 +123,7 @@ class OpenVinoModel(OnnxModel):
         self.path = Path(source)
         _check_file(self.path)
         say = say or (lambda msg: print(msg, file=sys.stderr))
-        if threads is None and "torch" in sys.modules:
-            threads = sys.modules["torch"].get_num_threads()
-        if threads is None:
-            threads = omp_threads()
-        self.threads = int(threads) if threads else None
+        self.threads = default_threads(threads)
         self.core = ov.Core()
         blobs = onnx_cache_dir() / "openvino-compiled"
         try:  # OpenVINO keeps the compiled model there: a later process compiles in a third of the time
@@ -235,7 +231,7 @@ def bf16_parity(model: OpenVinoModel) -> tuple[bool, str]:
 
     See the module docstring for what is compared. Leaves ``model`` compiled in fp32.
     """
-    from blastscope.inference._parity import match_boxes
+    from blastscope.inference._parity import detection_arrays, match_boxes
     from blastscope.inference.lite import decode_yolo
     from blastscope.inference.results import detections_from
 
@@ -259,15 +255,7 @@ def bf16_parity(model: OpenVinoModel) -> tuple[bool, str]:
                 detections_from(decode_yolo(r, n, anchors=anchors, conf=0.25, iou=0.45)[0], geometry, meta["class_names"])
                 for r in (a, b)
             )
-            arrays = [
-                {
-                    "boxes": np.array([d.box for d in dets], np.float32).reshape(-1, 4),
-                    "scores": np.array([d.confidence for d in dets], np.float32),
-                    "labels": np.array([d.class_id for d in dets], np.int64),
-                }
-                for dets in (da, db)
-            ]
-            ok_classes, diff = match_boxes(*arrays)
+            ok_classes, diff = match_boxes(detection_arrays(da), detection_arrays(db))
             counts.append(f"{len(da)}" if len(da) == len(db) else f"{len(da)} vs {len(db)}")
             same &= ok_classes and len(da) == len(db)
             box_diff = max(box_diff, diff)

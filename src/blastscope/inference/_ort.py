@@ -24,11 +24,22 @@ __all__ = [
     "OnnxModel",
     "cached_onnx_path",
     "existing_export",
+    "default_threads",
     "omp_threads",
     "onnx_cache_dir",
     "read_onnx_metadata",
     "require_onnxruntime",
 ]
+
+
+def default_threads(threads: int | None = None) -> int | None:
+    """``threads`` when given, else ``torch.get_num_threads()`` when torch is imported (the same as the
+    torch back-end), else :func:`omp_threads` (what torch would take), else None (the runtime's default)."""
+    if threads is None and "torch" in sys.modules:
+        threads = sys.modules["torch"].get_num_threads()
+    if threads is None:
+        threads = omp_threads()
+    return int(threads) if threads else None
 
 
 def omp_threads() -> int | None:
@@ -141,10 +152,7 @@ class OnnxModel:
         if not isinstance(source, bytes):
             _check_file(self.path)
         options = ort.SessionOptions()
-        if threads is None and "torch" in sys.modules:
-            threads = sys.modules["torch"].get_num_threads()
-        if threads is None:
-            threads = omp_threads()
+        threads = default_threads(threads)
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1

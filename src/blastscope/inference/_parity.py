@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["check_images", "match_boxes"]
+__all__ = ["check_images", "detection_arrays", "match_boxes"]
 
 
 def check_images() -> list[tuple[str, np.ndarray]]:
@@ -18,6 +18,16 @@ def check_images() -> list[tuple[str, np.ndarray]]:
 
     camera = data.camera()
     return [("skimage camera", np.repeat(camera[:, :, None], 3, axis=2)), ("skimage coffee", data.coffee()[:, :, :3])]
+
+
+def detection_arrays(detections) -> dict[str, np.ndarray]:
+    """``boxes`` (N, 4), ``scores`` and ``labels`` arrays of a list of
+    :class:`~blastscope.inference.results.Detection` (what :func:`match_boxes` pairs)."""
+    return {
+        "boxes": np.array([d.box for d in detections], np.float32).reshape(-1, 4),
+        "scores": np.array([d.confidence for d in detections], np.float32),
+        "labels": np.array([d.class_id for d in detections], np.int64),
+    }
 
 
 def match_boxes(a: dict, b: dict) -> tuple[bool, float]:

@@ -48,7 +48,7 @@ from blastscope.inference._ort import (
     read_onnx_metadata,
     require_onnxruntime,
 )
-from blastscope.inference._parity import check_images, match_boxes
+from blastscope.inference._parity import check_images, detection_arrays, match_boxes
 from blastscope.inference.predictor import Predictor, TorchBackend
 from blastscope.models.checkpoint import load_model
 from blastscope.models.export import DEFAULT_OPSET, export_graph, first_line
@@ -196,7 +196,7 @@ def _parity(model, info: dict, runner: OnnxModel, imgsz: int, images: Sequence[t
         for r, g in zip(ref_list, got):
             report.output_max_abs = max(report.output_max_abs, float(np.abs(r.numpy() - g).max()))
         if detect:
-            det_t, det_o = (_as_arrays(p.predict(image)) for p in (torch_pred, onnx_pred))
+            det_t, det_o = (detection_arrays(p.predict(image).detections) for p in (torch_pred, onnx_pred))
             same, diff = match_boxes(det_t, det_o)
             report.counts.append((len(det_t["boxes"]), len(det_o["boxes"])))
             report.same_classes &= same
@@ -206,15 +206,6 @@ def _parity(model, info: dict, runner: OnnxModel, imgsz: int, images: Sequence[t
             report.counts.append((a, b))
             report.same_classes &= a == b
     return report
-
-
-def _as_arrays(result) -> dict[str, np.ndarray]:
-    d = result.detections
-    return {
-        "boxes": np.array([x.box for x in d], np.float32).reshape(-1, 4),
-        "scores": np.array([x.confidence for x in d], np.float32),
-        "labels": np.array([x.class_id for x in d], np.int64),
-    }
 
 
 @dataclass

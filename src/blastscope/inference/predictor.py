@@ -206,19 +206,19 @@ def select_runner(
 def open_export(path: str | os.PathLike, backend: str, *, device: str = "cpu", say: Callable[[str], None] | None = None):
     """The runner of an exported ``.onnx`` file: :class:`~blastscope.inference._openvino.OpenVinoModel`
     for ``backend`` ``"openvino"`` (and ``"auto"`` on the CPU when OpenVINO is installed), else
-    :class:`~blastscope.inference._ort.OnnxModel` (onnxruntime); threads as torch's when torch is imported."""
+    :class:`~blastscope.inference._ort.OnnxModel` (onnxruntime); both take torch's thread count when
+    torch is imported."""
     from blastscope.inference._openvino import OpenVinoModel, openvino_available
     from blastscope.inference._ort import OnnxModel
 
-    threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
     if backend == "openvino" or (backend == "auto" and str(device) == "cpu" and openvino_available()):
         try:
-            return OpenVinoModel(path, device=device, threads=threads, say=say)
+            return OpenVinoModel(path, device=device, say=say)
         except BlastscopeError as e:
             if backend == "openvino":
                 raise
             (say or _stderr)(f"backend auto: OpenVINO cannot run {Path(path).name} ({e}); running with onnxruntime")
-    return OnnxModel(path, device=device, threads=threads)
+    return OnnxModel(path, device=device)
 
 
 def make_backend(runner, *, conf: float, iou: float, device: str = "cpu", max_det: int = 300) -> Backend:

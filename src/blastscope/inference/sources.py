@@ -443,7 +443,6 @@ def prefetch(frames: Iterable[Frame], depth: int = PREFETCH_FRAMES) -> Iterator[
 
     q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
-    end = object()
 
     def put(item) -> bool:
         while not stop.is_set():
@@ -462,7 +461,7 @@ def prefetch(frames: Iterable[Frame], depth: int = PREFETCH_FRAMES) -> Iterator[
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
             put(("error", e))
             return
-        put(("end", end))
+        put(("end", None))
 
     thread = threading.Thread(target=read, name="blastscope-prefetch", daemon=True)
     thread.start()
