@@ -5,7 +5,9 @@ One run measures, at one input size (416 px by default) and on real BCCD smears:
 (a) training yolov3-tiny: forward, loss, backward, gradient clipping and optimizer step on batches
     of 8 letterboxed images (the configured batch; COCO-pretrained, new 3-class heads, the trainer's
     SGD), images already in memory; in fp32, fp32 with channels-last memory, bf16 autocast, and bf16
-    with channels-last (``--quick``: fp32 and bf16 with channels-last only);
+    with channels-last (``--quick``: fp32 and bf16 with channels-last only); under the trainer's
+    allocator setting (``keep_freed_memory``: glibc keeps freed memory for reuse), which then holds
+    for the rest of the bench process;
 (b) inference with the torch back-end at batch 1 and at the configured batch;
 (c) inference with the onnxruntime and the OpenVINO back-ends (the same weights exported with
     ``blastscope export``), fp32 (OpenVINO: bf16 where the CPU has it, after its parity check) and
@@ -160,9 +162,12 @@ def bench_training(
 
     from blastscope.data.dataset import DetectionDataset, collate_fn
     from blastscope.engine import cpu_has_native_bf16
+    from blastscope.engine._accel import keep_freed_memory
     from blastscope.engine.config import load_config
     from blastscope.engine.trainer import build_optimizer
     from blastscope.models import create_model
+
+    kept = keep_freed_memory()  # as the trainer does (process-wide: the rows after this one too)
 
     config = load_config()
     df, classes = bccd_manifest(root, batch * 2)
@@ -191,6 +196,7 @@ def bench_training(
     times = timeit(step, warmup=warmup, iters=iters)
     variant = {"fp32": "", "bf16": ", bf16 autocast"}[precision] + (", channels-last" if channels_last else "")
     note = f"{config.optimizer}, lr {config.lr}, grad clip {config.grad_clip}; data loading excluded"
+    note += "; freed memory kept for reuse (glibc mallopt, as the trainer)" if kept else "; glibc malloc defaults"
     if precision == "bf16":
         note += f"; native bf16 on this CPU: {'yes' if cpu_has_native_bf16() else 'no (emulated)'}"
     return row(f"(a) training {config.model}, fwd+bwd+step ({len(classes)} BCCD classes){variant}", batch, times, note)

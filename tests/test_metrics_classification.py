@@ -244,6 +244,21 @@ def test_bootstrap_contains_estimate_and_is_reproducible():
     assert lo < sens < hi
 
 
+def test_bootstrap_auc_shortcut_equals_the_full_metrics():
+    # "roc_auc" computes only the AUC per resample; the interval is that of diagnostic_metrics'
+    # roc_auc on the same resamples, for 1-D scores, (n, 2) probabilities and patient groups
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 90)
+    s = np.clip(0.3 * y + rng.normal(0.35, 0.2, 90), 0, 1)
+    groups = rng.integers(0, 15, 90)
+    for scores in (s, np.stack([1 - s, s], 1)):
+        for g in (None, groups):
+            full = bootstrap_ci(lambda t, v: diagnostic_metrics(t, v)["roc_auc"], y, scores, n_boot=100, seed=3, groups=g)
+            assert bootstrap_ci("roc_auc", y, scores, n_boot=100, seed=3, groups=g) == full
+    with pytest.raises(ValueError, match="must be binary"):
+        bootstrap_ci("roc_auc", [0, 1, 2], [0.1, 0.5, 0.9], n_boot=10)
+
+
 def test_bootstrap_of_a_mean_matches_normal_theory():
     # The percentile interval of a proportion p over n samples is close to p +- 1.96 sqrt(p(1-p)/n).
     y = np.array([1] * 120 + [0] * 280)

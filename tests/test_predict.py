@@ -728,3 +728,50 @@ def test_prefetch_keeps_order_raises_where_it_failed_and_stops():
     assert next(frames) == 0
     frames.close()
     assert not [t for t in threading.enumerate() if t.name == "blastscope-prefetch" and t.is_alive()]
+
+
+def test_stream_batches_keeps_batches_in_flight_in_order():
+    """With ``finish``, up to ``in_flight`` batches are started before the oldest is finished; the
+    results come in the frames' order, a short last batch included, and an early stop finishes
+    what was started."""
+    from blastscope.inference.sources import stream_batches
+
+    events: list[str] = []
+
+    def start(frames):
+        events.append(f"start {frames}")
+        return list(frames)
+
+    def finish(started):
+        events.append(f"finish {started}")
+        return [f * 10 for f in started]
+
+    out = list(stream_batches(start, iter(range(7)), 3, finish=finish, in_flight=2))
+    assert out == [f * 10 for f in range(7)]
+    assert events == [
+        "start [0, 1, 2]",
+        "start [3, 4, 5]",
+        "finish [0, 1, 2]",
+        "start [6]",
+        "finish [3, 4, 5]",
+        "finish [6]",
+    ]
+    events.clear()
+    assert list(stream_batches(start, iter(range(3)), 1, finish=finish)) == [0, 10, 20]  # in_flight 1: one at a time
+    assert events == ["start [0]", "finish [0]", "start [1]", "finish [1]", "start [2]", "finish [2]"]
+
+    def failing():
+        yield from range(3)
+        raise KeyboardInterrupt
+
+    got = []
+    with pytest.raises(KeyboardInterrupt):
+        for r in stream_batches(start, failing(), 1, finish=finish, in_flight=2):
+            got.append(r)
+    assert got == [0, 10, 20]  # the source stopped: every frame read before it was still delivered
+
+    events.clear()
+    stream = stream_batches(start, iter(range(10)), 1, finish=finish, in_flight=2)
+    assert next(stream) == 0
+    stream.close()  # the consumer stops: the batch started ahead is finished, nothing is left running
+    assert events == ["start [0]", "start [1]", "finish [0]", "finish [1]"]

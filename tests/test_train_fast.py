@@ -98,6 +98,47 @@ def test_precision_resolution():
         config_from_dict({"precision": "half"}).validate()
 
 
+_RSS_AFTER_FREE = """
+import sys, numpy as np
+from blastscope.engine._accel import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "keep" else False
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+a = np.ones(64 * 2**20, np.uint8)  # 64 MiB, touched
+before = rss()
+del a
+print(kept, (before - rss()) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and /proc/self/statm: Linux")
+def test_keep_freed_memory_keeps_a_freed_block_resident():
+    """With glibc's defaults a freed 64 MiB block goes back to the system at once (it was mmapped);
+    after keep_freed_memory it stays in the process for the next allocation, as a training step
+    needs. Run in fresh processes: the setting is process-wide."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    out = {}
+    for mode in ("keep", "default"):
+        run = subprocess.run([sys.executable, "-c", _RSS_AFTER_FREE, mode], capture_output=True, text=True, check=True)
+        kept, released = run.stdout.split()
+        out[mode] = (kept, float(released))
+    assert out["default"][0] == "False" and out["default"][1] > 60  # given back at the free
+    assert out["keep"][0] == "True" and out["keep"][1] < 4  # kept for reuse
+    from blastscope.engine import _accel
+
+    env = {"LD_PRELOAD": "/usr/lib/libjemalloc.so"}
+    saved = _accel._kept
+    try:
+        _accel._kept = None
+        assert _accel.keep_freed_memory(env) is False  # the user chose the allocator: left alone
+    finally:
+        _accel._kept = saved
+
+
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16 (no avx512_bf16 / amx_bf16 flag)")
 def test_fp32_and_bf16_runs_agree(cells, tmp_path, one_torch_thread):
     from torch.utils.data import DataLoader

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "resolve_precision",
     "resolve_channels_last",
     "autocast",
+    "keep_freed_memory",
     "DistInfo",
     "dist_env",
     "init_distributed",
@@ -103,6 +105,52 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision != "bf16":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------------------------
+# the C allocator
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_KEEP_BYTES = 1 << 30
+_ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES", "LD_PRELOAD")
+_kept: bool | None = None
+
+
+def keep_freed_memory(environ: dict[str, str] | None = None) -> bool:
+    """Have glibc's ``malloc`` keep and reuse freed memory instead of handing it back to the system.
+
+    A CPU training step allocates and frees the same large activation tensors every time. glibc
+    serves a block above its mmap threshold with a fresh ``mmap`` and unmaps it on ``free``, so each
+    step page-faults and zeroes that memory again: a third of the process's CPU time went to the
+    kernel in a bf16 yolov3-tiny step here. With the mmap and trim thresholds at 1 GiB
+    (``mallopt(M_MMAP_THRESHOLD)``, ``mallopt(M_TRIM_THRESHOLD)``) freed blocks stay in the heap and
+    are reused: about 10% more images/s (README, "Faster training"). The cost: the process keeps
+    its peak memory until it ends, as jemalloc or tcmalloc would.
+
+    Process-wide and done once; True when in effect. A no-op (False) off Linux glibc, and where the
+    user chose the allocator: any of ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
+    ``MALLOC_TOP_PAD_``, ``GLIBC_TUNABLES`` or ``LD_PRELOAD`` set.
+    """
+    global _kept
+    if _kept is not None:
+        return _kept
+    env = os.environ if environ is None else environ
+    _kept = False
+    if any(env.get(name) for name in _ALLOCATOR_ENV):
+        return False
+    import platform
+
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    _kept = bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+    return _kept
 
 
 # ----------------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ from blastscope.engine._accel import (
     autocast,
     dist_env,
     init_distributed,
+    keep_freed_memory,
     resolve_channels_last,
     resolve_precision,
 )
@@ -633,6 +634,8 @@ def _train(config, task, run_dir, old_run, device, dist_info: DistInfo, *, resum
         f"model: {config.model} ({'pretrained' if config.pretrained else 'random init'}{frozen}), {config.imgsz} px, device {device}"
     )
     speed = f"precision {precision}{', channels-last' if channels_last else ''}"
+    if device.type == "cpu" and keep_freed_memory():
+        speed += ", freed memory kept for reuse"
     if dist_info.enabled:
         speed += (
             f", {dist_info.world_size} processes (DDP, batch {config.batch} each, {config.batch * dist_info.world_size} in all)"

@@ -194,6 +194,21 @@ class OnnxModel:
         parts = [self.session.run(self.output_names, {self.input_name: x[i : i + 1]}) for i in range(len(x))]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(self.output_names))]
 
+    #: how many :meth:`start` calls may be in flight before :meth:`finish` (1: none overlap)
+    in_flight = 1
+
+    def start(self, x: np.ndarray):
+        """Begin the network on ``x``; :meth:`finish` of the returned handle gives the outputs.
+
+        onnxruntime runs it here and now; :class:`~blastscope.inference._openvino.OpenVinoModel`
+        returns while the network runs, so the caller prepares the next input meanwhile
+        (:func:`~blastscope.inference.sources.stream_batches`)."""
+        return self(x)
+
+    def finish(self, handle) -> list[np.ndarray]:
+        """The outputs of a :meth:`start` (in ``forward`` order)."""
+        return handle
+
     def decoder(self):
         """The :class:`~blastscope.models.yolo.YoloDecoder` (torch) of this detector's outputs, from the
         file's metadata (no network built)."""

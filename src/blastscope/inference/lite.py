@@ -205,14 +205,30 @@ class LitePredictor:
     def predict_batch(self, images: Sequence[np.ndarray | Frame]) -> list[FrameResult]:
         """Detect cells in several frames with one network call; one :class:`FrameResult` per frame,
         boxes xyxy in the frame's own pixels (0-based, clipped), highest confidence first."""
+        return self._finish(self._start(images))
+
+    def _start(self, images: Sequence[np.ndarray | Frame]):
+        """Letterbox the frames and start the network on them (see :meth:`OnnxModel.start`)."""
         frames = [im if isinstance(im, Frame) else Frame(check_image(im), "", 0, None) for im in images]
         if not frames:
-            return []
+            return frames, [], None
         for f in frames:
             check_image(f.image, f.source)
         x, geometries = self.preprocess.letterbox_batch([f.image for f in frames])
+        return frames, geometries, self.onnx_model.start(x)
+
+    def _finish(self, started) -> list[FrameResult]:
+        """Wait for the network of a :meth:`_start`, decode its boxes into the frames' pixels."""
+        frames, geometries, handle = started
+        if not frames:
+            return []
         outputs = decode_yolo(
-            self.onnx_model(x), len(self.class_names), anchors=self.anchors, conf=self.conf, iou=self.iou, max_det=self.max_det
+            self.onnx_model.finish(handle),
+            len(self.class_names),
+            anchors=self.anchors,
+            conf=self.conf,
+            iou=self.iou,
+            max_det=self.max_det,
         )
         return [
             FrameResult(
@@ -229,8 +245,12 @@ class LitePredictor:
         ]
 
     def stream(self, source: FrameSource | Iterable[Frame] | str | int, batch: int = 1) -> Iterator[FrameResult]:
-        """Predict every frame of a source (as :meth:`Predictor.stream <blastscope.inference.predictor.Predictor.stream>`)."""
-        yield from stream_batches(self.predict_batch, source, batch)
+        """Predict every frame of a source (as :meth:`Predictor.stream <blastscope.inference.predictor.Predictor.stream>`).
+
+        Pipelined where the runtime allows (OpenVINO: two batches in flight): the next batch is
+        letterboxed while the network runs on this one; the results come in the frames' order.
+        """
+        yield from stream_batches(self._start, source, batch, finish=self._finish, in_flight=self.onnx_model.in_flight)
 
 
 def _valid_size(value) -> int | None:

@@ -17,6 +17,8 @@ Numbering
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import glob
 import math
 import os
@@ -401,24 +403,49 @@ def open_source(
     )
 
 
-def stream_batches(predict_batch, source, batch: int = 1):
+def stream_batches(predict_batch, source, batch: int = 1, *, finish=None, in_flight: int = 1):
     """``predict_batch`` over the frames of ``source`` (a :class:`FrameSource`, an iterable of frames, or a
-    spec :func:`open_source` opens and closes), ``batch`` frames at a time; yields its results in order."""
+    spec :func:`open_source` opens and closes), ``batch`` frames at a time; yields its results in order.
+
+    With ``finish``, ``predict_batch`` only starts a batch and returns a handle, ``finish(handle)``
+    gives its results, and up to ``in_flight`` batches are started before the oldest is finished:
+    the next batch is letterboxed while the network runs on this one
+    (:meth:`LitePredictor.stream <blastscope.inference.lite.LitePredictor.stream>`).
+    """
     if batch < 1:
         raise BlastscopeError(f"batch={batch}: must be >= 1")
+    if finish is None:
+        finish, in_flight = (lambda results: results), 1
     owned = isinstance(source, (str, int, os.PathLike))
     src = open_source(source) if owned else source
     frames = prefetch(src) if getattr(src, "kind", "") in ("folder", "video") else iter(src)
+    started: collections.deque = collections.deque()
     try:
         pending: list[Frame] = []
-        for frame in frames:
+        it = iter(frames)
+        while True:
+            try:
+                frame = next(it)
+            except StopIteration:
+                break
+            except BaseException:  # the source failed (Ctrl-C, a bad frame): what was started is still delivered
+                while started:
+                    yield from finish(started.popleft())
+                raise
             pending.append(frame)
             if len(pending) >= batch:
-                yield from predict_batch(pending)
+                started.append(predict_batch(pending))
                 pending = []
+                if len(started) >= in_flight:
+                    yield from finish(started.popleft())
         if pending:
-            yield from predict_batch(pending)
+            started.append(predict_batch(pending))
+        while started:
+            yield from finish(started.popleft())
     finally:
+        for handle in started:  # an early stop: no network left running on a buffer
+            with contextlib.suppress(Exception):
+                finish(handle)
         close = getattr(frames, "close", None)
         if close is not None:
             close()

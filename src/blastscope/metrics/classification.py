@@ -366,6 +366,14 @@ def bootstrap_ci(
         raise ValueError(f"y_true has {yt.size} values and y_score {ys.shape[0]}; they must be equal")
     if yt.size == 0:
         return math.nan, math.nan
+    if metric == "roc_auc":  # the AUC alone, not every metric per resample (0.05 ms instead of 6 ms)
+        diagnostic_metrics(yt, ys)  # the checks of the call below, once
+        pos_score = ys.astype(np.float64).reshape(-1) if ys.ndim == 1 else ys[:, 1].astype(np.float64)
+        ys = pos_score
+
+        def fn(t, s):
+            return _auc(t == 1, s)
+
     rng = np.random.default_rng(seed)
     if groups is not None:
         g = _np1(groups, "groups").reshape(-1)
