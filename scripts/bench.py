@@ -5,7 +5,8 @@ One run measures, at one input size (416 px by default) and on real BCCD smears:
 (a) training yolov3-tiny: forward, loss, backward, gradient clipping and optimizer step on batches
     of 8 letterboxed images (the configured batch; COCO-pretrained, new 3-class heads, the trainer's
     SGD), images already in memory; in fp32, fp32 with channels-last memory, bf16 autocast, and bf16
-    with channels-last (``--quick``: fp32 and bf16 with channels-last only); under the trainer's
+    with channels-last (``--quick``: fp32 and bf16 with channels-last only), their steps taken in
+    turns (one of each per round: a drift of the machine's speed moves them alike); under the trainer's
     allocator setting (``keep_freed_memory``: glibc keeps freed memory for reuse), which then holds
     for the rest of the bench process;
 (b) inference with the torch back-end at batch 1 and at the configured batch;
@@ -152,10 +153,24 @@ def bccd_manifest(root: Path, n: int):
 TRAIN_VARIANTS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
 
 
-def bench_training(
-    root: Path, imgsz: int, batch: int, warmup: int, iters: int, *, precision: str = "fp32", channels_last: bool = False
-) -> dict:
-    """(a) with ``precision`` ``"fp32"`` or ``"bf16"`` (autocast of forward and loss, as the trainer does)."""
+def timeit_interleaved(steps: dict[str, Callable[[], object]], *, warmup: int, iters: int) -> dict[str, list[float]]:
+    """:func:`timeit` of several steps taken in turns (one call of each per round), so a machine that
+    speeds up or slows down during the run shifts all of them alike and their ratios hold."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(iters):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def training_step(root: Path, imgsz: int, batch: int, *, precision: str = "fp32", channels_last: bool = False):
+    """(a): ``(what, step, note)``, one training step of ``precision`` ``"fp32"`` or ``"bf16"`` (autocast
+    of forward and loss, as the trainer does) per call of ``step``."""
     import contextlib
 
     import torch
@@ -193,13 +208,20 @@ def bench_training(
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
 
-    times = timeit(step, warmup=warmup, iters=iters)
     variant = {"fp32": "", "bf16": ", bf16 autocast"}[precision] + (", channels-last" if channels_last else "")
     note = f"{config.optimizer}, lr {config.lr}, grad clip {config.grad_clip}; data loading excluded"
     note += "; freed memory kept for reuse (glibc mallopt, as the trainer)" if kept else "; glibc malloc defaults"
+    note += "; the variants' steps taken in turns"
     if precision == "bf16":
         note += f"; native bf16 on this CPU: {'yes' if cpu_has_native_bf16() else 'no (emulated)'}"
-    return row(f"(a) training {config.model}, fwd+bwd+step ({len(classes)} BCCD classes){variant}", batch, times, note)
+    return f"(a) training {config.model}, fwd+bwd+step ({len(classes)} BCCD classes){variant}", step, note
+
+
+def bench_training(root: Path, imgsz: int, batch: int, warmup: int, iters: int, variants) -> list[dict]:
+    """(a): every ``(precision, channels_last)`` of ``variants``, their steps timed in turns."""
+    made = [training_step(root, imgsz, batch, precision=p, channels_last=c) for p, c in variants]
+    times = timeit_interleaved({what: step for what, step, _ in made}, warmup=warmup, iters=iters)
+    return [row(what, batch, times[what], note) for what, _, note in made]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,12 +290,9 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[dict] = []
     variants = (TRAIN_VARIANTS[0], TRAIN_VARIANTS[-1]) if args.quick else TRAIN_VARIANTS
-    for precision, channels_last in variants:
-        layout = ", channels-last" if channels_last else ""
-        say(f"training ({precision}{layout}): {warmup} warm-up + {train_iters} timed steps of batch {batch} at {size} px")
-        results.append(
-            bench_training(args.data, size, batch, warmup, train_iters, precision=precision, channels_last=channels_last)
-        )
+    names = ", ".join(f"{p}{' channels-last' if c else ''}" for p, c in variants)
+    say(f"training ({names}): {warmup} warm-up + {train_iters} timed steps each of batch {batch} at {size} px, in turns")
+    results.extend(bench_training(args.data, size, batch, warmup, train_iters, variants))
 
     # inference: the same COCO yolov3-tiny in every runtime, on real BCCD frames
     frames = [read_image(p) for p in sorted((args.data / "JPEGImages").glob("*.jpg"))[:batch]]
