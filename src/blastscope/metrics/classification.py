@@ -366,7 +366,7 @@ def bootstrap_ci(
         raise ValueError(f"y_true has {yt.size} values and y_score {ys.shape[0]}; they must be equal")
     if yt.size == 0:
         return math.nan, math.nan
-    if metric == "roc_auc":  # the AUC alone, not every metric per resample (0.05 ms instead of 6 ms)
+    if metric == "roc_auc":  # the AUC alone, not every metric, per resample (0.08 ms instead of 3.6 ms)
         diagnostic_metrics(yt, ys)  # the checks of the call below, once
         pos_score = ys.astype(np.float64).reshape(-1) if ys.ndim == 1 else ys[:, 1].astype(np.float64)
         ys = pos_score
