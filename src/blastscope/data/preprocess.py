@@ -120,10 +120,14 @@ class Preprocess:
         """``(B, S, S, 3)`` uint8 RGB -> ``(B, 3, S, S)`` float32, scaled to ``[0, 1]`` and normalised."""
         import torch
 
+        return torch.from_numpy(self.normalize_array(canvases))
+
+    def normalize_array(self, canvases: np.ndarray) -> np.ndarray:
+        """:meth:`normalize` as a NumPy array (torch-free)."""
         x = np.asarray(canvases, dtype=np.float32) / 255.0
         if not self.is_identity_norm:
             x = (x - np.float32(self.mean)) / np.float32(self.std)
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
     def normalize_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, S, S)`` float tensor in ``[0, 1]`` (a training batch, any device) -> normalised."""

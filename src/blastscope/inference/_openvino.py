@@ -40,7 +40,16 @@ from blastscope.inference._ort import OnnxModel, _check_file, _parse_metadata, d
 from blastscope.models.export import first_line
 from blastscope.models.weights import sha256_of
 
-__all__ = ["OpenVinoModel", "openvino_available", "require_openvino", "bf16_parity", "BF16_PROB_ATOL", "BF16_BOX_ATOL_PX"]
+__all__ = [
+    "OpenVinoModel",
+    "openvino_available",
+    "require_openvino",
+    "export_engine",
+    "open_export",
+    "bf16_parity",
+    "BF16_PROB_ATOL",
+    "BF16_BOX_ATOL_PX",
+]
 
 #: bf16 parity: largest allowed difference of a score (objectness x class probability; a classifier's probabilities)
 BF16_PROB_ATOL = 0.05
@@ -67,6 +76,31 @@ def require_openvino(what: str = "the openvino backend"):
             "(or use --backend onnx)"
         ) from None
     return openvino
+
+
+def export_engine(backend: str, device: str = "cpu") -> str:
+    """The runtime that runs an export for ``backend`` (``"auto"``, ``"onnx"`` or ``"openvino"``):
+    ``"openvino"`` when asked for, or for ``auto`` on the CPU where OpenVINO is installed; else
+    ``"onnxruntime"``. The one rule of ``predict``'s lean path, the :class:`Predictor` and the bench."""
+    if backend == "openvino" or (backend == "auto" and str(device) == "cpu" and openvino_available()):
+        return "openvino"
+    return "onnxruntime"
+
+
+def open_export(path: str | os.PathLike, backend: str, *, device: str = "cpu", say: Callable[[str], None] | None = None):
+    """The runner of an exported ``.onnx`` file for ``backend`` (:func:`export_engine`): an
+    :class:`OpenVinoModel`, else an :class:`~blastscope.inference._ort.OnnxModel` (onnxruntime); both
+    take torch's thread count when torch is imported. Under ``auto``, a file OpenVINO cannot run
+    goes to onnxruntime with one line to ``say`` (default: stderr)."""
+    say = say or (lambda msg: print(msg, file=sys.stderr))
+    if export_engine(backend, device) == "openvino":
+        try:
+            return OpenVinoModel(path, device=device, say=say)
+        except BlastscopeError as e:
+            if backend == "openvino":
+                raise
+            say(f"backend auto: OpenVINO cannot run {Path(path).name} ({e}); running with onnxruntime")
+    return OnnxModel(path, device=device)
 
 
 def _metadata_props(model) -> dict[str, str]:
@@ -234,22 +268,19 @@ def _scores(raw: np.ndarray, n_classes: int, detect: bool) -> np.ndarray:
 
 def _check_inputs(meta: dict) -> list[tuple[np.ndarray, np.ndarray, Any]]:
     """``(frame, network input, letterbox geometry or None)`` of each check image."""
-    import cv2
-
     from blastscope.data.preprocess import Preprocess
     from blastscope.inference._parity import check_images
 
-    size = int(meta["input_size"])
-    pre = Preprocess("letterbox", size, tuple(meta["mean"]), tuple(meta["std"]))
+    pre = Preprocess.from_info(meta)
     out = []
     for _, image in check_images():
         if meta["task"] == "detect":
             x, geometries = pre.letterbox_batch([image])
             out.append((image, x, geometries[0]))
-        else:  # a whole image, as a classifier sees a cell (resized, no margin)
-            crop = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-            x = (crop - np.array(meta["mean"], np.float32)) / np.array(meta["std"], np.float32)
-            out.append((image, np.ascontiguousarray(x.transpose(2, 0, 1)[None]), None))
+        else:  # a whole image, as predict and evaluate classify one: its full box, no margin
+            h, w = image.shape[:2]
+            x = pre.normalize_array(pre.crop_pixels(image, np.array([[0, 0, w, h]], np.float32), margin=0.0))
+            out.append((image, x, None))
     return out
 
 

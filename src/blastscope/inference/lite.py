@@ -289,12 +289,12 @@ def lean_predictor(
         return None
     if imgsz is not None and _valid_size(imgsz) is None:
         return None
-    from blastscope.inference._openvino import OpenVinoModel, openvino_available
+    from blastscope.inference._openvino import export_engine, open_export, openvino_available
 
-    engine = "openvino" if backend == "openvino" or (backend == "auto" and openvino_available()) else "onnxruntime"
-    if engine == "openvino" and not openvino_available():
-        return None
-    if engine == "onnxruntime":
+    if export_engine(backend, device) == "openvino":
+        if not openvino_available():
+            return None
+    else:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
@@ -307,9 +307,7 @@ def lean_predictor(
     opened: dict[Path, OnnxModel] = {}
 
     def open_file(onnx_path: Path) -> OnnxModel:
-        if engine == "openvino":
-            return OpenVinoModel(onnx_path, device=device, say=messages.append)
-        return OnnxModel(onnx_path, device=device)
+        return open_export(onnx_path, backend, device=device, say=messages.append)
 
     def metadata_of(onnx_path: Path) -> dict:
         opened[onnx_path] = open_file(onnx_path)  # the model that runs it, if it is the one

@@ -38,6 +38,7 @@ from blastscope._problems import BlastscopeError
 from blastscope.annotate.finder import cell_box_function
 from blastscope.data.crops import DEFAULT_MARGIN
 from blastscope.data.preprocess import Preprocess
+from blastscope.inference._openvino import export_engine, open_export
 from blastscope.inference.results import Classification, Detection, FrameResult, detections_from
 from blastscope.inference.results import check_image as _check_image
 from blastscope.inference.sources import Frame, FrameSource, stream_batches
@@ -203,24 +204,6 @@ def select_runner(
         return model
 
 
-def open_export(path: str | os.PathLike, backend: str, *, device: str = "cpu", say: Callable[[str], None] | None = None):
-    """The runner of an exported ``.onnx`` file: :class:`~blastscope.inference._openvino.OpenVinoModel`
-    for ``backend`` ``"openvino"`` (and ``"auto"`` on the CPU when OpenVINO is installed), else
-    :class:`~blastscope.inference._ort.OnnxModel` (onnxruntime); both take torch's thread count when
-    torch is imported."""
-    from blastscope.inference._openvino import OpenVinoModel, openvino_available
-    from blastscope.inference._ort import OnnxModel
-
-    if backend == "openvino" or (backend == "auto" and str(device) == "cpu" and openvino_available()):
-        try:
-            return OpenVinoModel(path, device=device, say=say)
-        except BlastscopeError as e:
-            if backend == "openvino":
-                raise
-            (say or _stderr)(f"backend auto: OpenVINO cannot run {Path(path).name} ({e}); running with onnxruntime")
-    return OnnxModel(path, device=device)
-
-
 def make_backend(runner, *, conf: float, iou: float, device: str = "cpu", max_det: int = 300) -> Backend:
     """The detector :class:`Backend` over ``runner`` (from :func:`select_runner`): a torch module
     gives :class:`TorchBackend`, an ``OnnxModel`` gives :class:`~blastscope.inference.onnx.OnnxBackend`
@@ -239,10 +222,9 @@ def _load_onnx(path: Path, backend: str, device: str):
             f"{path}: an ONNX model runs with the onnx or openvino backend; use --backend onnx (or auto), "
             "or give the .pt checkpoint it was exported from"
         )
-    from blastscope.inference._openvino import openvino_available
     from blastscope.inference._ort import require_onnxruntime
 
-    if backend == "onnx" or (backend == "auto" and not (str(device) == "cpu" and openvino_available())):
+    if export_engine(backend, device) == "onnxruntime":
         require_onnxruntime()
     runner = open_export(path, backend, device=device)
     return runner, dict(runner.metadata)
