@@ -215,3 +215,49 @@ def test_letterbox_round_trip():
     np.testing.assert_allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], in_net[0], atol=1.5)
     np.testing.assert_allclose(g.to_image(in_net), box, atol=1e-4)
     np.testing.assert_allclose(g.to_image(torch.from_numpy(in_net)), box, atol=1e-4)  # tensors too
+
+
+def test_pool_before_activation_is_the_darknet_order_to_the_bit(coco_model, cameraman, monkeypatch):
+    """The stacks pool before LeakyReLU (a quarter of the activation work); outputs, loss and
+    gradients are those of the darknet order, and a trace (the ONNX export) keeps darknet's order."""
+    import copy
+
+    import torch.nn as nn
+
+    from blastscope.models.yolo import DarknetSequential
+
+    x = torch.cat([cameraman[1][None], cameraman[1].flip(-1)[None]])
+    target = {"boxes": torch.tensor([[0.0, 62.0, 270.0, 416.0]]), "labels": torch.tensor([0])}
+
+    def run(model):
+        model.train()
+        raw = model(x)
+        loss, _ = model.loss(raw, [target, target])
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        stats = {n: b.clone() for n, b in model.named_buffers()}
+        return raw, loss.detach(), grads, stats
+
+    pooled_first = run(copy.deepcopy(coco_model))
+    with monkeypatch.context() as m:
+        m.setattr(DarknetSequential, "forward", nn.Sequential.forward)
+        darknet = run(copy.deepcopy(coco_model))
+    for a, b in zip(pooled_first[0], darknet[0]):
+        assert torch.equal(a, b)
+    assert torch.equal(pooled_first[1], darknet[1])
+    for name, g in darknet[2].items():
+        torch.testing.assert_close(pooled_first[2][name], g, rtol=1e-5, atol=1e-7, msg=name)
+    for name, s in darknet[3].items():  # batch-norm statistics (BN comes before the pool in both)
+        assert torch.equal(pooled_first[3][name], s), name
+
+    import io
+    import warnings
+
+    import onnx
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(coco_model.eval().stem, (x[:1],), buffer, dynamo=False, opset_version=17)
+    ops = [node.op_type for node in onnx.load_from_string(buffer.getvalue()).graph.node]
+    assert ops.index("LeakyRelu") < ops.index("MaxPool")  # darknet order: conv + BN + activation fuse
