@@ -150,6 +150,22 @@ def test_dim_rim_pixels_are_kept():
     assert cell_box(img).tolist() == [30.0, 29.0, 71.0, 60.0]
 
 
+def test_any_colour_channel_counts_and_alpha_does_not():
+    want = [11.0, 7.0, 42.0, 20.0]
+    for channel in range(3):  # a cell visible in one stain channel only
+        img = np.zeros((50, 60, 3), np.uint8)
+        img[7:20, 11:42, channel] = 90
+        assert cell_box(img).tolist() == want, channel
+    grey = np.zeros((50, 60), np.uint8)
+    grey[7:20, 11:42] = 90
+    assert cell_box(grey).tolist() == want
+    assert cell_box(grey[..., None]).tolist() == want
+    rgba = np.full((50, 60, 4), 255, np.uint8)  # opaque alpha everywhere: not foreground
+    rgba[..., :3] = 0
+    rgba[7:20, 11:42, 1] = 90
+    assert cell_box(rgba).tolist() == want
+
+
 # --------------------------------------------------------------------------- annotate -> VOC XML
 
 
@@ -237,6 +253,34 @@ def test_black_and_corrupt_images_are_reported_and_others_annotated(cnmc_sample,
     assert not (tmp_path / "ann" / "black.xml").exists() and not (tmp_path / "ann" / "broken.xml").exists()
     by_name = dict(zip(result.manifest["image"].map(lambda p: Path(p).name), result.manifest["annotation"]))
     assert by_name["black.png"] == "" and by_name["cell.bmp"].endswith("cell.xml")
+
+
+def test_threads_give_the_serial_files_manifest_and_problems_in_row_order(cnmc_sample, tmp_path):
+    src = tmp_path / "src" / "ALL"
+    src.mkdir(parents=True)
+    real = _images(cnmc_sample)
+    for i, path in enumerate(real):
+        shutil.copy(path, src / f"c{i}_cell{path.suffix}")
+        if i % 3 == 0:  # problems between the cells: a black image and a truncated one
+            Image.fromarray(np.zeros((450, 450, 3), np.uint8)).save(src / f"c{i}_dark.png")
+            (src / f"c{i}_zbroken.bmp").write_bytes(real[0].read_bytes()[:500])
+    rows = folder_rows(tmp_path / "src")
+    runs = {}
+    for workers in (1, 3):
+        log = ProblemLog(stream=None)
+        out = tmp_path / f"ann{workers}"
+        res = annotate_manifest(rows, out, log=log, progress=False, workers=workers)
+        files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.xml"))}
+        manifest = res.manifest.assign(annotation=[Path(p).name if p else "" for p in res.manifest["annotation"]])
+        runs[workers] = (files, manifest, [(Path(p.path).name, p.message) for p in log], res.no_cell, res.failed)
+    files, manifest, problems, no_cell, failed = runs[3]
+    assert len(files) == len(real) and files == runs[1][0]
+    pd.testing.assert_frame_equal(manifest, runs[1][1])
+    assert problems == runs[1][2] and no_cell == runs[1][3] and failed == runs[1][4]
+    names = [name for name, _ in problems]
+    assert names == sorted(names) and len(names) == 2 * len(no_cell) == 2 * len(failed) == 2 * len(range(0, len(real), 3))
+    with pytest.raises(BlastscopeError, match="workers is 0; give 1 or more"):
+        annotate_manifest(rows, tmp_path / "x", log=ProblemLog(stream=None), progress=False, workers=0)
 
 
 def test_strict_stops_at_the_first_problem(tmp_path):

@@ -12,9 +12,11 @@ interrupted run resumes where it stopped and boxes corrected by hand in LabelImg
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,6 +167,80 @@ def _problem_text(error: BlastscopeError, path: str) -> str:
     return text[len(path) + 2 :] if text.startswith(f"{path}: ") else text
 
 
+#: finder kinds whose ``find`` may run in several threads at once (pure NumPy/OpenCV, no state)
+_THREAD_SAFE_FINDERS = frozenset({"stain"})
+
+
+def _annotate_threads(workers: int | None = None, *, detector=None, finder=None) -> int:
+    """How many threads box images at once: ``workers``, or by default one per CPU core (at most 8).
+
+    A ``detector`` (or a detector finder) boxes one image at a time: the network already uses
+    every core. OpenCV, NumPy and the image decoders release the GIL, so threads run the
+    cell-on-black boxes and the stain finder in parallel.
+    """
+    if detector is not None or (finder is not None and getattr(finder, "kind", None) not in _THREAD_SAFE_FINDERS):
+        return 1
+    if workers is not None:
+        return int(workers)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+@dataclass(frozen=True)
+class _Boxed:
+    """Boxing one image: its size and boxes, or (``boxes`` None) the problem and its fix."""
+
+    width: int = 0
+    height: int = 0
+    depth: int = 0
+    boxes: np.ndarray | None = None
+    problem: str = ""
+    fix: str = ""
+    no_cell: bool = False
+
+
+def _box_image(image: str, *, detector, finder, min_area: int) -> _Boxed:
+    """Read ``image`` and box its cells (the one cell on black, or what ``finder``/``detector`` finds)."""
+    try:
+        pixels = read_image(image)
+    except BlastscopeError as e:
+        return _Boxed(problem=_problem_text(e, image))
+    size = {"width": pixels.shape[1], "height": pixels.shape[0], "depth": pixels.shape[2]}
+    if finder is not None:
+        boxes = finder.find(pixels).boxes
+        if not len(boxes):
+            hint = "lower --conf, or draw" if finder.kind == "detector" else "draw"
+            return _Boxed(
+                **size,
+                problem=f"the {finder.kind} finder found no white cell",
+                fix=f"{hint} the boxes by hand in LabelImg",
+                no_cell=True,
+            )
+        return _Boxed(**size, boxes=boxes)
+    if detector is not None:
+        boxes = detected_boxes(detector, pixels)
+        if not len(boxes):
+            return _Boxed(
+                **size,
+                problem=f"the detector found no cell (confidence >= {detector.conf:g})",
+                fix="lower --conf, or draw the boxes by hand in LabelImg",
+                no_cell=True,
+            )
+        return _Boxed(**size, boxes=boxes)
+    box = cell_box(pixels, min_area=min_area)
+    if box is None:
+        return _Boxed(
+            **size,
+            problem=f"no cell found (the image is black, or its foreground is under {min_area} pixels)",
+            fix="check the image, or draw its box by hand in LabelImg",
+            no_cell=True,
+        )
+    return _Boxed(**size, boxes=box[None])
+
+
 def annotate_manifest(
     rows_or_manifest: pd.DataFrame | Iterable[Mapping[str, Any]],
     out_dir: str | Path,
@@ -176,6 +252,7 @@ def annotate_manifest(
     detector=None,
     finder=None,
     default_label: str | None = None,
+    workers: int | None = None,
 ) -> AnnotateResult:
     """Box the cells of every image and write one Pascal VOC XML per image.
 
@@ -207,6 +284,12 @@ def annotate_manifest(
         Rows without a label are then labelled ``default_label``.
     default_label : str, optional
         Box name for rows without a label (default with ``finder``: ``"WBC"``; else such rows fail).
+    workers : int, optional
+        Threads that box images at once (default: one per CPU core, at most 8; see
+        :func:`_annotate_threads`). The XML files, the manifest and the problems (in the same
+        order) do not depend on it. Problems found without the pixels (no label, a kept XML whose
+        image is unreadable, two images with one XML path) are reported first, then the images'
+        own, in row order.
 
     Returns
     -------
@@ -218,89 +301,73 @@ def annotate_manifest(
     log = ProblemLog() if log is None else log
     if detector is not None and finder is not None:
         raise BlastscopeError("annotate: give a detector or a finder, not both")
+    if workers is not None and workers < 1:
+        raise BlastscopeError(f"annotate: workers is {workers}; give 1 or more (1 boxes one image at a time)")
     if finder is not None and default_label is None:
         default_label = "WBC"
     df = _as_manifest(rows_or_manifest)
     result = AnnotateResult(manifest=df)
     targets = xml_paths(df["image"], out_dir)
     claimed: dict[Path, str] = {}
-    bar = tqdm(
-        list(zip(df.index, df["image"], df["label"], targets)), desc="annotate", unit="img", disable=not progress, file=sys.stderr
-    )
-    for idx, image, label, xml in bar:
+    bar = tqdm(total=len(df), desc="annotate", unit="img", disable=not progress, file=sys.stderr)
+    # first the rows that need no pixels (kept XML, no label, clashes), then the images to box
+    todo: list[tuple[Any, str, str, Path]] = []
+    for idx, image, label, xml in zip(df.index, df["image"], df["label"], targets):
         if xml is None:
             log.add(f"row {idx + 1}", "has no image path", "fill the manifest's image column or remove the row")
             result.failed.append("")
-            continue
-        if xml in claimed:
+        elif xml in claimed:
             log.add(image, f"its annotation would be {xml}, the same file as for {claimed[xml]}", "rename one of the two images")
             result.failed.append(image)
-            continue
-        claimed[xml] = image
-        if xml.exists() and not overwrite:
+        elif xml.exists() and not overwrite:
+            claimed[xml] = image
             try:
                 width, height = _header_size(image)
             except BlastscopeError as e:
                 log.add(image, _problem_text(e, image), f"its annotation {xml} was kept")
                 result.failed.append(image)
-                continue
-            df.at[idx, "width"], df.at[idx, "height"] = str(width), str(height)
-            df.at[idx, "annotation"] = str(xml.resolve())
-            result.kept += 1
-            continue
-        label = label or default_label
-        if not label:
+            else:
+                df.at[idx, "width"], df.at[idx, "height"] = str(width), str(height)
+                df.at[idx, "annotation"] = str(xml.resolve())
+                result.kept += 1
+        elif not (label or default_label):
+            claimed[xml] = image
             log.add(image, "has no label to name its box", "fill the manifest's label column or pass --label NAME")
             result.failed.append(image)
-            continue
-        try:
-            pixels = read_image(image)
-        except BlastscopeError as e:
-            log.add(image, _problem_text(e, image))
-            result.failed.append(image)
-            continue
-        height, width = pixels.shape[:2]
-        df.at[idx, "width"], df.at[idx, "height"] = str(width), str(height)
-        if finder is not None:
-            boxes = finder.find(pixels).boxes
-            if not len(boxes):
-                hint = "lower --conf, or draw" if finder.kind == "detector" else "draw"
-                log.add(image, f"the {finder.kind} finder found no white cell", f"{hint} the boxes by hand in LabelImg")
-                result.no_cell.append(image)
-                continue
-        elif detector is not None:
-            boxes = detected_boxes(detector, pixels)
-            if not len(boxes):
-                log.add(
-                    image,
-                    f"the detector found no cell (confidence >= {detector.conf:g})",
-                    "lower --conf, or draw the boxes by hand in LabelImg",
-                )
-                result.no_cell.append(image)
-                continue
         else:
-            box = cell_box(pixels, min_area=min_area)
-            if box is None:
-                log.add(
-                    image,
-                    f"no cell found (the image is black, or its foreground is under {min_area} pixels)",
-                    "check the image, or draw its box by hand in LabelImg",
-                )
-                result.no_cell.append(image)
-                continue
-            boxes = box[None]
-        ann = ImageAnnotation(
-            image=image, width=width, height=height, depth=pixels.shape[2], boxes=boxes, labels=[label] * len(boxes)
-        )
-        try:
-            write_voc(ann, xml, database="Unknown", overwrite=overwrite)
-        except (BlastscopeError, OSError) as e:  # e.g. a file created meanwhile, a read-only folder
-            msg = _problem_text(e, str(xml)) if isinstance(e, BlastscopeError) else str(e)
-            log.add(image, f"cannot write {xml}: {msg}")
-            result.failed.append(image)
+            claimed[xml] = image
+            todo.append((idx, image, label or default_label, xml))
             continue
-        df.at[idx, "annotation"] = str(xml.resolve())
-        result.annotated += 1
+        bar.update()
+
+    box = functools.partial(_box_image, detector=detector, finder=finder, min_area=min_area)
+    threads = _annotate_threads(workers, detector=detector, finder=finder)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="blastscope-annotate") if threads > 1 and len(todo) > 1 else None
+    try:
+        found = pool.map(box, [t[1] for t in todo]) if pool is not None else map(box, [t[1] for t in todo])
+        for (idx, image, label, xml), got in zip(todo, found):
+            bar.update()
+            if got.width:
+                df.at[idx, "width"], df.at[idx, "height"] = str(got.width), str(got.height)
+            if got.boxes is None:
+                log.add(image, got.problem, got.fix)
+                (result.no_cell if got.no_cell else result.failed).append(image)
+                continue
+            ann = ImageAnnotation(
+                image=image, width=got.width, height=got.height, depth=got.depth, boxes=got.boxes, labels=[label] * len(got.boxes)
+            )
+            try:
+                write_voc(ann, xml, database="Unknown", overwrite=overwrite)
+            except (BlastscopeError, OSError) as e:  # e.g. a file created meanwhile, a read-only folder
+                msg = _problem_text(e, str(xml)) if isinstance(e, BlastscopeError) else str(e)
+                log.add(image, f"cannot write {xml}: {msg}")
+                result.failed.append(image)
+                continue
+            df.at[idx, "annotation"] = str(xml.resolve())
+            result.annotated += 1
+    finally:
+        if pool is not None:  # under --strict a problem stops the images still queued
+            pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
     if result.kept and log.stream is not None:
         print(f"kept {result.kept} existing annotations; pass --overwrite to recompute", file=log.stream)

