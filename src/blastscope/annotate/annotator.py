@@ -167,18 +167,14 @@ def _problem_text(error: BlastscopeError, path: str) -> str:
     return text[len(path) + 2 :] if text.startswith(f"{path}: ") else text
 
 
-#: finder kinds whose ``find`` may run in several threads at once (pure NumPy/OpenCV, no state)
-_THREAD_SAFE_FINDERS = frozenset({"stain"})
-
-
 def _annotate_threads(workers: int | None = None, *, detector=None, finder=None) -> int:
     """How many threads box images at once: ``workers``, or by default one per CPU core (at most 8).
 
-    A ``detector`` (or a detector finder) boxes one image at a time: the network already uses
-    every core. OpenCV, NumPy and the image decoders release the GIL, so threads run the
-    cell-on-black boxes and the stain finder in parallel.
+    A ``detector``, or a finder that does not declare ``thread_safe = True`` (a detector finder),
+    boxes one image at a time: the network already uses every core. OpenCV, NumPy and the image
+    decoders release the GIL, so threads run the cell-on-black boxes and the stain finder in parallel.
     """
-    if detector is not None or (finder is not None and getattr(finder, "kind", None) not in _THREAD_SAFE_FINDERS):
+    if detector is not None or (finder is not None and not getattr(finder, "thread_safe", False)):
         return 1
     if workers is not None:
         return int(workers)
@@ -344,7 +340,8 @@ def annotate_manifest(
     threads = _annotate_threads(workers, detector=detector, finder=finder)
     pool = ThreadPoolExecutor(threads, thread_name_prefix="blastscope-annotate") if threads > 1 and len(todo) > 1 else None
     try:
-        found = pool.map(box, [t[1] for t in todo]) if pool is not None else map(box, [t[1] for t in todo])
+        images = [t[1] for t in todo]
+        found = pool.map(box, images) if pool is not None else map(box, images)
         for (idx, image, label, xml), got in zip(todo, found):
             bar.update()
             if got.width:

@@ -1,7 +1,8 @@
 """White-cell finders: an RGB smear image in, the boxes of its white blood cells out.
 
 A finder is any object with ``kind`` (a short name), ``settings()`` (plain data that rebuilds it,
-for provenance) and ``find(image) -> FoundCells`` (:class:`CellFinder`). Two implementations:
+for provenance) and ``find(image) -> FoundCells`` (:class:`CellFinder`); one that sets
+``thread_safe = True`` is run on several threads by ``annotate``. Two implementations:
 
 * :class:`StainFinder` (here): no training. White-cell nuclei are the most purple (blue and red,
   little green) structures of a Romanowsky/Giemsa-stained smear in every lab, whatever the camera.
@@ -270,6 +271,8 @@ class StainFinder:
     """
 
     kind = "stain"
+    #: ``find`` may run on several threads at once (NumPy and OpenCV only, no state of its own)
+    thread_safe = True
 
     def __init__(self, settings: StainSettings | None = None):
         self.config = settings if settings is not None else StainSettings()
